@@ -1,0 +1,1 @@
+"""Plugins shipped with petstore: auth, rate limiting, metrics. The core never imports this package."""
