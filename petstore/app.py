@@ -1,0 +1,134 @@
+"""``create_app(settings)``: the whole server, built from its settings, with no globals.
+
+Order of things: plugins are loaded (their middleware and routes must be known to build the
+app), routes are assembled (plugin routes first, so ``/user/login`` wins over
+``/user/{username}``), and the lifespan opens the database, starts the plugins and the
+real-time layer, and shares them as ``request.state.petstore``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from petstore import pets, store, users
+from petstore.config import Settings
+from petstore.db import create_engine, create_sessionmaker, ping
+from petstore.errors import EXCEPTION_HANDLERS
+from petstore.plugin import Plugins, load_plugins
+from petstore.state import AppState, app_state
+
+logger = logging.getLogger("petstore")
+
+API = "/api/v3"
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when every dependency answers; 503 naming the ones that do not."""
+    state = app_state(request)
+    checks: dict[str, str] = {}
+    try:
+        await ping(state.engine)
+        checks["database"] = "ok"
+    except (SQLAlchemyError, OSError) as exc:
+        logger.warning("readiness: database unreachable: %s", type(exc).__name__)
+        checks["database"] = "unreachable"
+    for name, check in state.extras.get("readiness", {}).items():
+        try:
+            await check()
+            checks[name] = "ok"
+        except Exception as exc:  # any failure of a dependency means "not ready", named
+            logger.warning("readiness: %s unreachable: %s", name, type(exc).__name__)
+            checks[name] = "unreachable"
+    failing = [name for name, result in checks.items() if result != "ok"]
+    if failing:
+        return JSONResponse(
+            {"code": 503, "type": "not_ready", "message": "unreachable: " + ", ".join(failing), "checks": checks},
+            status_code=503,
+        )
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC_DIR / "index.html")
+
+
+def core_routes(settings: Settings) -> list[BaseRoute]:
+    settings.media_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        Route("/healthz", healthz, methods=["GET"], name="healthz"),
+        Route("/readyz", readyz, methods=["GET"], name="readyz"),
+        *pets.routes(API),
+        *store.routes(API),
+        *users.routes(API),
+        Route("/", index, methods=["GET"], name="dashboard"),
+        Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
+        Mount("/media", StaticFiles(directory=settings.media_dir, check_dir=False), name="media"),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or Settings()
+    settings.check_production()
+    plugins = load_plugins(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        engine = create_engine(settings)
+        state = AppState(settings=settings, engine=engine, sessions=create_sessionmaker(engine), plugins=plugins)
+        started: list[Any] = []
+        try:
+            for plugin in plugins:
+                await plugin.startup(state)
+                started.append(plugin)
+            for start in state.extras.get("on_startup", []):
+                await start(state)
+            logger.info("petstore ready with plugins: %s", ", ".join(plugins.names()) or "none")
+            yield {"petstore": state}
+        finally:
+            for stop in reversed(state.extras.get("on_shutdown", [])):
+                await stop(state)
+            for plugin in reversed(started):
+                await plugin.shutdown(state)
+            await engine.dispose()
+
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["RateLimit", "RateLimit-Policy", "Retry-After", "X-Rate-Limit", "X-Expires-After"],
+        ),
+        *[m for plugin in plugins for m in plugin.middleware()],
+    ]
+    plugin_routes = [route for plugin in plugins for route in plugin.routes()]
+    app = Starlette(
+        routes=[*plugin_routes, *extra_core_routes(settings, plugins), *core_routes(settings)],
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    return app
+
+
+def extra_core_routes(settings: Settings, plugins: Plugins) -> list[BaseRoute]:
+    """Routes of the core that live in their own modules (OpenAPI document, docs, real time)."""
+    return []

@@ -1,0 +1,151 @@
+"""Errors, and their one mapping to the JSON error shape ``{"code", "type", "message"}``.
+
+The tree::
+
+    PetstoreError
+    ├── ConfigurationError          bad settings; start-up stops
+    ├── PluginError                 a plugin failed to load; start-up stops, naming it
+    └── ApiError                    an HTTP error a client sees (status, type, message)
+        ├── BadRequest              400
+        ├── Unauthorized            401, with WWW-Authenticate: Bearer
+        ├── Forbidden               403
+        ├── NotFound                404
+        ├── Conflict                409
+        ├── PayloadTooLarge         413
+        ├── UnsupportedMediaType    415
+        ├── ValidationFailed        422
+        └── RateLimited             429, with Retry-After
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+logger = logging.getLogger("petstore.errors")
+
+
+class PetstoreError(Exception):
+    """Root of every error petstore raises on purpose."""
+
+
+class ConfigurationError(PetstoreError):
+    pass
+
+
+class PluginError(PetstoreError):
+    pass
+
+
+class ApiError(PetstoreError):
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None, type: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = dict(headers or {})
+        if type is not None:
+            self.type = type
+
+
+class BadRequest(ApiError):
+    status, type = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status, type = 401, "unauthorized"
+
+    def __init__(self, message: str = "authentication required", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.headers.setdefault("WWW-Authenticate", "Bearer")
+
+
+class Forbidden(ApiError):
+    status, type = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, type = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, type = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, type = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, type = 415, "unsupported_media_type"
+
+
+class ValidationFailed(ApiError):
+    status, type = 422, "validation_error"
+
+    @classmethod
+    def from_pydantic(cls, exc: ValidationError) -> ValidationFailed:
+        parts = []
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in error["loc"]) or "body"
+            parts.append(f"{where}: {error['msg']}")
+        return cls("; ".join(parts) or "invalid input")
+
+
+class RateLimited(ApiError):
+    status, type = 429, "rate_limited"
+
+
+_HTTP_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+}
+
+
+def error_response(status: int, type: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"code": status, "type": type, "message": message}, status_code=status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.type, exc.message, exc.headers)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail if isinstance(exc.detail, str) else "error"
+    return error_response(exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), message, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    return await _api_error(request, ValidationFailed.from_pydantic(exc))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log, never to the client.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal server error")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    HTTPException: _http_exception,
+    ValidationError: _validation_error,
+    Exception: _unexpected,
+}

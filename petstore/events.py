@@ -1,0 +1,52 @@
+"""Events: what each change to pets and orders tells subscribers, written to the outbox in the
+same transaction as the change, so that a committed change always has its events (SPEC §6).
+
+Payloads (``data``), by event:
+
+- ``pet.created`` / ``pet.updated``: the Pet as REST shows it; ``pet.deleted``: ``{"id": n}``.
+  Rooms: ``pets`` and ``pet:{id}``.
+- ``order.placed`` / ``order.updated`` / ``order.deleted``: the Order as REST shows it.
+  Rooms: ``orders`` and ``user:{owner}``.
+- ``inventory.changed``: ``{"available": n, "pending": n, "sold": n}``. Room: ``inventory``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from petstore import rooms
+from petstore.models import OrderPublic, OutboxEvent, Pet, PetPublic, PetStatus
+
+
+def record(session: AsyncSession, event: str, room_names: list[str], data: dict[str, Any]) -> None:
+    session.add(OutboxEvent(event=event, rooms=room_names, data=data))
+
+
+def pet_event(session: AsyncSession, event: str, pet: PetPublic) -> None:
+    record(session, event, [rooms.PETS, rooms.pet_room(pet.id)], pet.model_dump(mode="json", by_alias=True))
+
+
+def pet_deleted(session: AsyncSession, pet_id: int) -> None:
+    record(session, "pet.deleted", [rooms.PETS, rooms.pet_room(pet_id)], {"id": pet_id})
+
+
+def order_event(session: AsyncSession, event: str, order: OrderPublic, owner: str | None) -> None:
+    room_names = [rooms.ORDERS] + ([rooms.user_room(owner)] if owner else [])
+    record(session, event, room_names, order.model_dump(mode="json", by_alias=True))
+
+
+async def inventory_counts(session: AsyncSession) -> dict[str, int]:
+    """Pets by status, every status present (0 where none)."""
+    counts = {status.value: 0 for status in PetStatus}
+    result = await session.execute(select(Pet.status, func.count()).group_by(Pet.status))  # type: ignore[call-overload]
+    for status, count in result.all():
+        counts[status] = count
+    return counts
+
+
+async def inventory_changed(session: AsyncSession) -> None:
+    await session.flush()
+    record(session, "inventory.changed", [rooms.INVENTORY], await inventory_counts(session))

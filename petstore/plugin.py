@@ -1,0 +1,236 @@
+"""The plugin protocol, and the loader that turns ``PETSTORE_PLUGINS`` into plugin objects.
+
+The core calls these hooks and knows nothing of what answers them: auth, rate limits and
+metrics are plugins like any third party's. A plugin is a plain object; subclass
+:class:`PluginBase` and override only the hooks you need. ``tests/test_plugin.py`` checks that
+every hook of :class:`Plugin` is documented here and implemented by :class:`PluginBase`.
+
+Loading: each entry of ``PETSTORE_PLUGINS`` is ``"package.module"`` (its ``plugin`` attribute is
+used) or ``"package.module:attr"``. Entry points in group ``petstore.plugins`` are loaded after,
+by name, unless a dotted path already loaded the same object. The attribute is called with the
+:class:`~petstore.config.Settings` and must return a plugin. Any failure stops start-up with one
+:class:`~petstore.errors.PluginError` naming the plugin.
+
+Hooks
+-----
+``middleware()``
+    Pure ASGI middleware (``starlette.middleware.Middleware``) wrapped around the app, for
+    ``http`` and ``websocket`` scopes alike. Plugins listed first are outermost.
+``routes()``
+    Extra routes, mounted beside the core's (e.g. ``/api/v3/auth/token``, ``/metrics``).
+``startup(state)`` / ``shutdown(state)``
+    Work at start and stop of the app, with the shared :class:`~petstore.state.AppState`.
+``openapi(document)``
+    Edit the served OpenAPI document in place (add paths, schemes).
+``ws_connect(websocket)``
+    Before a WebSocket is accepted. Return a close code to refuse it (1008, 1013), else None.
+``ws_authenticate(websocket, token)``
+    A browser sent ``{"type": "auth", "token": ...}``. Return the :class:`~petstore.access.Principal`
+    with its scopes, raise :class:`~petstore.access.AuthFailed` for a bad token, or return None to
+    leave it to the next plugin.
+``ws_authorize(principal, room)``
+    May this principal join this room? True / False, or None for no opinion.
+``ws_message(connection_id, principal, message_type)``
+    A client message arrived. Return an error code (``"rate_limited"``) to refuse it, else None.
+``observe(name, value, labels)``
+    Something happened in the core or another plugin (see :data:`HAPPENINGS`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+from starlette.websockets import WebSocket
+
+from petstore.errors import PluginError
+
+if TYPE_CHECKING:
+    from petstore.access import Principal
+    from petstore.config import Settings
+    from petstore.state import AppState
+
+ENTRY_POINT_GROUP = "petstore.plugins"
+
+#: What the core reports through ``observe``: name -> (kind, label names). Metrics plugins map
+#: these to their own instruments; the names are stable.
+HAPPENINGS: Mapping[str, tuple[str, tuple[str, ...]]] = {
+    "http.request": ("count", ("method", "route", "status")),
+    "ws.connected": ("count", ()),
+    "ws.disconnected": ("count", ("code",)),
+    "ws.subscribed": ("count", ("room_kind",)),
+    "ws.unsubscribed": ("count", ("room_kind",)),
+    "ws.message_sent": ("count", ("room_kind",)),
+    "ws.message_received": ("count", ("type",)),
+    "ws.slow_consumer": ("count", ()),
+    "event.published": ("count", ("event",)),
+    "event.delivery_lag": ("seconds", ()),
+    "broker.reconnected": ("count", ()),
+    "outbox.pending": ("gauge", ()),
+    "inventory.pets": ("gauge", ("status",)),
+    "auth.failure": ("count", ("reason",)),
+    "ratelimit.rejected": ("count", ("scope",)),
+    "ratelimit.backend_error": ("count", ()),
+}
+
+
+@runtime_checkable
+class Plugin(Protocol):
+    """What the core expects of a plugin. See the module docstring for each hook."""
+
+    name: str
+
+    def middleware(self) -> Sequence[Middleware]: ...
+
+    def routes(self) -> Sequence[BaseRoute]: ...
+
+    async def startup(self, state: AppState) -> None: ...
+
+    async def shutdown(self, state: AppState) -> None: ...
+
+    def openapi(self, document: dict[str, Any]) -> None: ...
+
+    async def ws_connect(self, websocket: WebSocket) -> int | None: ...
+
+    async def ws_authenticate(self, websocket: WebSocket, token: str) -> Principal | None: ...
+
+    async def ws_authorize(self, principal: Principal | None, room: str) -> bool | None: ...
+
+    async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None: ...
+
+    def observe(self, name: str, value: float, labels: Mapping[str, str]) -> None: ...
+
+
+class PluginBase:
+    """Every hook as a no-op; subclass and override what you need."""
+
+    name = "plugin"
+
+    def middleware(self) -> Sequence[Middleware]:
+        return ()
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return ()
+
+    async def startup(self, state: AppState) -> None:
+        return None
+
+    async def shutdown(self, state: AppState) -> None:
+        return None
+
+    def openapi(self, document: dict[str, Any]) -> None:
+        return None
+
+    async def ws_connect(self, websocket: WebSocket) -> int | None:
+        return None
+
+    async def ws_authenticate(self, websocket: WebSocket, token: str) -> Principal | None:
+        return None
+
+    async def ws_authorize(self, principal: Principal | None, room: str) -> bool | None:
+        return None
+
+    async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None:
+        return None
+
+    def observe(self, name: str, value: float, labels: Mapping[str, str]) -> None:
+        return None
+
+
+class Plugins:
+    """The loaded plugins, in order, and the core's way of calling their hooks."""
+
+    def __init__(self, plugins: Sequence[Plugin]) -> None:
+        self.items = tuple(plugins)
+
+    def __iter__(self) -> Any:
+        return iter(self.items)
+
+    def names(self) -> list[str]:
+        return [plugin.name for plugin in self.items]
+
+    def observe(self, name: str, value: float = 1.0, **labels: str) -> None:
+        for plugin in self.items:
+            plugin.observe(name, value, labels)
+
+    async def ws_connect(self, websocket: WebSocket) -> int | None:
+        for plugin in self.items:
+            code = await plugin.ws_connect(websocket)
+            if code is not None:
+                return code
+        return None
+
+    async def ws_authenticate(self, websocket: WebSocket, token: str) -> Principal | None:
+        for plugin in self.items:
+            principal = await plugin.ws_authenticate(websocket, token)
+            if principal is not None:
+                return principal
+        return None
+
+    async def ws_authorize(self, principal: Principal | None, room: str) -> bool | None:
+        verdict: bool | None = None
+        for plugin in self.items:
+            answer = await plugin.ws_authorize(principal, room)
+            if answer is False:
+                return False
+            if answer is True:
+                verdict = True
+        return verdict
+
+    async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None:
+        for plugin in self.items:
+            refusal = await plugin.ws_message(connection_id, principal, message_type)
+            if refusal is not None:
+                return refusal
+        return None
+
+
+def _import(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attr or "plugin")
+
+
+def _instantiate(name: str, factory: Any, settings: Settings) -> Plugin:
+    plugin = factory(settings) if callable(factory) else factory
+    if not isinstance(plugin, Plugin):
+        raise PluginError(f"plugin {name!r} did not produce a plugin object (got {type(plugin).__name__})")
+    return plugin
+
+
+def load_plugins(
+    settings: Settings,
+    *,
+    entry_points: Callable[[], Sequence[importlib.metadata.EntryPoint]] | None = None,
+) -> Plugins:
+    """Load the plugins named by ``settings.plugins``, then those registered as entry points."""
+    loaded: list[Plugin] = []
+    seen: set[int] = set()
+    for path in settings.plugins:
+        try:
+            factory = _import(path)
+            plugin = _instantiate(path, factory, settings)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {path!r} failed to load: {type(exc).__name__}: {exc}") from exc
+        seen.add(id(factory))
+        loaded.append(plugin)
+    found = entry_points() if entry_points else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    for entry_point in found:
+        try:
+            factory = entry_point.load()
+            if id(factory) in seen:
+                continue
+            plugin = _instantiate(entry_point.name, factory, settings)
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"plugin {entry_point.name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+        seen.add(id(factory))
+        loaded.append(plugin)
+    return Plugins(loaded)

@@ -1,0 +1,193 @@
+"""``/store``: inventory and orders. Order rules (SPEC §2), each in one transaction:
+
+- an order is for an existing, ``available`` pet (404 / 409 otherwise), and makes it ``pending``;
+- an order's status ``delivered`` makes its pet ``sold``;
+- deleting an order that is not delivered makes its pet ``available`` again.
+
+Customers see only their own orders; another user's order is 404, not 403 (no existence leak).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from petstore import events
+from petstore.access import ALL_ORDERS, AUTHENTICATED, PLACE_ORDERS, Principal, may, require
+from petstore.db import sync_id_sequence
+from petstore.errors import Conflict, Forbidden, NotFound
+from petstore.models import (
+    ApiResponse,
+    Order,
+    OrderBody,
+    OrderPatch,
+    OrderPublic,
+    OrderStatus,
+    Pet,
+    PetPublic,
+    PetStatus,
+    User,
+)
+from petstore.pets import load_pet
+from petstore.state import app_state
+from petstore.web import pagination, path_id, read_model
+
+
+def order_json(order: Order | OrderPublic) -> JSONResponse:
+    public = order if isinstance(order, OrderPublic) else OrderPublic.from_row(order)
+    return JSONResponse(public.model_dump(mode="json", by_alias=True))
+
+
+async def get_inventory(request: Request) -> Response:
+    async with app_state(request).sessions() as session:
+        return JSONResponse(await events.inventory_counts(session))
+
+
+async def _set_pet_status(
+    session: AsyncSession, pet_id: int, status: PetStatus, *, only_from: PetStatus | None
+) -> bool:
+    """Change a pet's status in one conditional UPDATE, so that concurrent orders cannot both win."""
+    statement = update(Pet).where(Pet.id == pet_id)  # type: ignore[arg-type]
+    if only_from is not None:
+        statement = statement.where(Pet.status == only_from.value)  # type: ignore[arg-type]
+    result = await session.execute(statement.values(status=status.value))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def _pet_changed(session: AsyncSession, pet_id: int) -> None:
+    pet = await load_pet(session, pet_id, fresh=True)
+    events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+    await events.inventory_changed(session)
+
+
+async def _owner_name(session: AsyncSession, order: Order) -> str | None:
+    if order.user_id is None:
+        return None
+    user = await session.get(User, order.user_id)
+    return user.username if user else None
+
+
+async def place_order(request: Request) -> Response:
+    who = require(request, PLACE_ORDERS)
+    body = await read_model(request, OrderBody, form=True)
+    status = body.status or OrderStatus.placed
+    if status is OrderStatus.delivered and not may(request, ALL_ORDERS):
+        raise Forbidden("only staff may place an order as delivered")
+    state = app_state(request)
+    async with state.sessions() as session:
+        if body.id is not None and await session.get(Order, body.id) is not None:
+            raise Conflict(f"order {body.id} already exists")
+        new_pet_status = PetStatus.sold if status is OrderStatus.delivered else PetStatus.pending
+        if not await _set_pet_status(session, body.pet_id, new_pet_status, only_from=PetStatus.available):
+            if await session.get(Pet, body.pet_id) is None:
+                raise NotFound(f"pet {body.pet_id} not found")
+            raise Conflict(f"pet {body.pet_id} is not available")
+        order = Order(
+            id=body.id,
+            pet_id=body.pet_id,
+            quantity=body.quantity,
+            ship_date=body.ship_date,
+            status=status.value,
+            complete=bool(body.complete) or status is OrderStatus.delivered,
+            user_id=who.user_id,
+        )
+        session.add(order)
+        await session.flush()
+        if body.id is not None:
+            await sync_id_sequence(session, "purchase_order")
+        public = OrderPublic.from_row(order)
+        events.order_event(session, "order.placed", public, who.username)
+        await _pet_changed(session, body.pet_id)
+        await session.commit()
+    state.outbox_wakeup.set()
+    return order_json(public)
+
+
+async def _visible_order(session: AsyncSession, request: Request, who: Principal, order_id: int) -> Order:
+    order = await session.get(Order, order_id)
+    if order is None or (order.user_id != who.user_id and not may(request, ALL_ORDERS)):
+        raise NotFound(f"order {order_id} not found")
+    return order
+
+
+async def get_order(request: Request) -> Response:
+    who = require(request, AUTHENTICATED)
+    order_id = path_id(request, "orderId", "order")
+    async with app_state(request).sessions() as session:
+        return order_json(await _visible_order(session, request, who, order_id))
+
+
+async def list_orders(request: Request) -> Response:
+    """Extension: the caller's orders (every order for staff), newest first."""
+    who = require(request, AUTHENTICATED)
+    limit, offset = pagination(request)
+    query = select(Order).order_by(Order.id.desc()).limit(limit).offset(offset)  # type: ignore[union-attr]
+    if not may(request, ALL_ORDERS):
+        query = query.where(Order.user_id == who.user_id)  # type: ignore[arg-type]
+    async with app_state(request).sessions() as session:
+        orders = (await session.execute(query)).scalars().all()
+        return JSONResponse([OrderPublic.from_row(o).model_dump(mode="json", by_alias=True) for o in orders])
+
+
+async def update_order(request: Request) -> Response:
+    """Extension for staff: change an order's status; ``delivered`` sells its pet."""
+    require(request, ALL_ORDERS)
+    order_id = path_id(request, "orderId", "order")
+    patch = await read_model(request, OrderPatch)
+    state = app_state(request)
+    async with state.sessions() as session:
+        order = await session.get(Order, order_id, with_for_update=True)
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        if order.status == OrderStatus.delivered and patch.status not in (None, OrderStatus.delivered):
+            raise Conflict("a delivered order cannot go back")
+        delivered_now = patch.status is OrderStatus.delivered and order.status != OrderStatus.delivered
+        if patch.status is not None:
+            order.status = patch.status.value
+        if patch.complete is not None:
+            order.complete = patch.complete
+        if patch.ship_date is not None:
+            order.ship_date = patch.ship_date
+        if delivered_now:
+            order.complete = True
+        await session.flush()
+        public = OrderPublic.from_row(order)
+        events.order_event(session, "order.updated", public, await _owner_name(session, order))
+        if delivered_now and await _set_pet_status(session, order.pet_id, PetStatus.sold, only_from=None):
+            await _pet_changed(session, order.pet_id)
+        await session.commit()
+    state.outbox_wakeup.set()
+    return order_json(public)
+
+
+async def delete_order(request: Request) -> Response:
+    who = require(request, AUTHENTICATED)
+    order_id = path_id(request, "orderId", "order")
+    state = app_state(request)
+    async with state.sessions() as session:
+        order = await _visible_order(session, request, who, order_id)
+        owner = await _owner_name(session, order)
+        public = OrderPublic.from_row(order)
+        await session.delete(order)
+        events.order_event(session, "order.deleted", public, owner)
+        if order.status != OrderStatus.delivered and await _set_pet_status(
+            session, order.pet_id, PetStatus.available, only_from=PetStatus.pending
+        ):
+            await _pet_changed(session, order.pet_id)
+        await session.commit()
+    state.outbox_wakeup.set()
+    return JSONResponse(ApiResponse(code=200, type="ok", message=f"order {order_id} deleted").model_dump())
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/store/inventory", get_inventory, methods=["GET"], name="getInventory"),
+        Route(f"{prefix}/store/order", place_order, methods=["POST"], name="placeOrder"),
+        Route(f"{prefix}/store/orders", list_orders, methods=["GET"], name="listOrders"),
+        Route(f"{prefix}/store/order/{{orderId}}", get_order, methods=["GET"], name="getOrderById"),
+        Route(f"{prefix}/store/order/{{orderId}}", update_order, methods=["PATCH"], name="updateOrder"),
+        Route(f"{prefix}/store/order/{{orderId}}", delete_order, methods=["DELETE"], name="deleteOrder"),
+    ]
