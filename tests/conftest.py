@@ -1,0 +1,70 @@
+"""Fixtures shared by the whole suite, one section per concern.
+
+Add a fixture under the section it belongs to, or open a new section with the same kind of
+header; keep each section's imports beside the others at the top.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+
+from tests.services import PG_BINDIR, PostgresServer, RedisServer
+
+# ------------------------------------------------------------------------------ real services
+# Real Redis and PostgreSQL, one of each per test session, started on free loopback ports and
+# stopped at the end of the session. A missing program FAILS the test that needs it, with the
+# command that installs it: CI must never pass by leaving a service out.
+
+
+def _missing(what: str) -> NoReturn:
+    pytest.fail(f"{what} is not installed: run scripts/test, which installs everything the tests need", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's Redis; a test may stop, kill and restart it (the next `redis_url` restarts it if needed)."""
+    if shutil.which("redis-server") is None:
+        _missing("redis-server (Debian package redis-server)")
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """`redis://127.0.0.1:PORT/0` of a running, empty Redis."""
+    if not redis_server.running:
+        redis_server.start()  # an earlier test stopped or killed it and did not bring it back
+    redis_server.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL 15 cluster; use `pg_url` for a database of your own."""
+    if not (PG_BINDIR / "initdb").exists():
+        _missing(f"PostgreSQL 15 ({PG_BINDIR}/initdb, Debian package postgresql-15)")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """`postgresql+asyncpg://...` of a fresh, empty database, dropped after the test."""
+    if not postgres_server.running:
+        postgres_server.start()
+    name = postgres_server.create_database()
+    yield postgres_server.async_url(name)
+    postgres_server.drop_database(name)  # WITH (FORCE): connections a test leaked do not block it
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> str:
+    """Path of Debian's `prometheus`, for `tests.services.PrometheusServer(..., binary=prometheus_bin)`."""
+    path = shutil.which("prometheus")
+    if path is None:
+        _missing("prometheus (Debian package prometheus)")
+    return path
