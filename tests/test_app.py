@@ -1,0 +1,97 @@
+"""create_app: health, readiness, error shape, no globals."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from petstore.app import create_app
+from petstore.config import Settings
+from petstore.db import create_all, create_engine
+from petstore.plugin import PluginBase
+
+
+def make_settings(tmp_path: Path, name: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/{name}.db",
+        "plugins": (),
+        "media_dir": tmp_path / f"media-{name}",
+        **overrides,
+    }
+    s = Settings(**values)  # type: ignore[arg-type]
+
+    async def init() -> None:
+        engine = create_engine(s)
+        await create_all(engine)
+        await engine.dispose()
+
+    asyncio.run(init())
+    return s
+
+
+def test_healthz_and_readyz(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, "a"))) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["checks"] == {"database": "ok"}
+
+
+def test_readyz_names_the_failing_part(tmp_path: Path) -> None:
+    s = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/missing-dir/x/y.db", plugins=(), media_dir=tmp_path)
+    with TestClient(create_app(s)) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["type"] == "not_ready"
+        assert "database" in response.json()["message"]
+
+
+def test_two_apps_with_two_settings_live_in_one_process(tmp_path: Path) -> None:
+    first, second = make_settings(tmp_path, "one"), make_settings(tmp_path, "two")
+    with TestClient(create_app(first)) as a, TestClient(create_app(second)) as b:
+        assert a.get("/api/v3/store/inventory").json() == {"available": 0, "pending": 0, "sold": 0}
+        assert b.get("/api/v3/store/inventory").json() == {"available": 0, "pending": 0, "sold": 0}
+    assert (tmp_path / "one.db").exists() and (tmp_path / "two.db").exists()
+
+
+def test_unknown_paths_and_methods_answer_the_json_error_shape(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, "e"))) as client:
+        missing = client.get("/api/v3/nothing-here")
+        assert missing.status_code == 404
+        assert missing.json() == {"code": 404, "type": "not_found", "message": "Not Found"}
+        wrong = client.patch("/api/v3/pet/findByStatus")
+        assert wrong.status_code == 405
+        assert wrong.json()["type"] == "method_not_allowed"
+
+
+class Exploding(PluginBase):
+    name = "exploding"
+
+    def routes(self) -> list[Route]:
+        async def boom(request: Request) -> Response:
+            raise RuntimeError("secret internals /etc/passwd")
+
+        return [Route("/boom", boom)]
+
+
+def test_an_unexpected_error_is_a_json_500_without_internals(tmp_path: Path) -> None:
+    import sys
+    import types
+
+    module = types.ModuleType("exploding_plugin_for_test")
+    module.plugin = lambda settings: Exploding()  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        app = create_app(make_settings(tmp_path, "x", plugins=(module.__name__,)))
+        with TestClient(app, raise_server_exceptions=False) as client:
+            response = client.get("/boom")
+        assert response.status_code == 500
+        assert response.json() == {"code": 500, "type": "internal_error", "message": "internal server error"}
+        assert "secret" not in response.text and "Traceback" not in response.text
+    finally:
+        del sys.modules[module.__name__]

@@ -1,0 +1,80 @@
+"""Settings from the environment, and production's refusal of unsafe defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from petstore.app import create_app
+from petstore.config import DEFAULT_PLUGINS, Settings
+from petstore.errors import ConfigurationError
+
+
+def test_defaults_are_those_of_the_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET", "PLUGINS", "ALLOWED_ORIGINS", "RATE_LIMIT", "ENV"):
+        monkeypatch.delenv(f"PETSTORE_{name}", raising=False)
+    s = Settings()
+    assert s.database_url == "sqlite+aiosqlite:///./petstore.db"
+    assert s.redis_url is None
+    assert s.plugins == DEFAULT_PLUGINS == ("plugins.auth", "plugins.ratelimit", "plugins.metrics")
+    assert s.allowed_origins == ("http://127.0.0.1:8000", "http://localhost:8000")
+    assert s.rate_limit == "100/minute"
+    assert s.env == "development"
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PETSTORE_PLUGINS", "plugins.auth, plugins.metrics")
+    monkeypatch.setenv("PETSTORE_ALLOWED_ORIGINS", "https://a.example,https://b.example")
+    monkeypatch.setenv("PETSTORE_REDIS_URL", "redis://127.0.0.1:6390/0")
+    s = Settings()
+    assert s.plugins == ("plugins.auth", "plugins.metrics")
+    assert s.allowed_origins == ("https://a.example", "https://b.example")
+    assert s.redis_url == "redis://127.0.0.1:6390/0"
+
+
+def test_an_empty_plugin_list_means_no_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PETSTORE_PLUGINS", "")
+    assert Settings().plugins == ()
+
+
+def test_production_refuses_every_unsafe_default_in_one_message() -> None:
+    s = Settings(env="production", database_url="sqlite+aiosqlite:///./x.db", jwt_secret=None, allowed_origins=("*",))
+    with pytest.raises(ConfigurationError) as caught:
+        create_app(s)
+    message = str(caught.value)
+    assert "PETSTORE_JWT_SECRET is not set" in message
+    assert "SQLite" in message
+    assert "wildcard" in message
+
+
+def test_production_accepts_a_safe_configuration() -> None:
+    s = Settings(
+        env="production",
+        database_url="postgresql+asyncpg://petstore@127.0.0.1/petstore",
+        jwt_secret="x" * 40,
+        plugins=(),
+    )
+    s.check_production()
+    assert create_app(s) is not None
+
+
+def test_production_refuses_a_short_secret() -> None:
+    s = Settings(env="production", database_url="postgresql+asyncpg://h/db", jwt_secret="short", plugins=())
+    with pytest.raises(ConfigurationError, match="shorter than 32"):
+        s.check_production()
+
+
+def test_development_secret_is_generated_once_and_kept_beside_the_database(tmp_path: Path) -> None:
+    s = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db/petstore.db", jwt_secret=None)
+    first = s.resolved_jwt_secret()
+    assert len(first) >= 48
+    kept = tmp_path / "db" / ".petstore-jwt-secret"
+    assert kept.read_text() == first
+    assert kept.stat().st_mode & 0o777 == 0o600
+    assert s.resolved_jwt_secret() == first
+
+
+def test_the_secret_never_appears_in_the_settings_repr() -> None:
+    assert "s3cret-value" not in repr(Settings(jwt_secret="s3cret-value"))

@@ -1,0 +1,261 @@
+"""The plugin mechanism: loading by dotted path and entry point, hooks, failures named."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import inspect
+import sys
+import textwrap
+import types
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+import petstore.plugin as plugin_module
+from petstore.app import create_app
+from petstore.config import Settings
+from petstore.errors import PluginError
+from petstore.plugin import Plugin, PluginBase, Plugins, load_plugins
+from petstore.state import AppState
+
+
+class StampMiddleware:
+    """Pure ASGI: stamps every HTTP response and records every scope type it saw."""
+
+    def __init__(self, app: ASGIApp, seen: list[str]) -> None:
+        self.app = app
+        self.seen = seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.seen.append(scope["type"])
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def stamped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message["headers"], (b"x-stamp", b"yes")]
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+class RecordingPlugin(PluginBase):
+    name = "recording"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.events: list[str] = []
+        self.seen_scopes: list[str] = []
+        self.observed: list[tuple[str, float, dict[str, str]]] = []
+
+    def middleware(self) -> Sequence[Middleware]:
+        return [Middleware(StampMiddleware, seen=self.seen_scopes)]
+
+    def routes(self) -> Sequence[BaseRoute]:
+        async def hello(request: Request) -> Response:
+            return JSONResponse({"hello": "plugin"})
+
+        return [Route("/plugin/hello", hello)]
+
+    async def startup(self, state: AppState) -> None:
+        self.events.append("startup")
+
+    async def shutdown(self, state: AppState) -> None:
+        self.events.append("shutdown")
+
+    def observe(self, name: str, value: float, labels: Any) -> None:
+        self.observed.append((name, value, dict(labels)))
+
+
+@pytest.fixture
+def plugin_package(tmp_path: Path) -> Iterator[str]:
+    """A throwaway importable package with a plugin module, removed from sys.modules after."""
+    package = tmp_path / "demo_plugins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "good.py").write_text(
+        textwrap.dedent(
+            """
+            from petstore.plugin import PluginBase
+
+            class Good(PluginBase):
+                name = "good"
+
+            def plugin(settings):
+                return Good()
+
+            def other(settings):
+                p = Good()
+                p.name = "other"
+                return p
+            """
+        )
+    )
+    (package / "broken.py").write_text("raise RuntimeError('boom at import')\n")
+    (package / "notaplugin.py").write_text("def plugin(settings):\n    return 42\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield "demo_plugins"
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.startswith("demo_plugins")]:
+            del sys.modules[name]
+
+
+def settings(tmp_path: Path, plugins: tuple[str, ...]) -> Settings:
+    return Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db", plugins=plugins, media_dir=tmp_path / "media")
+
+
+def no_entry_points() -> list[importlib.metadata.EntryPoint]:
+    return []
+
+
+def test_dotted_path_loads_module_plugin_attribute(plugin_package: str, tmp_path: Path) -> None:
+    loaded = load_plugins(settings(tmp_path, (f"{plugin_package}.good",)), entry_points=no_entry_points)
+    assert loaded.names() == ["good"]
+
+
+def test_colon_path_loads_named_factory(plugin_package: str, tmp_path: Path) -> None:
+    loaded = load_plugins(settings(tmp_path, (f"{plugin_package}.good:other",)), entry_points=no_entry_points)
+    assert loaded.names() == ["other"]
+
+
+@pytest.mark.parametrize(
+    ("path", "fragment"),
+    [
+        ("demo_plugins.missing", "No module named"),
+        ("demo_plugins.broken", "boom at import"),
+        ("demo_plugins.good:nothing", "has no attribute"),
+        ("demo_plugins.notaplugin", "did not produce a plugin"),
+    ],
+)
+def test_a_plugin_that_fails_to_load_stops_start_up_naming_it(
+    plugin_package: str, tmp_path: Path, path: str, fragment: str
+) -> None:
+    with pytest.raises(PluginError) as caught:
+        create_app(settings(tmp_path, (path,)))
+    assert repr(path) in str(caught.value)
+    assert fragment in str(caught.value)
+
+
+def test_entry_points_are_loaded_after_dotted_paths_without_duplicates(plugin_package: str, tmp_path: Path) -> None:
+    eps = [
+        importlib.metadata.EntryPoint("good", f"{plugin_package}.good:plugin", "petstore.plugins"),
+        importlib.metadata.EntryPoint("other", f"{plugin_package}.good:other", "petstore.plugins"),
+    ]
+    loaded = load_plugins(settings(tmp_path, (f"{plugin_package}.good",)), entry_points=lambda: eps)
+    assert loaded.names() == ["good", "other"]
+
+
+def test_a_broken_entry_point_is_named(plugin_package: str, tmp_path: Path) -> None:
+    eps = [importlib.metadata.EntryPoint("shiny", f"{plugin_package}.broken:plugin", "petstore.plugins")]
+    with pytest.raises(PluginError, match="'shiny' failed to load"):
+        load_plugins(settings(tmp_path, ()), entry_points=lambda: eps)
+
+
+def test_middleware_routes_startup_and_shutdown_hooks_run(tmp_path: Path) -> None:
+    recorder: list[RecordingPlugin] = []
+
+    def factory(s: Settings) -> RecordingPlugin:
+        recorder.append(RecordingPlugin(s))
+        return recorder[-1]
+
+    module = types.ModuleType("recording_plugin_for_test")
+    module.plugin = factory  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        app = create_app(settings(tmp_path, (module.__name__,)))
+        with TestClient(app) as client:
+            assert recorder[0].events == ["startup"]
+            response = client.get("/plugin/hello")
+            assert response.json() == {"hello": "plugin"}
+            assert response.headers["x-stamp"] == "yes"
+            assert client.get("/healthz").headers["x-stamp"] == "yes"
+        assert recorder[0].events == ["startup", "shutdown"]
+        assert "http" in recorder[0].seen_scopes
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_without_plugins_reads_work_and_writes_answer_401(tmp_path: Path) -> None:
+    import asyncio
+
+    from petstore.db import create_all, create_engine
+
+    s = settings(tmp_path, ())
+
+    async def init() -> None:
+        engine = create_engine(s)
+        await create_all(engine)
+        await engine.dispose()
+
+    asyncio.run(init())
+    with TestClient(create_app(s)) as client:
+        assert client.get("/api/v3/store/inventory").json() == {"available": 0, "pending": 0, "sold": 0}
+        assert client.get("/api/v3/pet/findByStatus").json() == []
+        refused = client.post("/api/v3/pet", json={"name": "rex", "photoUrls": []})
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert refused.json()["type"] == "unauthorized"
+        assert client.post("/api/v3/store/order", json={"petId": 1}).status_code == 401
+        assert client.get("/api/v3/pet/findByStatus").json() == []  # the refused write changed nothing
+
+
+def test_observe_reaches_every_plugin_in_order(tmp_path: Path) -> None:
+    first, second = RecordingPlugin(settings(tmp_path, ())), RecordingPlugin(settings(tmp_path, ()))
+    plugins = Plugins([first, second])
+    plugins.observe("ws.disconnected", code="1013")
+    assert first.observed == second.observed == [("ws.disconnected", 1.0, {"code": "1013"})]
+
+
+async def test_ws_authorize_any_refusal_wins_and_none_means_no_opinion(tmp_path: Path) -> None:
+    class Yes(PluginBase):
+        async def ws_authorize(self, principal: Any, room: str) -> bool | None:
+            return True
+
+    class No(PluginBase):
+        async def ws_authorize(self, principal: Any, room: str) -> bool | None:
+            return False
+
+    assert await Plugins([PluginBase()]).ws_authorize(None, "orders") is None
+    assert await Plugins([Yes(), PluginBase()]).ws_authorize(None, "orders") is True
+    assert await Plugins([Yes(), No()]).ws_authorize(None, "orders") is False
+
+
+def test_plugin_base_satisfies_the_protocol() -> None:
+    assert isinstance(PluginBase(), Plugin)
+
+
+def test_every_hook_is_documented_and_has_a_default() -> None:
+    """Like datasette's hookspecs: a hook nobody documented is a hook nobody can use."""
+    hooks = [name for name, _ in inspect.getmembers(Plugin) if not name.startswith("_")]
+    hooks = [h for h in hooks if callable(getattr(Plugin, h))]
+    assert len(hooks) >= 10
+    doc = plugin_module.__doc__ or ""
+    for hook in hooks:
+        assert f"``{hook}(" in doc, f"hook {hook} is not documented in petstore/plugin.py"
+        assert hook in vars(PluginBase), f"PluginBase has no default for {hook}"
+
+
+def test_the_core_never_imports_the_plugins_package() -> None:
+    core = Path(__file__).parents[1] / "petstore"
+    for source in core.rglob("*.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            assert not any(n == "plugins" or n.startswith("plugins.") for n in names), source
