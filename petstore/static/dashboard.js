@@ -351,9 +351,12 @@ class Dashboard {
 
   async #onState({ state, code }) {
     const badge = $("connection-state");
+    const was = badge.dataset.state;
     badge.dataset.state = state;
     badge.textContent = BADGE_TEXT[state] ?? state;
-    if (state === State.RECONNECTING && code !== undefined) this.feed.note(`connection lost (${code}), reconnecting`);
+    if (state === State.RECONNECTING && was !== State.RECONNECTING) {
+      this.feed.note(`connection lost (${code ?? "no answer"}), reconnecting`);
+    }
     if (state === State.RECOVERED) this.feed.note("reconnected, nothing missed");
     if (state === State.RESYNCED) this.feed.note("reconnected, restarted from a snapshot");
     const up = [State.CONNECTED, State.RECOVERED, State.RESYNCED].includes(state);
