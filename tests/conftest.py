@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
+from tests.fakes import ApiHarness, running_api
 from tests.services import PG_BINDIR, PostgresServer, RedisServer
 
 # ------------------------------------------------------------------------------ real services
@@ -68,3 +70,24 @@ def prometheus_bin() -> str:
     if path is None:
         _missing("prometheus (Debian package prometheus)")
     return path
+
+
+# ------------------------------------------------------------------------------ app fixtures
+# The REST API under test with the header auth fake of tests/fakes.py, on SQLite AND on a fresh
+# PostgreSQL database: every test that takes `api` (or `db_url`) runs once against each.
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: a SQLite file in tmp_path, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def api(db_url: str, tmp_path: Path) -> Iterator[ApiHarness]:
+    """The started app (tables created, header auth fake loaded) and views of its database."""
+    with running_api(db_url, tmp_path / "media") as harness:
+        yield harness
