@@ -144,7 +144,7 @@ export class PetstoreClient {
   setToken(token) {
     const previous = this.#token;
     this.#token = token ?? null;
-    if (!this.#isOpen()) return;
+    if (!this.#isReady()) return; // sent with the welcome handshake instead
     if (this.#token) {
       this.#send({ type: "auth", token: this.#token });
     } else if (previous) {
@@ -333,8 +333,14 @@ export class PetstoreClient {
   }
 
   #onWelcome(message) {
-    this.#welcomed = true;
     this.user = message.user ?? null;
+    if (this.#welcomed) {
+      // Only the first welcome of a connection starts the handshake; answering a later one
+      // with auth and subscriptions again could make a server that re-welcomes loop forever.
+      this.#emit("welcome", message);
+      return;
+    }
+    this.#welcomed = true;
     this.#startHeartbeat(message.heartbeat);
     this.#emit("welcome", message);
     // The auth message goes first: the server handles a connection's messages in order, so the

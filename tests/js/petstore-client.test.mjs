@@ -124,6 +124,31 @@ describe("connecting", () => {
     );
   });
 
+  test("a token set before the welcome goes out once, with the handshake", () => {
+    const { client, last } = setup();
+    client.connect(URL);
+    last().open();
+    client.setToken("early");
+    last().receive({ type: "welcome", connection: "c", user: null, heartbeat: 25 });
+    assert.deepEqual(
+      last().sent.map((m) => [m.type, m.token]),
+      [["auth", "early"]],
+    );
+  });
+
+  test("a second welcome on the same connection updates the user without redoing the handshake", () => {
+    const { client, last } = setup({ token: "tok" });
+    client.subscribe("inventory", {});
+    client.connect(URL);
+    last().accept();
+    last().receive({ type: "welcome", connection: "c", user: "alice", heartbeat: 25 });
+    assert.equal(client.user, "alice");
+    assert.deepEqual(
+      last().sent.map((m) => m.type),
+      ["auth", "subscribe"],
+    );
+  });
+
   test("a refused subscription calls onError and is not retried on reconnect", () => {
     const { client, clock, last } = setup();
     const orders = recorder();
