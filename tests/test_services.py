@@ -272,3 +272,10 @@ def test_uvicorn_start_failure_reports_the_log_tail(tmp_path: Path) -> None:
         assert not server.running
     finally:
         server.close()
+
+
+def test_uvicorn_runs_the_petstore_app_factory_by_default(tmp_path: Path) -> None:
+    env = {"PETSTORE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}", "PETSTORE_PLUGINS": ""}
+    with UvicornServer(env=env, cwd=tmp_path) as server:
+        assert "petstore.app:create_app" in server.command
+        assert http_get(f"{server.url}/healthz")[0] == 200
