@@ -123,7 +123,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(
         routes=[*plugin_routes, *extra_core_routes(settings, plugins), *core_routes(settings)],
         middleware=middleware,
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     return app
