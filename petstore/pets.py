@@ -117,22 +117,32 @@ async def commit_and_reload(state: AppState, session: AsyncSession, pet_id: int)
     return await load_pet(session, pet_id)
 
 
+async def create_pet(session: AsyncSession, body: PetBody, *, inventory: bool = True) -> Pet:
+    """Insert a pet and record its events: shared by ``addPet`` and ``petstore seed``. The caller commits.
+
+    ``inventory=False`` leaves ``inventory.changed`` to the caller, who records one per batch.
+    """
+    if body.id is not None and await session.get(Pet, body.id) is not None:
+        raise Conflict(f"pet {body.id} already exists")
+    pet = Pet(id=body.id, name=body.name, status=(body.status or PetStatus.available).value, tags=[])
+    session.add(pet)
+    await apply_body(session, pet, body)
+    await session.flush()
+    if body.id is not None:
+        await sync_id_sequence(session, "pet")
+    events.pet_event(session, "pet.created", PetPublic.from_row(pet))
+    if inventory:
+        await events.inventory_changed(session)
+    return pet
+
+
 async def add_pet(request: Request) -> Response:
     require(request, WRITE_PETS)
     body = await read_model(request, PetBody, form=True)
     state = app_state(request)
     async with state.sessions() as session:
-        if body.id is not None and await session.get(Pet, body.id) is not None:
-            raise Conflict(f"pet {body.id} already exists")
-        pet = Pet(id=body.id, name=body.name, status=(body.status or PetStatus.available).value, tags=[])
-        session.add(pet)
-        await apply_body(session, pet, body)
-        await session.flush()
-        if body.id is not None:
-            await sync_id_sequence(session, "pet")
+        pet = await create_pet(session, body)
         assert pet.id is not None
-        events.pet_event(session, "pet.created", PetPublic.from_row(pet))
-        await events.inventory_changed(session)
         pet = await commit_and_reload(state, session, pet.id)
     return pet_json(pet)
 
