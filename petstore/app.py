@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from petstore import pets, store, users
+from petstore import docs, openapi, pets, store, users
 from petstore.config import Settings
 from petstore.db import create_engine, create_sessionmaker, ping
 from petstore.errors import EXCEPTION_HANDLERS
@@ -131,4 +131,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 def extra_core_routes(settings: Settings, plugins: Plugins) -> list[BaseRoute]:
     """Routes of the core that live in their own modules (OpenAPI document, docs, real time)."""
-    return []
+    return [
+        *openapi.routes(plugins),
+        *docs.routes(),
+    ]
