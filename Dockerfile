@@ -34,10 +34,13 @@ LABEL org.opencontainers.image.title="petstore" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # A fixed, unprivileged uid/gid, so volume ownership is predictable across rebuilds. Its home
-# is the working directory: the default SQLite database (development only) lands there.
+# is the working directory: uploaded images (./media) and the default SQLite database
+# (development only) land there. /app/media exists in the image so that a volume mounted on it
+# starts out owned by that user.
 RUN groupadd --system --gid 10001 petstore \
     && useradd --system --uid 10001 --gid petstore --home-dir /app --create-home \
-       --shell /usr/sbin/nologin petstore
+       --shell /usr/sbin/nologin petstore \
+    && install -d -o petstore -g petstore /app/media
 
 COPY --from=builder /opt/venv /opt/venv
 

@@ -253,3 +253,10 @@ def test_grafana_mounts_provisioning_and_the_dashboards_where_the_provider_looks
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     on_host = host_path_for(grafana, home)
     assert on_host is not None and (REPO / on_host).is_file()
+
+
+def test_instances_share_one_media_volume_for_uploaded_images(services: dict[str, dict[str, Any]]) -> None:
+    """An image uploaded through one instance must be served by the other (default media dir ./media in /app)."""
+    mounts = [set(svc.get("volumes", [])) for svc in petstore_servers(services).values()]
+    shared = set.intersection(*mounts)
+    assert "media:/app/media" in shared
