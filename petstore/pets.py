@@ -8,6 +8,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlmodel import col
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,9 +32,11 @@ from petstore.models import (
     TagBody,
 )
 from petstore.state import AppState, app_state
-from petstore.web import pagination, path_id, query_list, read_body, read_data, read_model, validate
+from petstore.web import limited_stream, pagination, path_id, query_list, read_body, read_data, read_model, validate
 
 _WITH_RELATIONS = (selectinload(Pet.category), selectinload(Pet.tags))  # type: ignore[arg-type]
+
+_MULTIPART_FRAMING = 64 * 1024  # boundaries and part headers around the image itself
 
 _IMAGE_TYPES = {
     b"\x89PNG\r\n\x1a\n": ".png",
@@ -174,10 +179,10 @@ async def find_by_status(request: Request) -> Response:
     query = (
         select(Pet)
         .options(*_WITH_RELATIONS)
-        .where(Pet.status.in_(statuses))  # type: ignore[attr-defined]
-        .order_by(Pet.id)
+        .where(col(Pet.status).in_(statuses))
+        .order_by(col(Pet.id))
         .limit(limit)
-        .offset(offset)  # type: ignore[arg-type]
+        .offset(offset)
     )
     async with app_state(request).sessions() as session:
         pets = (await session.execute(query)).scalars().all()
@@ -191,14 +196,16 @@ async def find_by_tags(request: Request) -> Response:
     if any(len(name) > 255 for name in names):
         raise BadRequest("invalid tag value: longer than 255 characters")
     limit, offset = pagination(request)
-    tagged = select(PetTagLink.pet_id).join(Tag, Tag.id == PetTagLink.tag_id).where(Tag.name.in_(names))  # type: ignore[arg-type,union-attr]
+    tagged = (
+        select(col(PetTagLink.pet_id)).join(Tag, col(Tag.id) == col(PetTagLink.tag_id)).where(col(Tag.name).in_(names))
+    )
     query = (
         select(Pet)
         .options(*_WITH_RELATIONS)
-        .where(Pet.id.in_(tagged))  # type: ignore[union-attr]
-        .order_by(Pet.id)
+        .where(col(Pet.id).in_(tagged))
+        .order_by(col(Pet.id))
         .limit(limit)
-        .offset(offset)  # type: ignore[arg-type]
+        .offset(offset)
     )
     async with app_state(request).sessions() as session:
         pets = (await session.execute(query)).scalars().all()
@@ -264,6 +271,26 @@ def _image_suffix(data: bytes) -> str:
     raise UnsupportedMediaType("not a PNG, JPEG, GIF or WebP image")
 
 
+async def _read_multipart_file(request: Request, limit: int) -> bytes:
+    """The one file of a multipart body. ``request.form()`` would spool a file part of any size to
+    disk; reading through ``limited_stream`` stops at the limit (plus room for the framing)."""
+    stream = limited_stream(request, limit + _MULTIPART_FRAMING)
+    parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=10, max_part_size=64 * 1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    finally:
+        await stream.aclose()
+    try:
+        upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
+        if upload is None:
+            raise BadRequest("no file uploaded")
+        return await upload.read(limit + 1)
+    finally:
+        await form.close()
+
+
 async def upload_image(request: Request) -> Response:
     require(request, WRITE_PETS)
     pet_id = path_id(request, "petId", "pet")
@@ -271,14 +298,7 @@ async def upload_image(request: Request) -> Response:
     limit = state.settings.max_image_bytes
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media == "multipart/form-data":
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit + 64 * 1024:  # room for the multipart framing
-            raise PayloadTooLarge(f"image larger than {limit} bytes")
-        async with request.form(max_files=1, max_fields=10, max_part_size=limit) as form:
-            upload = next((v for v in form.values() if not isinstance(v, str)), None)
-            if upload is None:
-                raise BadRequest("no file uploaded")
-            data = await upload.read(limit + 1)
+        data = await _read_multipart_file(request, limit)
     elif media in ("application/octet-stream", "image/png", "image/jpeg", "image/gif", "image/webp", ""):
         data = await read_body(request, limit)
     else:

@@ -7,6 +7,7 @@ endpoints only see valid values.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,21 +22,28 @@ M = TypeVar("M", bound=BaseModel)
 MAX_LIMIT = 1000
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def limited_stream(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
+    """The body's chunks; 413 as soon as the declared or the received size passes ``limit``.
+
+    Nothing past the limit is read, so a client streaming an endless body (chunked, without
+    ``Content-Length``) costs at most ``limit`` bytes of memory or disk.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise BadRequest("invalid Content-Length")
         if int(declared) > limit:
             raise PayloadTooLarge(f"body larger than {limit} bytes")
-    chunks = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        yield chunk
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    return b"".join([chunk async for chunk in limited_stream(request, limit)])
 
 
 def _media_type(request: Request) -> str:

@@ -15,11 +15,13 @@ nothing), and SQL statement counts (to prove there is no N+1).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from argon2 import PasswordHasher
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import SQLModel
@@ -122,12 +124,19 @@ class Account:
         return {HEADER: self.value}
 
 
+@functools.cache
+def _default_hash() -> str:
+    # Argon2id is slow on purpose; the fixture accounts of every test share one real hash.
+    return PasswordHasher().hash(DEFAULT_PASSWORD)
+
+
 async def add_user(
     sessions: async_sessionmaker[AsyncSession], username: str, role: Role, password: str = DEFAULT_PASSWORD
 ) -> Account:
     """Insert a user with a real Argon2id hash (roles other than customer cannot sign up through the API)."""
+    password_hash = _default_hash() if password == DEFAULT_PASSWORD else await hash_password(password)
     async with sessions() as session:
-        user = User(username=username, role=role.value, password_hash=await hash_password(password))
+        user = User(username=username, role=role.value, password_hash=password_hash)
         session.add(user)
         await session.commit()
         assert user.id is not None
@@ -190,9 +199,12 @@ class ApiHarness:
     def admin(self) -> Account:
         return self._account(Role.admin)
 
-    def _account(self, role: Role) -> Account:
-        if role not in self._accounts:
+    def create_accounts(self) -> None:
+        """One user of each role, made before the test starts so that snapshots already hold them."""
+        for role in Role:
             self._accounts[role] = self.user(f"the-{role.value}", role)
+
+    def _account(self, role: Role) -> Account:
         return self._accounts[role]
 
     def rows(self, model: type[SQLModel], *, where: Any = None) -> list[Any]:
@@ -254,6 +266,7 @@ def running_api(database_url: str, media_dir: Path, **settings: Any) -> Iterator
     with TestClient(app) as client:
         harness = ApiHarness(client, media_dir)
         harness.run(db.create_all, harness.state.engine)
+        harness.create_accounts()
         yield harness
 
 
