@@ -1,0 +1,122 @@
+"""``plugins.auth``: JWT bearer tokens, roles, refresh rotation, revocation shared through Redis.
+
+Loaded by ``PETSTORE_PLUGINS`` (``plugins.auth``). What it does, hook by hook:
+
+- ``middleware``: Starlette's ``AuthenticationMiddleware`` with :class:`TokenBackend`, for HTTP
+  and WebSocket, setting ``scope["user"]`` (a :class:`~petstore.access.Principal`) and ``scope["auth"]``.
+- ``routes``: ``/api/v3/auth/{token,refresh,logout}``, ``/api/v3/user/{login,logout}`` and,
+  with RS256/ES256, ``/api/v3/auth/jwks.json``.
+- ``startup`` / ``shutdown``: the token store (Redis when ``PETSTORE_REDIS_URL`` is set), and a
+  log filter that keeps ``password=`` out of uvicorn's access log.
+- ``openapi``: the paths and schemas above, and the bearer scheme.
+- ``ws_authenticate`` / ``ws_authorize``: the same tokens and the rooms rule of SPEC §3.
+
+Settings of its own: see :mod:`plugins.auth.config` (``PETSTORE_JWT_*``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
+from starlette.websockets import WebSocket
+
+from petstore.access import AuthFailed, Principal
+from petstore.config import Settings
+from petstore.plugin import PluginBase
+from petstore.rooms import may_join
+from petstore.state import AppState
+from plugins.auth.authority import Authority, BackendUnavailable
+from plugins.auth.backend import AuthMiddleware, RedactSecrets, TokenBackend, installed_filter
+from plugins.auth.config import AuthSettings
+from plugins.auth.endpoints import AuthEndpoints
+from plugins.auth.openapi import API, extend
+from plugins.auth.store import MemoryTokenStore, RedisTokenStore, TokenStore
+from plugins.ratelimit import parse_rates
+
+logger = logging.getLogger("plugins.auth")
+
+#: Loggers that may print a request's query string (and so a /user/login password).
+REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error")
+
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+class AuthPlugin(PluginBase):
+    name = "auth"
+
+    def __init__(self, settings: Settings, config: AuthSettings | None = None) -> None:
+        self.settings = settings
+        self.config = config or AuthSettings()
+        self.keys = self.config.key_set(settings)  # bad keys stop start-up here, naming the plugin
+        self.authority: Authority | None = None
+        self._filter: tuple[RedactSecrets, list[logging.Logger]] | None = None
+        hourly = sum(rate.per_hour() for rate in parse_rates(settings.rate_limit)[:1])
+        self.endpoints = AuthEndpoints(lambda: self.authority, rate_per_hour=hourly)
+        self._state: AppState | None = None
+
+    def _observe_failure(self, reason: str) -> None:
+        if self._state is not None:
+            self._state.plugins.observe("auth.failure", reason=reason)
+
+    def middleware(self) -> Sequence[Middleware]:
+        backend = TokenBackend(lambda: self.authority, self._observe_failure)
+        return [Middleware(AuthMiddleware, backend=backend)]
+
+    def routes(self) -> Sequence[BaseRoute]:
+        return self.endpoints.routes(API, self.keys.jwks() if self.keys.is_asymmetric else None)
+
+    async def startup(self, state: AppState) -> None:
+        self._state = state
+        store: TokenStore = MemoryTokenStore()
+        if state.settings.redis_url:
+            redis = Redis.from_url(
+                state.settings.redis_url,
+                socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            )
+            store = RedisTokenStore(redis)
+        self.authority = Authority(self.config, self.keys, store, state)
+        self._filter = installed_filter(REDACTED_LOGGERS)
+        logger.info(
+            "auth: %s tokens, revocation %s",
+            self.keys.algorithm,
+            "in Redis" if state.settings.redis_url else "in process",
+        )
+
+    async def shutdown(self, state: AppState) -> None:
+        if self._filter is not None:
+            flt, loggers = self._filter
+            for item in loggers:
+                item.removeFilter(flt)
+            self._filter = None
+        if self.authority is not None:
+            await self.authority.store.close()
+            self.authority = None
+
+    def openapi(self, document: dict[str, Any]) -> None:
+        extend(document, asymmetric=self.keys.is_asymmetric)
+
+    async def ws_authenticate(self, websocket: WebSocket, token: str) -> Principal | None:
+        if self.authority is None:
+            raise AuthFailed("unavailable", "authentication is not ready")
+        try:
+            principal, _ = await self.authority.verify(token)
+        except AuthFailed as failure:
+            self._observe_failure(failure.reason)
+            raise
+        except BackendUnavailable:
+            self._observe_failure("store_unavailable")
+            raise AuthFailed("store_unavailable", "cannot check the token right now") from None
+        return principal
+
+    async def ws_authorize(self, principal: Principal | None, room: str) -> bool | None:
+        return may_join(principal, room)
+
+
+def plugin(settings: Settings) -> AuthPlugin:
+    return AuthPlugin(settings)

@@ -1,0 +1,165 @@
+"""Issuing, verifying, refreshing and revoking tokens: everything the endpoints and the middleware share.
+
+Access tokens carry ``typ=access``, refresh tokens ``typ=refresh``; each is refused where the
+other is expected. Both carry ``fam``, the refresh family started at login, so revoking a family
+ends its access tokens too. Who the user *is* (their role, whether they still exist) is read
+from the database on every verification: a deleted user's token stops working at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from petstore.access import AuthFailed, Principal
+from petstore.models import Role, User
+from petstore.state import AppState
+from plugins.auth.config import AuthSettings
+from plugins.auth.store import Rotation, TokenStore
+from plugins.tokens import KeySet, TokenError
+
+ACCESS = "access"
+REFRESH = "refresh"
+
+
+class BackendUnavailable(Exception):
+    """The revocation store cannot answer; a token cannot be trusted right now (503, not 401)."""
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    expires_in: int
+    expires_at: int
+    refresh_token: str | None
+
+    def json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "access_token": self.access_token,
+            "token_type": "bearer",
+            "expires_in": self.expires_in,
+        }
+        if self.refresh_token is not None:
+            body["refresh_token"] = self.refresh_token
+        return body
+
+
+def _new_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+class Authority:
+    def __init__(self, config: AuthSettings, keys: KeySet, store: TokenStore, state: AppState) -> None:
+        self.config = config
+        self.keys = keys
+        self.store = store
+        self.state = state
+
+    # ------------------------------------------------------------------ issuing
+
+    def _claims(self, user: User, kind: str, family: str, ttl: int, now: int) -> dict[str, Any]:
+        return {
+            "iss": self.config.issuer,
+            "aud": self.config.audience,
+            "sub": user.username,
+            "uid": user.id,
+            "role": user.role,
+            "typ": kind,
+            "fam": family,
+            "jti": _new_id(),
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl,
+        }
+
+    async def _pair(self, user: User, family: str, *, with_refresh: bool) -> TokenPair:
+        now = int(time.time())
+        access = self._claims(user, ACCESS, family, self.config.access_ttl_seconds, now)
+        refresh_token = None
+        if with_refresh:
+            refresh = self._claims(user, REFRESH, family, self.config.refresh_ttl_seconds, now)
+            refresh_token = self.keys.encode(refresh)
+            await self._store(self.store.start_family(family, refresh["jti"], self.config.refresh_ttl_seconds))
+        return TokenPair(self.keys.encode(access), self.config.access_ttl_seconds, access["exp"], refresh_token)
+
+    async def issue(self, user: User, *, with_refresh: bool = True) -> TokenPair:
+        """A fresh login: a new family, an access token and (unless ``with_refresh=False``) a refresh token."""
+        return await self._pair(user, _new_id(), with_refresh=with_refresh)
+
+    # ------------------------------------------------------------------ verifying
+
+    def decode(self, token: str, kind: str) -> dict[str, Any]:
+        """Signature and claims only (no store, no database); :class:`AuthFailed` when refused."""
+        try:
+            claims = self.keys.decode(
+                token, audience=self.config.audience, issuer=self.config.issuer, leeway=self.config.leeway_seconds
+            )
+        except TokenError as exc:
+            raise AuthFailed(exc.reason, exc.message) from None
+        if claims.get("typ") != kind:
+            raise AuthFailed("wrong_token_type", f"not an {kind} token" if kind == ACCESS else f"not a {kind} token")
+        if not isinstance(claims.get("uid"), int) or not isinstance(claims.get("fam"), str):
+            raise AuthFailed("bad_claims")
+        return claims
+
+    async def _store(self, operation: Any) -> Any:
+        try:
+            return await operation
+        except (RedisError, OSError) as exc:
+            raise BackendUnavailable(type(exc).__name__) from None
+
+    async def _live_user(self, claims: dict[str, Any]) -> User:
+        async with self.state.sessions() as session:
+            user = await session.get(User, claims["uid"])
+        # The name must match too: a deleted user's id may be reused by someone new.
+        if user is None or user.username != claims["sub"]:
+            raise AuthFailed("unknown_user")
+        return user
+
+    async def verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
+        """The principal an access token stands for, and its claims; :class:`AuthFailed` when refused."""
+        claims = self.decode(token, ACCESS)
+        if await self._store(self.store.is_revoked(claims["jti"], claims["fam"])):
+            raise AuthFailed("revoked", "token revoked")
+        user = await self._live_user(claims)
+        assert user.id is not None
+        principal = Principal.for_role(
+            user.id, user.username, Role(user.role), expires_at=float(claims["exp"]), token_id=claims["jti"]
+        )
+        return principal, claims
+
+    # ------------------------------------------------------------------ refreshing and revoking
+
+    async def refresh(self, token: str) -> TokenPair:
+        """Spend a refresh token for a new pair; reusing a spent one revokes its family."""
+        claims = self.decode(token, REFRESH)
+        if await self._store(self.store.is_revoked(claims["jti"], claims["fam"])):
+            raise AuthFailed("revoked", "token revoked")
+        user = await self._live_user(claims)
+        now = int(time.time())
+        refresh = self._claims(user, REFRESH, claims["fam"], self.config.refresh_ttl_seconds, now)
+        outcome = await self._store(
+            self.store.rotate(claims["fam"], claims["jti"], refresh["jti"], self._family_life())
+        )
+        if outcome is Rotation.reused:
+            raise AuthFailed("refresh_reused", "refresh token already used: every token of this login is revoked")
+        if outcome is not Rotation.ok:
+            raise AuthFailed("revoked", "token revoked")
+        access = self._claims(user, ACCESS, claims["fam"], self.config.access_ttl_seconds, now)
+        return TokenPair(
+            self.keys.encode(access), self.config.access_ttl_seconds, access["exp"], self.keys.encode(refresh)
+        )
+
+    def _family_life(self) -> int:
+        # The newest refresh token of a family expires at most this long from now.
+        return self.config.refresh_ttl_seconds + self.config.leeway_seconds
+
+    async def logout(self, claims: dict[str, Any]) -> None:
+        """Revoke this access token and its whole family, for as long as any of them could live."""
+        remaining = int(claims["exp"]) - int(time.time()) + self.config.leeway_seconds
+        await self._store(self.store.revoke(claims["jti"], remaining))
+        await self._store(self.store.revoke_family(claims["fam"], self._family_life()))

@@ -1,0 +1,140 @@
+"""Starlette's authentication machinery, fed with our tokens, for HTTP and WebSocket alike.
+
+:class:`TokenBackend` turns ``Authorization: Bearer`` into a :class:`~petstore.access.Principal`
+(``scope["user"]``) and its scopes (``scope["auth"]``). No header: anonymous. A bad token is
+refused right here: 401 with ``WWW-Authenticate: Bearer`` over HTTP, close 1008 on a WebSocket,
+because exception handlers do not run for errors raised in middleware.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from starlette.authentication import (
+    AuthCredentials,
+    AuthenticationBackend,
+    AuthenticationError,
+    BaseUser,
+    UnauthenticatedUser,
+)
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from petstore.access import AuthFailed
+from petstore.errors import error_response
+from plugins.auth.authority import Authority, BackendUnavailable
+
+logger = logging.getLogger("plugins.auth")
+
+#: How long between two log lines about the revocation store being down.
+LOG_INTERVAL_SECONDS = 30.0
+
+
+class TokenRefused(AuthenticationError):
+    def __init__(self, failure: AuthFailed) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class StoreDown(AuthenticationError):
+    pass
+
+
+def bearer_token(conn: HTTPConnection) -> str | None:
+    """The token of ``Authorization: Bearer <token>``; None without one; AuthFailed if malformed."""
+    header = conn.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthFailed("malformed", "use Authorization: Bearer <token>")
+    return token.strip()
+
+
+class TokenBackend(AuthenticationBackend):
+    def __init__(self, authority: Callable[[], Authority | None], observe: Callable[[str], None]) -> None:
+        self._authority = authority
+        self._observe = observe
+        self._last_store_log = 0.0
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        authority = self._authority()
+        try:
+            token = bearer_token(conn)
+            if token is None:
+                return None
+            if authority is None:  # not started: no lifespan ran, so nothing can be verified
+                raise StoreDown("authentication is not ready")
+            principal, _ = await authority.verify(token)
+        except AuthFailed as failure:
+            self._observe(failure.reason)
+            raise TokenRefused(failure) from None
+        except BackendUnavailable as exc:
+            now = time.monotonic()
+            if now - self._last_store_log >= LOG_INTERVAL_SECONDS:
+                self._last_store_log = now
+                logger.warning("token revocation store unreachable (%s): refusing authenticated requests", exc)
+            self._observe("store_unavailable")
+            raise StoreDown("cannot check the token right now") from None
+        return principal.credentials, principal
+
+
+class AuthMiddleware(AuthenticationMiddleware):
+    """Starlette's middleware, with the JSON error shape and WebSocket close code of SPEC §2/§3."""
+
+    def __init__(self, app: ASGIApp, backend: AuthenticationBackend) -> None:
+        super().__init__(app, backend=backend, on_error=None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            result = await self.backend.authenticate(HTTPConnection(scope))
+        except AuthenticationError as exc:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008 if isinstance(exc, TokenRefused) else 1013})
+                return
+            if isinstance(exc, TokenRefused):
+                challenge = 'Bearer error="invalid_token"'
+                response = error_response(401, "unauthorized", exc.failure.message, {"WWW-Authenticate": challenge})
+            else:
+                response = error_response(503, "unavailable", str(exc), {"Retry-After": "5"})
+            await response(scope, receive, send)
+            return
+        if result is None:
+            result = AuthCredentials(), UnauthenticatedUser()
+        scope["auth"], scope["user"] = result
+        await self.app(scope, receive, send)
+
+
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:password|token|access_token|refresh_token)=)[^&\s\"]*", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``password=...`` (and token parameters) in a URL or query string, replaced by ``***``."""
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
+class RedactSecrets(logging.Filter):
+    """Keeps ``/user/login?password=...`` out of uvicorn's access log (and any log it is added to)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        return True
+
+
+def installed_filter(logger_names: tuple[str, ...]) -> tuple[RedactSecrets, list[logging.Logger]]:
+    """Attach one :class:`RedactSecrets` to each named logger; returns it and them, to detach later."""
+    flt = RedactSecrets()
+    loggers = [logging.getLogger(name) for name in logger_names]
+    for item in loggers:
+        item.addFilter(flt)
+    return flt, loggers

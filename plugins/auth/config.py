@@ -1,0 +1,68 @@
+"""The auth plugin's own settings (``PETSTORE_JWT_*``), and the key set they describe.
+
+HS256 with ``PETSTORE_JWT_SECRET`` (the core's setting) is the default. For RS256/ES256, point
+``PETSTORE_JWT_PRIVATE_KEY_FILE`` at a PEM private key; during a rotation list the previous
+public keys in ``PETSTORE_JWT_PUBLIC_KEYS`` (``path`` or ``kid=path``, comma-separated) so that
+tokens signed before the switch stay valid until they expire. ``PETSTORE_JWT_PREVIOUS_SECRETS``
+does the same for HS256.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from petstore.config import Settings
+from petstore.errors import ConfigurationError
+from plugins.tokens import KeySet
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class AuthSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PETSTORE_JWT_", env_file=".env", extra="ignore", frozen=True)
+
+    algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
+    private_key_file: Path | None = None
+    key_id: str | None = None
+    public_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    previous_secrets: Annotated[tuple[str, ...], NoDecode] = Field(default=(), repr=False)
+    issuer: str = "petstore"
+    audience: str = "petstore-api"
+    access_ttl_seconds: int = Field(default=15 * 60, gt=0)
+    refresh_ttl_seconds: int = Field(default=14 * 24 * 3600, gt=0)
+    leeway_seconds: int = Field(default=30, ge=0, le=300)
+
+    @field_validator("public_keys", "previous_secrets", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("private_key_file", "key_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    def key_set(self, settings: Settings) -> KeySet:
+        """The keys to sign and verify with; a clear :class:`ConfigurationError` when they are unusable."""
+        try:
+            if self.algorithm == "HS256":
+                return KeySet.hmac(settings.resolved_jwt_secret(), self.previous_secrets)
+            if self.private_key_file is None:
+                raise ConfigurationError(f"PETSTORE_JWT_ALGORITHM={self.algorithm} needs PETSTORE_JWT_PRIVATE_KEY_FILE")
+            previous = []
+            for entry in self.public_keys:
+                kid, sep, path = entry.partition("=")
+                previous.append((kid if sep else None, Path(path if sep else entry).read_text()))
+            return KeySet.asymmetric(self.algorithm, self.private_key_file.read_text(), self.key_id, previous)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read a JWT key file: {exc.strerror}: {exc.filename}") from None
+        except ValueError as exc:
+            raise ConfigurationError(f"unusable JWT key: {exc}") from None

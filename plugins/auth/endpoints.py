@@ -1,0 +1,136 @@
+"""The endpoints of SPEC §2: ``/auth/token``, ``/auth/refresh``, ``/auth/logout``, ``/user/login``, ``/user/logout``.
+
+Token responses carry ``Cache-Control: no-store`` (RFC 6749 §5.1). A login for an unknown user
+verifies the password against a dummy hash, so it costs what a wrong password costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from petstore.access import AuthFailed
+from petstore.errors import ApiError, BadRequest, Unauthorized
+from petstore.models import ApiResponse, User
+from petstore.passwords import verify_password
+from petstore.state import app_state
+from petstore.users import find_user
+from petstore.web import read_data
+from plugins.auth.authority import ACCESS, Authority, BackendUnavailable
+from plugins.auth.backend import bearer_token
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+MAX_CREDENTIAL_LENGTH = 1024  # Argon2 of a megabyte "password" is a cheap way to burn our CPU
+
+
+class Unavailable(ApiError):
+    status, type = 503, "unavailable"
+
+
+class AuthEndpoints:
+    def __init__(self, authority: Callable[[], Authority | None], rate_per_hour: int) -> None:
+        self._authority = authority
+        self.rate_per_hour = rate_per_hour
+
+    def authority(self) -> Authority:
+        authority = self._authority()
+        if authority is None:
+            raise Unavailable("authentication is not ready")
+        return authority
+
+    def _refuse(self, request: Request, failure: AuthFailed) -> Unauthorized:
+        app_state(request).plugins.observe("auth.failure", reason=failure.reason)
+        return Unauthorized(failure.message, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+
+    async def _login(self, request: Request, username: Any, password: Any) -> User | None:
+        """The user whose password this is, else None (after the same amount of work)."""
+        if not isinstance(username, str) or not isinstance(password, str) or not username or not password:
+            raise BadRequest("username and password are required")
+        if len(username) > MAX_CREDENTIAL_LENGTH or len(password) > MAX_CREDENTIAL_LENGTH:
+            raise BadRequest(f"username and password are at most {MAX_CREDENTIAL_LENGTH} characters")
+        async with app_state(request).sessions() as session:
+            user = await find_user(session, username)
+        if await verify_password(user.password_hash if user else None, password):
+            return user
+        app_state(request).plugins.observe("auth.failure", reason="bad_credentials")
+        return None
+
+    async def token(self, request: Request) -> Response:
+        """OAuth2 password grant (RFC 6749 §4.3), form or JSON."""
+        data = await read_data(request, form=True)
+        if not isinstance(data, dict):
+            raise BadRequest("send username and password")
+        if data.get("grant_type") not in (None, "password"):
+            raise BadRequest("grant_type must be password", type="unsupported_grant_type")
+        user = await self._login(request, data.get("username"), data.get("password"))
+        if user is None:
+            raise Unauthorized("wrong username or password")
+        pair = await self._issue(user, with_refresh=True)
+        return JSONResponse(pair.json(), headers=NO_STORE)
+
+    async def _issue(self, user: User, *, with_refresh: bool) -> Any:
+        try:
+            return await self.authority().issue(user, with_refresh=with_refresh)
+        except BackendUnavailable:
+            raise Unavailable("cannot issue tokens right now", headers={"Retry-After": "5"}) from None
+
+    async def refresh(self, request: Request) -> Response:
+        data = await read_data(request)
+        token = data.get("refresh_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise BadRequest('send {"refresh_token": "..."}')
+        try:
+            pair = await self.authority().refresh(token)
+        except AuthFailed as failure:
+            raise self._refuse(request, failure) from None
+        except BackendUnavailable:
+            raise Unavailable("cannot refresh tokens right now", headers={"Retry-After": "5"}) from None
+        return JSONResponse(pair.json(), headers=NO_STORE)
+
+    async def logout(self, request: Request) -> Response:
+        """Revoke the presented access token and its family, on every instance."""
+        # The middleware has verified the token already; without one the request is anonymous.
+        token = bearer_token(request) if request.user.is_authenticated else None
+        if token is None:
+            raise Unauthorized()
+        try:
+            await self.authority().logout(self.authority().decode(token, ACCESS))
+        except AuthFailed as failure:
+            raise self._refuse(request, failure) from None
+        except BackendUnavailable:
+            raise Unavailable("cannot log out right now", headers={"Retry-After": "5"}) from None
+        return JSONResponse(ApiResponse(code=200, type="ok", message="logged out").model_dump())
+
+    async def user_login(self, request: Request) -> Response:
+        """The Petstore's ``loginUser``: the access token as a JSON string (no refresh token)."""
+        query = request.query_params
+        user = await self._login(request, query.get("username"), query.get("password"))
+        if user is None:
+            # The Petstore document answers 400 here ("Invalid username/password supplied").
+            raise BadRequest("invalid username/password supplied")
+        pair = await self._issue(user, with_refresh=False)
+        expires = datetime.fromtimestamp(pair.expires_at, UTC).isoformat().replace("+00:00", "Z")
+        headers = {**NO_STORE, "X-Rate-Limit": str(self.rate_per_hour), "X-Expires-After": expires}
+        return JSONResponse(pair.access_token, headers=headers)
+
+    def routes(self, prefix: str, jwks: dict[str, Any] | None) -> list[Route]:
+        routes = [
+            Route(f"{prefix}/auth/token", self.token, methods=["POST"], name="authToken"),
+            Route(f"{prefix}/auth/refresh", self.refresh, methods=["POST"], name="authRefresh"),
+            Route(f"{prefix}/auth/logout", self.logout, methods=["POST"], name="authLogout"),
+            Route(f"{prefix}/user/login", self.user_login, methods=["GET"], name="loginUser"),
+            Route(f"{prefix}/user/logout", self.logout, methods=["GET"], name="logoutUser"),
+        ]
+        if jwks is not None:
+            document = dict(jwks)
+
+            async def jwks_json(request: Request) -> Response:
+                return JSONResponse(document, headers={"Cache-Control": "public, max-age=300"})
+
+            routes.append(Route(f"{prefix}/auth/jwks.json", jwks_json, methods=["GET"], name="authJwks"))
+        return routes
