@@ -1,0 +1,385 @@
+"""The ``petstore`` command (SPEC §1).
+
+::
+
+    petstore serve [--host H] [--port P] [--workers N]    run the server (uvicorn)
+    petstore migrate                                      bring the schema up to date (Alembic)
+    petstore users create NAME --password PW [--role R]   create a user
+    petstore seed [--pets N] [--if-empty]                 demo pets and demo accounts
+
+Settings come from ``PETSTORE_*`` variables and ``.env``, as for the server. Bad arguments exit
+with status 2 and a usage line; a configuration, plugin, input or database problem exits with
+status 1 and one line on stderr, never a traceback.
+
+``serve --workers N`` (N > 1) runs uvicorn's supervisor with prometheus_client's multiprocess
+mode: ``PROMETHEUS_MULTIPROC_DIR`` is created (a temporary directory unless it is set), emptied
+at start, passed to the workers through the environment, and each worker that exits (crashed,
+restarted by the supervisor, or stopped) is marked dead so its live gauges stop counting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from petstore.config import Settings
+from petstore.errors import ApiError, ConfigurationError, PluginError
+
+T = TypeVar("T")
+
+APP = "petstore.app:create_app"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+ROLES = ("admin", "staff", "customer")
+PROGRESS_THRESHOLD = 200  # below this many pets, seeding is too quick for a progress bar to help
+
+
+class UsageError(Exception):
+    """An argument that parses but is not acceptable (exit status 2)."""
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"PETSTORE_{'_'.join(str(part) for part in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None
+
+
+def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(factory())
+
+
+def _shown_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _count(text)
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------- serve
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for one run: the configured one emptied, else a temporary one removed after."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        # A previous run's files would be added to this run's counts.
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="petstore-metrics-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _supervisor_class() -> type[Any]:
+    # Imported here: `petstore migrate` and friends need neither uvicorn's supervisor nor prometheus_client.
+    from prometheus_client.multiprocess import mark_process_dead
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class MetricsSupervisor(Multiprocess):
+        """uvicorn's worker supervisor, telling prometheus_client about every worker that exits.
+
+        uvicorn replaces a dead or hung worker in ``keep_subprocess_alive``, swaps all of them on
+        SIGHUP and drops one on SIGTTOU; after each of these, and at shutdown, the pids no longer
+        running are marked dead, which removes their live gauge files (requests in progress,
+        connections, subscriptions) while their counters keep counting.
+        """
+
+        def __init__(self, *args: Any, metrics_dir: Path, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.metrics_dir = metrics_dir
+            self.known: set[int] = set()
+
+        def mark_exited(self) -> None:
+            running = {p.pid for p in self.processes if p.pid is not None and p.process.is_alive()}
+            for pid in self.known - running:
+                mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+            self.known = running
+
+        def init_processes(self) -> None:
+            super().init_processes()
+            self.mark_exited()
+
+        def keep_subprocess_alive(self) -> None:
+            super().keep_subprocess_alive()
+            self.mark_exited()
+
+        def handle_hup(self) -> None:
+            super().handle_hup()
+            self.mark_exited()
+
+        def handle_ttin(self) -> None:
+            super().handle_ttin()
+            self.mark_exited()
+
+        def handle_ttou(self) -> None:
+            super().handle_ttou()
+            self.mark_exited()
+
+        def join_all(self) -> None:
+            super().join_all()
+            self.mark_exited()
+
+    return MetricsSupervisor
+
+
+def _check_app_settings() -> None:
+    """Fail in this process, with one line, on what would make every worker fail at start-up."""
+    from petstore.plugin import load_plugins
+
+    settings = _settings()
+    settings.check_production()
+    load_plugins(settings)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server with uvicorn; several worker processes with ``--workers``."""
+    import uvicorn
+
+    if args.workers == 1:
+        _check_app_settings()
+        uvicorn.run(APP, factory=True, host=args.host, port=args.port)
+        return 0
+    with metrics_directory() as path:
+        # The supervisor records no metrics: keep its prometheus_client out of multiprocess mode
+        # (it picks its value store on first import), so only workers write files.
+        os.environ.pop(MULTIPROC_ENV, None)
+        _check_app_settings()
+        os.environ[MULTIPROC_ENV] = str(path)  # inherited by the workers uvicorn spawns
+        config = uvicorn.Config(APP, factory=True, host=args.host, port=args.port, workers=args.workers)
+        sock = config.bind_socket()
+        try:
+            _supervisor_class()(config, sockets=[sock], metrics_dir=path).run()
+        finally:
+            sock.close()
+    return 0
+
+
+# ------------------------------------------------------------------------------------- migrate
+
+
+def migrate_command(args: argparse.Namespace) -> int:
+    """Upgrade the database schema to the newest revision."""
+    from petstore.migrations import migrate
+
+    settings = _settings()
+    migrate(settings.database_url)
+    print(f"database {_shown_url(settings.database_url)} is up to date")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- users
+
+
+def _password(args: argparse.Namespace) -> str:
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else args.password
+    if not password:
+        raise UsageError("the password is empty")
+    return str(password)
+
+
+def users_create(args: argparse.Namespace) -> int:
+    """Create a user with a role; the password is hashed (Argon2id) and never printed."""
+    from petstore.db import create_engine, create_sessionmaker
+    from petstore.models import Role, UserBody
+    from petstore.users import create_user_row
+
+    try:
+        body = UserBody(username=args.name, password=_password(args))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"{first['loc'][0]}: {first['msg']}") from None
+    settings = _settings()
+
+    async def create() -> int:
+        engine = create_engine(settings)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                user = await create_user_row(session, body, Role(args.role))
+                await session.commit()
+                assert user.id is not None
+                return user.id
+        finally:
+            await engine.dispose()
+
+    user_id = _run(create)
+    print(f"created user {args.name!r} (id {user_id}, role {args.role})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- seed
+
+
+def seed_command(args: argparse.Namespace) -> int:
+    """Add demo pets (with categories, tags and their events) and the demo accounts."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from petstore.db import create_engine, create_sessionmaker
+    from petstore.seed import DEMO_USERS, seed
+
+    settings = _settings()
+    if settings.env == "production":
+        raise ConfigurationError("refusing to seed demo data and demo accounts with PETSTORE_ENV=production")
+    password = os.environ.get("PETSTORE_DEMO_PASSWORD") or None
+    console = Console()
+    bar = Progress(
+        TextColumn("seeding pets"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.pets < PROGRESS_THRESHOLD,
+    )
+
+    async def run() -> Any:
+        engine = create_engine(settings)
+        try:
+            with bar:
+                task = bar.add_task("pets", total=args.pets)
+                return await seed(
+                    create_sessionmaker(engine),
+                    args.pets,
+                    password=password,
+                    if_empty=args.if_empty,
+                    progress=lambda n: bar.advance(task, n),
+                )
+        finally:
+            await engine.dispose()
+
+    result = _run(run)
+    if result.skipped:
+        print("the database already has data: nothing seeded")
+        return 0
+    print(f"seeded {result.pets} pets")
+    if result.users:
+        roles = dict(DEMO_USERS)
+        accounts = ", ".join(f"{name} ({roles[name].value})" for name in result.users)
+        if result.generated_password is not None:
+            # Shown once, here, and stored nowhere but as Argon2id hashes: never logged.
+            print(f"demo accounts {accounts}, password: {result.generated_password}")
+            print("(shown only this once; set PETSTORE_DEMO_PASSWORD to choose it)")
+        else:
+            print(f"demo accounts {accounts}, with the password from PETSTORE_DEMO_PASSWORD")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="petstore",
+        description="A real-time Swagger Petstore v3 server. Settings come from PETSTORE_* variables and .env.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("serve", help="run the server (uvicorn)", description=serve.__doc__)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default: %(default)s)")
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="worker processes (default: %(default)s); more than 1 turns on Prometheus multiprocess mode",
+    )
+    p.set_defaults(func=serve)
+
+    p = commands.add_parser("migrate", help="bring the database schema up to date", description=migrate_command.__doc__)
+    p.set_defaults(func=migrate_command)
+
+    users = commands.add_parser("users", help="manage users", description="Manage user accounts.")
+    user_commands = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    p = user_commands.add_parser("create", help="create a user", description=users_create.__doc__)
+    p.add_argument("name", metavar="NAME", help="the username")
+    secret = p.add_mutually_exclusive_group(required=True)
+    secret.add_argument("--password", metavar="PW", help="the password (visible to other local users in ps)")
+    secret.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    p.add_argument("--role", choices=ROLES, default="customer", help="(default: %(default)s)")
+    p.set_defaults(func=users_create)
+
+    p = commands.add_parser("seed", help="add demo data", description=seed_command.__doc__)
+    p.add_argument("--pets", type=_count, default=50, help="demo pets to add (default: %(default)s)")
+    p.add_argument(
+        "--if-empty", action="store_true", help="do nothing if the database already has pets or users (idempotent)"
+    )
+    p.set_defaults(func=seed_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``petstore``: returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+        return status
+    except UsageError as exc:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+    except (ConfigurationError, PluginError) as exc:
+        print(f"petstore: error: {exc}", file=sys.stderr)
+    except ApiError as exc:  # a refused input: a taken username, a conflicting id
+        print(f"petstore: error: {exc.message}", file=sys.stderr)
+    except SQLAlchemyError as exc:
+        cause = getattr(exc, "orig", None) or exc
+        first_line = str(cause).splitlines()[0] if str(cause) else ""
+        print(f"petstore: database error: {type(cause).__name__}: {first_line}", file=sys.stderr)
+        if "no such table" in first_line or "does not exist" in first_line:
+            print("petstore: hint: run `petstore migrate` first", file=sys.stderr)
+    except OSError as exc:
+        print(f"petstore: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
