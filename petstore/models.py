@@ -32,10 +32,21 @@ def _clean_text(value: str) -> str:
     return value
 
 
+def _utc(value: datetime) -> datetime:
+    # SQLite keeps no zone, so every instant is stored in UTC; a time without a zone is read as UTC.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date out of range") from None
+
+
 Text = Annotated[str, StringConstraints(max_length=255), AfterValidator(_clean_text)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_clean_text)]
 Url = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_clean_text)]
 Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class PetStatus(enum.StrEnum):
@@ -200,7 +211,7 @@ class OrderBody(ApiModel):
     id: Id | None = None
     pet_id: Id
     quantity: Annotated[int, Field(ge=1, le=INT32_MAX)] = 1
-    ship_date: datetime | None = None
+    ship_date: UtcDateTime | None = None
     status: OrderStatus | None = None
     complete: bool | None = None
 
@@ -210,7 +221,7 @@ class OrderPatch(ApiModel):
 
     status: OrderStatus | None = None
     complete: bool | None = None
-    ship_date: datetime | None = None
+    ship_date: UtcDateTime | None = None
 
 
 class OrderPublic(ApiModel):

@@ -9,8 +9,9 @@ Customers see only their own orders; another user's order is 404, not 403 (no ex
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,7 +19,7 @@ from starlette.routing import Route
 from petstore import events
 from petstore.access import ALL_ORDERS, AUTHENTICATED, PLACE_ORDERS, Principal, may, require
 from petstore.db import sync_id_sequence
-from petstore.errors import Conflict, Forbidden, NotFound
+from petstore.errors import Conflict, Forbidden, NotFound, Unauthorized
 from petstore.models import (
     ApiResponse,
     Order,
@@ -74,10 +75,13 @@ async def place_order(request: Request) -> Response:
     who = require(request, PLACE_ORDERS)
     body = await read_model(request, OrderBody, form=True)
     status = body.status or OrderStatus.placed
-    if status is OrderStatus.delivered and not may(request, ALL_ORDERS):
-        raise Forbidden("only staff may place an order as delivered")
+    if status is not OrderStatus.placed and not may(request, ALL_ORDERS):
+        raise Forbidden(f"only staff may place an order as {status.value}")
     state = app_state(request)
     async with state.sessions() as session:
+        # A token outlives the account it names; the order's owner must exist (foreign key).
+        if await session.get(User, who.user_id) is None:
+            raise Unauthorized("your account no longer exists")
         if body.id is not None and await session.get(Order, body.id) is not None:
             raise Conflict(f"order {body.id} already exists")
         new_pet_status = PetStatus.sold if status is OrderStatus.delivered else PetStatus.pending
@@ -163,6 +167,21 @@ async def update_order(request: Request) -> Response:
     return order_json(public)
 
 
+async def _release_pet(session: AsyncSession, pet_id: int) -> None:
+    """A cancelled order frees its pet, unless another open order holds it (staff re-listed it meanwhile)."""
+    open_orders = select(col(Order.id)).where(
+        col(Order.pet_id) == pet_id,
+        col(Order.status).in_([OrderStatus.placed.value, OrderStatus.approved.value]),
+    )
+    statement = (
+        update(Pet)
+        .where(col(Pet.id) == pet_id, col(Pet.status) == PetStatus.pending.value, ~open_orders.exists())
+        .values(status=PetStatus.available.value)
+    )
+    if (await session.execute(statement)).rowcount:  # type: ignore[attr-defined]
+        await _pet_changed(session, pet_id)
+
+
 async def delete_order(request: Request) -> Response:
     who = require(request, AUTHENTICATED)
     order_id = path_id(request, "orderId", "order")
@@ -171,12 +190,13 @@ async def delete_order(request: Request) -> Response:
         order = await _visible_order(session, request, who, order_id)
         owner = await _owner_name(session, order)
         public = OrderPublic.from_row(order)
-        await session.delete(order)
+        # A conditional DELETE: of two concurrent deletions only one frees the pet, the other is 404.
+        deleted = await session.execute(delete(Order).where(col(Order.id) == order_id))
+        if not deleted.rowcount:  # type: ignore[attr-defined]
+            raise NotFound(f"order {order_id} not found")
         events.order_event(session, "order.deleted", public, owner)
-        if order.status != OrderStatus.delivered and await _set_pet_status(
-            session, order.pet_id, PetStatus.available, only_from=PetStatus.pending
-        ):
-            await _pet_changed(session, order.pet_id)
+        if public.status is not OrderStatus.delivered:
+            await _release_pet(session, public.pet_id)
         await session.commit()
     state.outbox_wakeup.set()
     return JSONResponse(ApiResponse(code=200, type="ok", message=f"order {order_id} deleted").model_dump())
