@@ -125,6 +125,12 @@ class Subscriber:
     def close(self) -> None:
         self.connection.close()
 
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class Traffic:
     """REST and WebSocket traffic that makes every SPEC §5 metric move."""
@@ -133,12 +139,22 @@ class Traffic:
         self.http = httpx.Client(base_url=f"{url}/api/v3", timeout=DEADLINE)
         self.ws_url = ws_url
         self.requests = 0
-        self.staff_token = self.login(*STAFF)
-        self.signup(*CUSTOMER)
-        self.customer_token = self.login(*CUSTOMER)
-        self.staff_ws = Subscriber(ws_url, self.staff_token)
-        for request_id, room in enumerate(["inventory", "pets", "orders", f"user:{STAFF[0]}"], start=1):
-            self.staff_ws.subscribe(room, request_id)
+        self.staff_ws: Subscriber | None = None
+        try:
+            self.staff_token = self.login(*STAFF)
+            self.signup(*CUSTOMER)
+            self.customer_token = self.login(*CUSTOMER)
+            self.staff_ws = Subscriber(ws_url, self.staff_token)
+            for request_id, room in enumerate(["inventory", "pets", "orders", f"user:{STAFF[0]}"], start=1):
+                self.staff_ws.subscribe(room, request_id)
+        except BaseException:
+            self.close()  # the fixture never gets an object to close
+            raise
+
+    @property
+    def staff(self) -> Subscriber:
+        assert self.staff_ws is not None
+        return self.staff_ws
 
     def request(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -164,22 +180,23 @@ class Traffic:
         )
         assert created.status_code in {200, 201}, created.text
         pet_id = created.json()["id"]
-        self.staff_ws.expect(lambda m: m.get("event") == "pet.created", "pet.created event")
-        pet_watcher = Subscriber(self.ws_url)
-        pet_watcher.subscribe(f"pet:{pet_id}", 1)
-        assert self.request("GET", f"/pet/{pet_id}").status_code == 200
-        assert self.request("GET", "/pet/findByStatus", params={"status": "available"}).status_code == 200
-        assert self.request("GET", "/store/inventory").status_code == 200
-        changed = dict(created.json(), name=f"Rex {number} the second")
-        assert self.request("PUT", "/pet", staff, json=changed).status_code == 200
-        pet_watcher.expect(lambda m: m.get("event") == "pet.updated", "pet.updated event")
+        self.staff.expect(lambda m: m.get("event") == "pet.created", "pet.created event")
+        # An anonymous watcher of this pet, whose connection then closes (a disconnect code).
+        with Subscriber(self.ws_url) as pet_watcher:
+            pet_watcher.subscribe(f"pet:{pet_id}", 1)
+            assert self.request("GET", f"/pet/{pet_id}").status_code == 200
+            assert self.request("GET", "/pet/findByStatus", params={"status": "available"}).status_code == 200
+            assert self.request("GET", "/store/inventory").status_code == 200
+            changed = dict(created.json(), name=f"Rex {number} the second")
+            assert self.request("PUT", "/pet", staff, json=changed).status_code == 200
+            pet_watcher.expect(lambda m: m.get("event") == "pet.updated", "pet.updated event")
         # Orders: placed by a customer, seen by staff, then deleted by the customer.
         order = self.request(
             "POST", "/store/order", customer, json={"petId": pet_id, "quantity": 1, "status": "placed"}
         )
         assert order.status_code in {200, 201}, order.text
-        self.staff_ws.expect(lambda m: m.get("event") == "order.placed", "order.placed event")
-        self.staff_ws.expect(lambda m: m.get("event") == "inventory.changed", "inventory.changed event")
+        self.staff.expect(lambda m: m.get("event") == "order.placed", "order.placed event")
+        self.staff.expect(lambda m: m.get("event") == "inventory.changed", "inventory.changed event")
         order_id = order.json()["id"]
         assert self.request("GET", f"/store/order/{order_id}", customer).status_code == 200
         assert self.request("DELETE", f"/store/order/{order_id}", customer).status_code in {200, 204}
@@ -187,12 +204,11 @@ class Traffic:
         assert self.request("GET", "/pet/987654321").status_code == 404
         assert self.request("POST", "/pet", staff, json={"photoUrls": "not a list"}).status_code in {400, 422}
         assert self.request("DELETE", f"/pet/{pet_id}", "not-a-token").status_code == 401
-        # WebSocket: ping, a bad message answered with an error, a connection that closes.
-        self.staff_ws.send({"type": "ping", "id": 100 + number})
-        self.staff_ws.expect(lambda m: m["type"] == "pong", "pong")
-        self.staff_ws.send({"type": "no-such-type", "id": 200 + number})
-        self.staff_ws.expect(lambda m: m["type"] == "error", "error for a bad message")
-        pet_watcher.close()
+        # WebSocket: ping, and a bad message answered with an error.
+        self.staff.send({"type": "ping", "id": 100 + number})
+        self.staff.expect(lambda m: m["type"] == "pong", "pong")
+        self.staff.send({"type": "no-such-type", "id": 200 + number})
+        self.staff.expect(lambda m: m["type"] == "error", "error for a bad message")
         # A rate-limited login: wrong passwords until the strict login limit answers 429.
         self.wrong_logins_until_limited()
 
@@ -205,7 +221,8 @@ class Traffic:
         raise AssertionError("200 wrong logins in a row were never rate limited")
 
     def close(self) -> None:
-        self.staff_ws.close()
+        if self.staff_ws is not None:
+            self.staff_ws.close()
         self.http.close()
 
 
