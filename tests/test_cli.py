@@ -317,3 +317,31 @@ def test_serve_runs_the_app_factory(migrated: str, tmp_path: Path) -> None:
     )
     with server:
         assert httpx.get(f"{server.url}/api/v3/store/inventory").json() == {"available": 0, "pending": 0, "sold": 0}
+
+
+# --------------------------------------------------------------------------- scripts/serve
+
+
+def test_scripts_serve_migrates_seeds_once_and_serves(tmp_path: Path) -> None:
+    """Run twice on one database: the first run seeds and shows the demo password once, the second neither."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "serve"
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}"
+    env = {
+        "PETSTORE_VENV": str(Path(sys.executable).parents[1]),  # this environment: no install needed
+        "PETSTORE_DATABASE_URL": database_url,
+        "PETSTORE_PLUGINS": "plugins.metrics",
+        "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
+        "PETSTORE_DEMO_PETS": "12",
+    }
+    server = UvicornServer(command=["bash", str(script), "--host", "{host}", "--port", "{port}"], env=env)
+    with server:
+        pets = httpx.get(f"{server.url}/api/v3/pet/findByStatus?status=available,pending,sold").json()
+        assert len(pets) == 12
+        assert httpx.get(f"{server.url}/").status_code == 200  # the dashboard
+        server.restart()  # the same script again, on the same database
+        log = server.log_path.read_text()
+    assert log.count("Migrating the database") == 2
+    assert log.count("seeded 12 pets") == 1
+    assert log.count("password: ") == 1  # shown once, on the first run only
+    assert log.count("nothing seeded") == 1
+    assert len(rows(database_url)["pets"]) == 12
