@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from petstore import docs, openapi, pets, store, users
+from petstore import docs, openapi, pets, realtime, sse, store, users, ws
 from petstore.config import Settings
 from petstore.db import create_engine, create_sessionmaker, ping
 from petstore.errors import EXCEPTION_HANDLERS
@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = create_engine(settings)
         state = AppState(settings=settings, engine=engine, sessions=create_sessionmaker(engine), plugins=plugins)
+        realtime.register(state)
         started: list[Any] = []
         try:
             for plugin in plugins:
@@ -134,4 +135,6 @@ def extra_core_routes(settings: Settings, plugins: Plugins) -> list[BaseRoute]:
     return [
         *openapi.routes(plugins),
         *docs.routes(),
+        *ws.routes(),
+        *sse.routes(),
     ]

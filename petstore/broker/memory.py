@@ -1,0 +1,92 @@
+"""The in-process broker: one process, history in bounded deques, delivery by a direct call.
+
+Same contract as the Redis broker (see :mod:`petstore.broker`), so everything above it is
+tested in process against this one. A room idle for longer than the history TTL is forgotten
+and starts a new epoch, as an expired Redis room does.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+
+from petstore.broker import Deliver, History, Message, Since, encode_frame, frame_tail
+from petstore.config import Settings
+
+
+@dataclass
+class _Room:
+    epoch: str
+    history: deque[Message]
+    offset: int = 0
+    touched: float = field(default_factory=time.monotonic)
+
+
+class MemoryBroker:
+    name = "memory"
+
+    def __init__(self, settings: Settings, deliver: Deliver) -> None:
+        self._deliver = deliver
+        self._size = settings.history_size
+        self._ttl = settings.history_ttl_seconds
+        self._rooms: dict[str, _Room] = {}
+        self._watched: dict[str, int] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self._rooms.clear()
+
+    def _room(self, name: str) -> _Room:
+        room = self._rooms.get(name)
+        now = time.monotonic()
+        if room is None or now - room.touched > self._ttl:
+            room = _Room(epoch=uuid.uuid4().hex, history=deque(maxlen=self._size))
+            self._rooms[name] = room
+        room.touched = now
+        return room
+
+    async def publish(self, room: str, event: str, data_json: str, ts: str, source: int) -> None:
+        state = self._room(room)
+        state.offset += 1
+        frame = encode_frame(room, state.offset, state.epoch, frame_tail(event, data_json, ts))
+        message = Message.parse(frame)
+        state.history.append(message)
+        if room in self._watched:
+            self._deliver(message)
+
+    async def watch(self, room: str) -> None:
+        self._watched[room] = self._watched.get(room, 0) + 1
+
+    async def unwatch(self, room: str) -> None:
+        count = self._watched.get(room, 0) - 1
+        if count > 0:
+            self._watched[room] = count
+        else:
+            self._watched.pop(room, None)
+
+    async def history(self, room: str, since: Since | None) -> History:
+        state = self._room(room)
+        if since is None:
+            return History(state.epoch, state.offset, None)
+        return History(state.epoch, state.offset, continuation(state.epoch, state.offset, since, state.history))
+
+    async def ping(self) -> None:
+        return None
+
+
+def continuation(
+    epoch: str, offset: int, since: Since, retained: deque[Message] | list[Message]
+) -> list[Message] | None:
+    """The events after ``since`` if ``retained`` holds every one of them, else None."""
+    if since.epoch != epoch or since.offset > offset or since.offset < 0:
+        return None
+    missed = [message for message in retained if message.offset > since.offset]
+    if len(missed) != offset - since.offset:
+        return None  # trimmed: the oldest missed events are gone
+    if missed and missed[0].offset != since.offset + 1:
+        return None
+    return missed

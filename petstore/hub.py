@@ -1,0 +1,190 @@
+"""The hub: this instance's rooms and the local connections subscribed to them.
+
+Fan-out is encode-once: the broker hands over a :class:`~petstore.broker.Message` whose frame
+was encoded by the publisher, and the hub puts that same object on every subscriber's bounded
+queue with :meth:`Connection.put_nowait`. Nothing here awaits a client: one sender task per
+connection (in the transport) drains its queue, and a connection whose queue is full is closed
+with 1013 instead of slowing the others down.
+
+A new subscription starts *buffering*: live events are held aside while the transport reads
+history and the snapshot, then :meth:`Hub.go_live` releases the ones the history did not
+already cover, so a client sees no gap and no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from petstore import rooms as room_names
+from petstore.broker import Message
+
+if TYPE_CHECKING:
+    from petstore.access import Principal
+
+logger = logging.getLogger("petstore.hub")
+
+SLOW_CONSUMER = 1013
+RESTARTING = 1012
+
+#: What a connection's queue holds: events (shared objects) and control messages (own text).
+Outgoing = Message | str
+
+
+class Connection:
+    """One client of a transport: its bounded queue, its subscriptions, its principal."""
+
+    def __init__(self, connection_id: str, limit: int, observe: Callable[..., None]) -> None:
+        self.id = connection_id
+        self.limit = limit
+        self.principal: Principal | None = None
+        self.subscriptions: dict[str, Subscription] = {}
+        self.close_code: int | None = None
+        self._items: deque[Outgoing] = deque()
+        self._ready = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._observe = observe
+
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    def put_nowait(self, item: Outgoing) -> None:
+        if self.close_code is not None:
+            return
+        if len(self._items) >= self.limit:
+            self.overflow()
+            return
+        self._items.append(item)
+        self._ready.set()
+
+    def overflow(self) -> None:
+        """The client does not keep up: close it with 1013 rather than wait for it."""
+        if self.close_code is None:
+            self._observe("ws.slow_consumer")
+            logger.info("connection %s is too slow: closing it with %d", self.id, SLOW_CONSUMER)
+            self.close(SLOW_CONSUMER)
+
+    def close(self, code: int) -> None:
+        """Ask the transport to close this connection with ``code`` (the first request wins)."""
+        if self.close_code is None:
+            self.close_code = code
+            self._closing.set()
+            self._ready.set()
+
+    async def wait_closing(self) -> int:
+        await self._closing.wait()
+        assert self.close_code is not None
+        return self.close_code
+
+    async def next_batch(self, most: int) -> list[Outgoing]:
+        """Wait for queued items and take up to ``most`` of them; empty once the connection closes."""
+        while not self._items:
+            if self.close_code is not None:
+                return []
+            self._ready.clear()
+            await self._ready.wait()
+        if self.close_code is not None:
+            return []
+        count = min(most, len(self._items))
+        return [self._items.popleft() for _ in range(count)]
+
+
+class Subscription:
+    """A connection's membership of one room; ``pending`` holds live events until it goes live."""
+
+    __slots__ = ("connection", "kind", "pending", "room")
+
+    def __init__(self, connection: Connection, room: str) -> None:
+        self.connection = connection
+        self.room = room
+        self.kind = room_names.room_kind(room) or "unknown"
+        self.pending: list[Message] | None = []
+
+    def offer(self, message: Message) -> None:
+        pending = self.pending
+        if pending is None:
+            self.connection.put_nowait(message)
+        elif len(pending) >= self.connection.limit:
+            self.connection.overflow()
+        else:
+            pending.append(message)
+
+
+class Hub:
+    """Rooms → local subscriptions. Created per app in the lifespan; see the module docstring."""
+
+    def __init__(self, observe: Callable[..., None]) -> None:
+        self._rooms: dict[str, dict[Connection, Subscription]] = {}
+        self.connections: set[Connection] = set()
+        self._observe = observe
+        self._empty = asyncio.Event()
+
+    def connection(self, connection_id: str, limit: int) -> Connection:
+        conn = Connection(connection_id, limit, self._observe)
+        self.connections.add(conn)
+        self._empty.clear()
+        return conn
+
+    def deliver(self, message: Message) -> None:
+        """The broker's callback: one event to every local subscriber of its room."""
+        members = self._rooms.get(message.room)
+        if not members:
+            return
+        for subscription in tuple(members.values()):
+            subscription.offer(message)
+
+    def join(self, conn: Connection, room: str) -> Subscription:
+        """Subscribe ``conn`` to ``room`` in buffering mode (see :meth:`go_live`)."""
+        subscription = Subscription(conn, room)
+        self._rooms.setdefault(room, {})[conn] = subscription
+        conn.subscriptions[room] = subscription
+        return subscription
+
+    def go_live(self, subscription: Subscription, epoch: str, offset: int) -> None:
+        """Release buffered events the client has not seen: anything after ``offset`` of ``epoch``."""
+        pending, subscription.pending = subscription.pending or [], None
+        for message in pending:
+            if message.epoch == epoch and message.offset <= offset:
+                continue  # covered by the history or the snapshot the client already has
+            subscription.connection.put_nowait(message)
+
+    def leave(self, conn: Connection, room: str) -> bool:
+        if conn.subscriptions.pop(room, None) is None:
+            return False
+        members = self._rooms.get(room)
+        if members is not None:
+            members.pop(conn, None)
+            if not members:
+                del self._rooms[room]
+        return True
+
+    def drop(self, conn: Connection) -> list[str]:
+        """Forget a closed connection; returns the rooms it was in."""
+        left = list(conn.subscriptions)
+        for room in left:
+            self.leave(conn, room)
+        self.connections.discard(conn)
+        if not self.connections:
+            self._empty.set()
+        return left
+
+    def subscribers(self, room: str) -> int:
+        return len(self._rooms.get(room, ()))
+
+    async def close_all(self, code: int, wait_seconds: float) -> None:
+        """Ask every connection to close with ``code`` and wait, at most ``wait_seconds``, until they are gone."""
+        for conn in tuple(self.connections):
+            conn.close(code)
+        if not self.connections:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._empty.wait(), wait_seconds)
+        if self.connections:
+            logger.warning(
+                "%d connections were still open %.1fs after asking them to close", len(self.connections), wait_seconds
+            )

@@ -1,0 +1,185 @@
+"""The outbox relay: publishes committed outbox rows to the broker, in outbox order, after commit.
+
+Endpoints write their events into the ``outbox`` table in the transaction of the change and set
+``state.outbox_wakeup`` after commit. The relay wakes up (or polls, in case a wake-up was
+missed or another instance wrote the rows), publishes every unpublished row in id order, and
+marks it published. When the broker is down nothing is lost: the rows stay unpublished and
+go out, in order, once it answers again.
+
+Several instances: on PostgreSQL one relay publishes at a time, across instances, under a
+transaction-scoped advisory lock, and takes its rows with ``SELECT … FOR UPDATE SKIP LOCKED``;
+so a row is published once and rooms receive events in outbox order. SQLite means one process.
+A crash between publish and mark could publish a row twice; the Redis publish script
+remembers the last outbox id per room and ignores a repeat (``source``).
+
+``inventory.changed`` counts are recomputed here, at publish time, in the relay's own
+(serialized) transaction: counts computed inside concurrent writers' transactions can each miss
+the other's change, and publishing them in order would leave subscribers with wrong numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from petstore import events
+from petstore.broker import Broker, BrokerUnavailable, dumps, format_ts
+from petstore.models import OutboxEvent
+
+if TYPE_CHECKING:
+    from petstore.state import AppState
+
+logger = logging.getLogger("petstore.relay")
+
+BATCH = 100
+POLL_SECONDS = 1.0
+MAX_BACKOFF = 1.0
+KEEP_PUBLISHED = timedelta(hours=1)
+PRUNE_EVERY_SECONDS = 60.0
+#: pg_advisory_xact_lock key: "petstore outbox relay" (any constant shared by the instances).
+ADVISORY_KEY = 0x7065_7473_746F_7265
+
+
+class Relay:
+    """Publishes the outbox; ``run()`` is the background task, ``drain()`` one full pass."""
+
+    def __init__(self, state: AppState, broker: Broker) -> None:
+        self._state = state
+        self._broker = broker
+        self._sessions = state.sessions
+        self._postgres = state.engine.dialect.name == "postgresql"
+        self._last_prune = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def run(self) -> None:
+        wakeup = self._state.outbox_wakeup
+        failures = 0
+        while True:
+            try:
+                await self.drain()
+                failures = 0
+                await self._report_pending()
+                await self._prune()
+            except BrokerUnavailable as exc:
+                failures += 1
+                if failures == 1:
+                    logger.warning("broker unavailable, events wait in the outbox: %s", exc)
+            except (SQLAlchemyError, OSError) as exc:
+                failures += 1
+                logger.warning("outbox relay: database error: %s", type(exc).__name__)
+            if failures:
+                # Back off, with jitter so instances do not retry in lock-step.
+                delay = min(MAX_BACKOFF, 0.05 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), POLL_SECONDS)
+            wakeup.clear()
+
+    async def drain(self) -> int:
+        """Publish every unpublished row; returns how many. Raises BrokerUnavailable on the way."""
+        total = 0
+        while True:
+            published = await self._batch()
+            if published is None:
+                # Another instance holds the relay lock: it publishes; look again shortly, since
+                # it may have finished its last pass just before our rows committed.
+                await asyncio.sleep(0.02)
+                continue
+            total += published
+            if published < BATCH:
+                return total
+
+    async def _batch(self) -> int | None:
+        async with self._sessions() as session:
+            if self._postgres:
+                locked = await session.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ADVISORY_KEY})
+                if not locked.scalar_one():
+                    await session.rollback()
+                    return None
+            query = (
+                select(OutboxEvent)
+                .where(OutboxEvent.published_at.is_(None))  # type: ignore[union-attr]
+                .order_by(OutboxEvent.id)  # type: ignore[arg-type]
+                .limit(BATCH)
+            )
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True)
+            rows = list((await session.execute(query)).scalars())
+            if not rows:
+                await session.commit()
+                return 0
+            if not self._postgres:
+                # SQLite: end the read transaction now, so marking rows later cannot hit a stale
+                # snapshot (one process owns the relay, so nobody else takes these rows).
+                await session.commit()
+            done: list[int] = []
+            try:
+                await self._publish_rows(session, rows, done)
+            finally:
+                if done:
+                    await session.execute(
+                        update(OutboxEvent)
+                        .where(OutboxEvent.id.in_(done))  # type: ignore[union-attr]
+                        .values(published_at=datetime.now(UTC))
+                    )
+                await session.commit()
+            return len(rows)
+
+    async def _publish_rows(self, session: AsyncSession, rows: list[OutboxEvent], done: list[int]) -> None:
+        counts: str | None = None
+        for row in rows:
+            assert row.id is not None
+            data_json = dumps(row.data)
+            if row.event == "inventory.changed":
+                if counts is None:
+                    fresh = await events.inventory_counts(session)
+                    for status, count in fresh.items():
+                        self._state.plugins.observe("inventory.pets", float(count), status=status)
+                    counts = dumps(fresh)
+                data_json = counts
+            ts = format_ts(row.created_at)
+            for room in row.rooms:
+                await self._broker.publish(room, row.event, data_json, ts, row.id)
+            done.append(row.id)
+            self._state.plugins.observe("event.published", event=row.event)
+
+    async def pending(self) -> int:
+        async with self._sessions() as session:
+            query = select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))  # type: ignore[union-attr]
+            return int((await session.execute(query)).scalar_one())
+
+    async def _report_pending(self) -> None:
+        self._state.plugins.observe("outbox.pending", float(await self.pending()))
+
+    async def _prune(self) -> None:
+        """Published rows are kept an hour (for inspection), then deleted so the table stays small."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_prune < PRUNE_EVERY_SECONDS:
+            return
+        self._last_prune = now
+        async with self._sessions() as session:
+            await session.execute(
+                OutboxEvent.__table__.delete().where(  # type: ignore[attr-defined]
+                    OutboxEvent.published_at < datetime.now(UTC) - KEEP_PUBLISHED  # type: ignore[operator]
+                )
+            )
+            await session.commit()

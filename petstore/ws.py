@@ -1,0 +1,338 @@
+"""``/ws``: the WebSocket transport of SPEC §3.
+
+One connection runs three tasks: the reader (client messages, handled one at a time, in order),
+the sender (drains the connection's bounded queue; several queued messages leave as one JSON
+array frame) and the guard (the authentication deadline and token expiry). Whoever decides
+the connection must end calls ``conn.close(code)``; :func:`websocket_endpoint` then stops the
+tasks and sends the close frame, with a bound on how long that may take.
+
+Choices where the SPEC is silent (also in docs/realtime.md):
+
+- A missing ``Origin`` is accepted (non-browser clients send none); a present one must be in
+  ``PETSTORE_ALLOWED_ORIGINS``, else the upgrade is refused with 1008 before it is accepted.
+- A connection that is anonymous must send ``auth`` or ``subscribe`` within
+  ``ws_auth_timeout_seconds`` of connecting, else it is closed with 1008.
+- A good ``auth`` message is answered with ``{"type": "authenticated", "id", "user"}``; a bad
+  token gets an ``unauthorized`` error and the connection stays, as anonymous as before.
+- When the broker cannot be reached during a ``subscribe`` the connection is closed with 1012,
+  so the client reconnects and recovers with ``since`` once the server can serve it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from petstore import access, rooms
+from petstore.broker import BrokerUnavailable, Message, Since, dumps
+from petstore.hub import RESTARTING, Connection
+from petstore.realtime import Realtime, realtime
+from petstore.state import app_state
+
+logger = logging.getLogger("petstore.ws")
+
+POLICY_VIOLATION = 1008
+TOO_BIG = 1009
+MAX_BATCH = 64
+CLOSE_SECONDS = 5.0
+MESSAGE_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
+
+
+class Refused(Exception):
+    """A client message cannot be served; becomes an ``error`` message, the connection stays."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_since(value: object) -> Since | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise Refused("bad_request", "since must be an object {offset, epoch}")
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise Refused("bad_request", "since.offset must be a non-negative integer")
+    if not isinstance(epoch, str) or not epoch or len(epoch) > 64:
+        raise Refused("bad_request", "since.epoch must be the epoch string the server sent")
+    return Since(epoch=epoch, offset=offset)
+
+
+def encode_batch(frames: list[str]) -> str:
+    return frames[0] if len(frames) == 1 else "[" + ",".join(frames) + "]"
+
+
+class Session:
+    """One accepted WebSocket connection and its protocol state."""
+
+    def __init__(self, websocket: WebSocket, layer: Realtime) -> None:
+        self.websocket = websocket
+        self.layer = layer
+        self.settings = layer.settings
+        self.plugins = layer.state.plugins
+        self.conn: Connection = layer.hub.connection(uuid.uuid4().hex[:16], self.settings.ws_queue_size)
+        self.conn.principal = access.principal(websocket)
+        self.active = asyncio.Event()  # an auth or a subscription arrived: the auth deadline is met
+        self.auth_changed = asyncio.Event()
+        self.handlers: dict[str, Callable[[dict[str, Any], Any], Awaitable[None]]] = {
+            "auth": self.on_auth,
+            "subscribe": self.on_subscribe,
+            "unsubscribe": self.on_unsubscribe,
+            "ping": self.on_ping,
+        }
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        conn = self.conn
+        self.plugins.observe("ws.connected")
+        principal = conn.principal
+        self.send({
+            "type": "welcome",
+            "connection": conn.id,
+            "user": principal.username if principal else None,
+            "heartbeat": self.settings.ws_heartbeat_seconds,
+        })  # fmt: skip
+        reader = asyncio.create_task(self.read_loop())
+        sender = asyncio.create_task(self.send_loop())
+        guard = asyncio.create_task(self.guard())
+        closing = asyncio.create_task(conn.wait_closing())
+        code = 1006
+        try:
+            await asyncio.wait({reader, sender, closing}, return_when=asyncio.FIRST_COMPLETED)
+            if conn.close_code is not None:
+                code = conn.close_code
+                sender.cancel()  # it may be stuck writing to a client that does not read
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.websocket.close(code), CLOSE_SECONDS)
+            elif reader.done() and not reader.cancelled() and reader.exception() is None:
+                code = reader.result()
+        finally:
+            for task in (reader, sender, guard, closing):
+                task.cancel()
+            for task in (reader, sender, guard, closing):
+                with contextlib.suppress(BaseException):
+                    await task
+            for room in list(conn.subscriptions):
+                self.plugins.observe("ws.unsubscribed", room_kind=rooms.room_kind(room) or "unknown")
+            await self.layer.disconnect(conn)
+            self.plugins.observe("ws.disconnected", code=str(code))
+
+    async def read_loop(self) -> int:
+        """Handle client messages in order; returns the client's close code when it goes away."""
+        limit = self.settings.ws_max_message_bytes
+        while True:
+            try:
+                message = await self.websocket.receive()
+            except WebSocketDisconnect as exc:
+                return exc.code
+            if message["type"] == "websocket.disconnect":
+                return int(message.get("code") or 1005)
+            text = message.get("text")
+            data = message.get("bytes")
+            size = len(text.encode()) if text is not None else len(data or b"")
+            if size > limit:
+                self.conn.close(TOO_BIG)
+                return TOO_BIG
+            if text is None:
+                await self.refuse("invalid", None, "bad_request", "send text frames of JSON")
+                continue
+            await self.handle(text)
+
+    async def send_loop(self) -> None:
+        conn = self.conn
+        observe = self.plugins.observe
+        while True:
+            batch = await conn.next_batch(MAX_BATCH)
+            if not batch:
+                return
+            frames: list[str] = []
+            sent: dict[str, int] = {}
+            for item in batch:
+                if isinstance(item, str):
+                    frames.append(item)
+                    continue
+                frames.append(item.frame)
+                sent[item.kind] = sent.get(item.kind, 0) + 1
+                if not item.lag_observed:
+                    item.lag_observed = True
+                    observe("event.delivery_lag", max(0.0, time.time() - item.committed_at))
+            try:
+                await self.websocket.send_text(encode_batch(frames))
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                return  # the client is gone; the reader sees the disconnect
+            for kind, count in sent.items():
+                observe("ws.message_sent", float(count), room_kind=kind)
+
+    async def guard(self) -> None:
+        """Close with 1008 when an anonymous connection misses the auth deadline or a token expires."""
+        conn = self.conn
+        if conn.principal is None:
+            try:
+                await asyncio.wait_for(self.active.wait(), self.settings.ws_auth_timeout_seconds)
+            except TimeoutError:
+                logger.info("connection %s: no auth or subscribe in time, closing", conn.id)
+                conn.close(POLICY_VIOLATION)
+                return
+        while True:
+            self.auth_changed.clear()
+            principal = conn.principal
+            expires = principal.expires_at if principal is not None else None
+            if expires is None:
+                await self.auth_changed.wait()
+                continue
+            delay = expires - time.time()
+            if delay <= 0:
+                logger.info("connection %s: token expired, closing", conn.id)
+                conn.close(POLICY_VIOLATION)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.auth_changed.wait(), delay)
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.conn.put_nowait(dumps(message))
+
+    async def refuse(self, label: str, ident: Any, code: str, message: str) -> None:
+        self.plugins.observe("ws.message_received", type=label)
+        refusal = await self.plugins.ws_message(self.conn.id, self.conn.principal, label)
+        if refusal is not None:
+            code, message = refusal, "too many messages" if refusal == "rate_limited" else "refused"
+        self.send({"type": "error", "id": ident, "code": code, "message": message})
+
+    async def handle(self, text: str) -> None:
+        try:
+            body = json.loads(text)
+        except ValueError:
+            await self.refuse("invalid", None, "bad_request", "not valid JSON")
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+            await self.refuse("invalid", None, "bad_request", 'a message is a JSON object with a "type"')
+            return
+        kind = body["type"]
+        label = kind if kind in MESSAGE_TYPES else "unknown"
+        ident = body.get("id")
+        if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int | str)):
+            await self.refuse(label, None, "bad_request", "id must be a number or a string")
+            return
+        self.plugins.observe("ws.message_received", type=label)
+        refusal = await self.plugins.ws_message(self.conn.id, self.conn.principal, label)
+        if refusal is not None:
+            message = "too many messages, slow down" if refusal == "rate_limited" else "message refused"
+            self.send({"type": "error", "id": ident, "code": refusal, "message": message})
+            return
+        handler = self.handlers.get(kind)
+        if handler is None:
+            self.send({"type": "error", "id": ident, "code": "bad_request", "message": f"unknown type {kind[:40]!r}"})
+            return
+        try:
+            await handler(body, ident)
+        except Refused as exc:
+            self.send({"type": "error", "id": ident, "code": exc.code, "message": exc.message})
+
+    async def on_ping(self, body: dict[str, Any], ident: Any) -> None:
+        self.send({"type": "pong", "id": ident})
+
+    async def on_auth(self, body: dict[str, Any], ident: Any) -> None:
+        token = body.get("token")
+        if not isinstance(token, str) or not token:
+            raise Refused("bad_request", "auth needs a token")
+        try:
+            principal = await asyncio.wait_for(
+                self.plugins.ws_authenticate(self.websocket, token), self.settings.ws_auth_timeout_seconds
+            )
+        except access.AuthFailed as exc:
+            raise Refused("unauthorized", exc.message) from None
+        except TimeoutError:
+            raise Refused("unauthorized", "authentication timed out") from None
+        if principal is None:
+            raise Refused("unauthorized", "this server does not accept tokens")
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            raise Refused("unauthorized", "token expired")
+        self.conn.principal = principal
+        self.auth_changed.set()
+        self.active.set()
+        for room in list(self.conn.subscriptions):
+            if not await self.layer.authorized(principal, room):
+                await self.layer.unsubscribe(self.conn, room)
+                self.plugins.observe("ws.unsubscribed", room_kind=rooms.room_kind(room) or "unknown")
+                self.send({"type": "unsubscribed", "id": None, "room": room})
+        self.send({"type": "authenticated", "id": ident, "user": principal.username})
+
+    async def on_subscribe(self, body: dict[str, Any], ident: Any) -> None:
+        conn = self.conn
+        room = body.get("room")
+        if not isinstance(room, str):
+            raise Refused("bad_request", "subscribe needs a room")
+        kind = rooms.room_kind(room)
+        if kind is None:
+            raise Refused("not_found", f"no such room: {room[:80]!r}")
+        since = parse_since(body.get("since"))
+        if room not in conn.subscriptions and len(conn.subscriptions) >= self.settings.ws_max_subscriptions:
+            raise Refused("bad_request", f"too many subscriptions (at most {self.settings.ws_max_subscriptions})")
+        if not await self.layer.authorized(conn.principal, room):
+            if conn.principal is None:
+                raise Refused("unauthorized", f"sign in to subscribe to {room}")
+            raise Refused("forbidden", f"you may not subscribe to {room}")
+        if room in conn.subscriptions:
+            self.plugins.observe("ws.unsubscribed", room_kind=kind)
+        try:
+            result = await self.layer.subscribe(conn, room, since)
+        except BrokerUnavailable:
+            logger.warning("connection %s: broker unavailable during subscribe, closing with 1012", conn.id)
+            conn.close(RESTARTING)
+            return
+        self.active.set()
+        self.plugins.observe("ws.subscribed", room_kind=kind)
+        self.send({
+            "type": "subscribed",
+            "id": ident,
+            "room": room,
+            "epoch": result.epoch,
+            "offset": result.offset,
+            "recovered": result.recovered,
+            "snapshot": result.snapshot,
+        })  # fmt: skip
+        replay: list[Message] = result.replay
+        for message in replay:
+            conn.put_nowait(message)
+        self.layer.go_live(conn, result)
+
+    async def on_unsubscribe(self, body: dict[str, Any], ident: Any) -> None:
+        room = body.get("room")
+        if not isinstance(room, str):
+            raise Refused("bad_request", "unsubscribe needs a room")
+        if not await self.layer.unsubscribe(self.conn, room):
+            raise Refused("not_found", f"not subscribed to {room[:80]!r}")
+        self.plugins.observe("ws.unsubscribed", room_kind=rooms.room_kind(room) or "unknown")
+        self.send({"type": "unsubscribed", "id": ident, "room": room})
+
+
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    state = app_state(websocket)
+    origin = websocket.headers.get("origin")
+    if origin is not None and origin not in state.settings.allowed_origins:
+        await websocket.close(POLICY_VIOLATION)
+        return
+    refusal = await state.plugins.ws_connect(websocket)
+    if refusal is not None:
+        await websocket.close(refusal)
+        return
+    await websocket.accept()
+    await Session(websocket, realtime(state)).run()
+
+
+def routes() -> list[BaseRoute]:
+    return [WebSocketRoute("/ws", websocket_endpoint, name="ws")]

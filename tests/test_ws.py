@@ -1,0 +1,311 @@
+"""``/ws`` message by message (SPEC §3): an in-process uvicorn, the in-process broker, SQLite."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from petstore import events, realtime
+from petstore.models import OutboxEvent
+from tests.realtime_support import AppServer, add_pet, serve, set_status, settings_for, until, ws_client
+
+ORIGIN = "http://127.0.0.1:8000"
+STAFF = "stan:2:staff"
+CUSTOMER = "cora:3:customer"
+ADMIN = "ada:1:admin"
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[AppServer]:
+    async with serve(settings_for(f"sqlite+aiosqlite:///{tmp_path}/ws.db", media_dir=tmp_path / "media")) as server:
+        yield server
+
+
+def make_settings(tmp_path: Path, **fields: Any) -> Any:
+    return settings_for(f"sqlite+aiosqlite:///{tmp_path}/ws.db", media_dir=tmp_path / "media", **fields)
+
+
+# ------------------------------------------------------------------------------- the happy path
+
+
+async def test_welcome_names_the_connection_the_user_and_the_heartbeat(app: AppServer) -> None:
+    async with connect(app.ws_url + "/ws") as ws:
+        welcome = json.loads(await ws.recv())
+    assert welcome["type"] == "welcome"
+    assert welcome["user"] is None
+    assert welcome["heartbeat"] == app.state.settings.ws_heartbeat_seconds
+    assert isinstance(welcome["connection"], str) and welcome["connection"]
+    async with connect(app.ws_url + "/ws", additional_headers={"X-Test-User": STAFF}) as ws:
+        assert json.loads(await ws.recv())["user"] == "stan"
+
+
+async def test_subscribe_inventory_gives_counts_then_every_change_as_an_event(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        subscribed = await client.request({"type": "subscribe", "room": "inventory", "id": 1}, "subscribed")
+        assert subscribed["id"] == 1 and subscribed["room"] == "inventory"
+        assert subscribed["snapshot"] == {"available": 0, "pending": 0, "sold": 0}
+        assert subscribed["recovered"] is False
+        start = subscribed["offset"]
+        pet = await add_pet(app.url)
+        event = await client.expect("event")
+        assert event["event"] == "inventory.changed"
+        assert event["data"] == {"available": 1, "pending": 0, "sold": 0}
+        assert event["offset"] == start + 1 and event["epoch"] == subscribed["epoch"]
+        assert event["ts"].endswith("Z") and "." in event["ts"]
+        await set_status(app.url, pet["id"], "sold")
+        event = await client.expect("event")
+        assert event["data"] == {"available": 0, "pending": 0, "sold": 1}
+        assert event["offset"] == start + 2
+
+
+async def test_pets_and_pet_rooms_carry_the_pet_as_rest_shows_it(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as pets, ws_client(app.ws_url) as one:
+        await pets.request({"type": "subscribe", "room": "pets"}, "subscribed")
+        pet = await add_pet(app.url, "Bella", tags=[{"name": "dog"}])
+        created = await pets.expect("event")
+        assert created["event"] == "pet.created" and created["data"] == pet
+        subscribed = await one.request({"type": "subscribe", "room": f"pet:{pet['id']}"}, "subscribed")
+        assert subscribed["snapshot"] == pet
+        await set_status(app.url, pet["id"], "pending")
+        for client in (pets, one):
+            updated = await client.expect("event")
+            assert updated["event"] == "pet.updated" and updated["data"]["status"] == "pending"
+        missing = await one.request({"type": "subscribe", "room": "pet:999999"}, "subscribed")
+        assert missing["snapshot"] is None
+
+
+async def test_several_queued_events_leave_as_one_json_array_frame(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        await client.request({"type": "subscribe", "room": "pets"}, "subscribed")
+        async with app.state.sessions() as session:
+            for n in range(5):
+                events.record(session, "pet.deleted", ["pets"], {"id": n})
+            await session.commit()
+        app.state.outbox_wakeup.set()
+        received = await client.events(5)
+        assert [event["data"]["id"] for event in received] == [0, 1, 2, 3, 4]
+        assert any(frame.startswith("[") for frame in client.frames), client.frames
+
+
+async def test_ping_pong_and_unsubscribe_stop_the_events(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        assert await client.request({"type": "ping", "id": "p1"}, "pong") == {"type": "pong", "id": "p1"}
+        await client.request({"type": "subscribe", "room": "pets", "id": 1}, "subscribed")
+        unsubscribed = await client.request({"type": "unsubscribe", "room": "pets", "id": 2}, "unsubscribed")
+        assert unsubscribed == {"type": "unsubscribed", "id": 2, "room": "pets"}
+        await add_pet(app.url)
+        assert await client.request({"type": "ping", "id": 3}, "pong") == {"type": "pong", "id": 3}
+        await until(lambda: app.count("event.published", event="pet.created") == 1, "the event to be published")
+        assert await client.request({"type": "ping", "id": 4}, "pong") == {"type": "pong", "id": 4}
+        assert client.buffer == []
+
+
+# ---------------------------------------------------------------------------------- recovery
+
+
+async def test_since_recovers_the_missed_events_in_order_then_live_ones(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        subscribed = await client.request({"type": "subscribe", "room": "pets", "id": 1}, "subscribed")
+        await add_pet(app.url, "one")
+        seen = await client.expect("event")
+    epoch, offset = subscribed["epoch"], seen["offset"]
+    for name in ("two", "three", "four"):
+        await add_pet(app.url, name)
+    async with ws_client(app.ws_url) as client:
+        since = {"offset": offset, "epoch": epoch}
+        again = await client.request({"type": "subscribe", "room": "pets", "id": 2, "since": since}, "subscribed")
+        assert again["recovered"] is True and again["snapshot"] is None
+        assert again["offset"] == offset + 3 and again["epoch"] == epoch
+        missed = await client.events(3)
+        assert [e["data"]["name"] for e in missed] == ["two", "three", "four"]
+        assert [e["offset"] for e in missed] == [offset + 1, offset + 2, offset + 3]
+        await add_pet(app.url, "five")
+        live = await client.expect("event")
+        assert live["offset"] == offset + 4 and live["data"]["name"] == "five"
+
+
+async def test_since_at_the_current_offset_recovers_nothing_missing(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        first = await client.request({"type": "subscribe", "room": "inventory"}, "subscribed")
+        since = {"offset": first["offset"], "epoch": first["epoch"]}
+        again = await client.request({"type": "subscribe", "room": "inventory", "since": since}, "subscribed")
+        assert again["recovered"] is True and again["offset"] == first["offset"]
+        assert await client.request({"type": "ping"}, "pong") == {"type": "pong", "id": None}
+
+
+async def test_since_from_another_epoch_or_the_future_starts_over_with_a_snapshot(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        await add_pet(app.url)
+        await until(lambda: app.count("event.published", event="inventory.changed") == 1, "the event to be published")
+        first = await client.request({"type": "subscribe", "room": "inventory"}, "subscribed")
+        future = {"offset": first["offset"] + 5, "epoch": first["epoch"]}
+        for since in ({"offset": 1, "epoch": "not-the-epoch"}, future):
+            again = await client.request({"type": "subscribe", "room": "inventory", "since": since}, "subscribed")
+            assert again["recovered"] is False
+            assert again["snapshot"] == {"available": 1, "pending": 0, "sold": 0}
+            assert again["epoch"] == first["epoch"] and again["offset"] == first["offset"]
+
+
+async def test_since_beyond_the_trimmed_history_starts_over_with_a_snapshot(tmp_path: Path) -> None:
+    async with serve(make_settings(tmp_path, history_size=3)) as app, ws_client(app.ws_url) as client:
+        first = await client.request({"type": "subscribe", "room": "inventory"}, "subscribed")
+        for n in range(5):
+            await add_pet(app.url, f"pet{n}")
+        await client.events(5)
+        since = {"offset": first["offset"], "epoch": first["epoch"]}
+        again = await client.request({"type": "subscribe", "room": "inventory", "since": since}, "subscribed")
+        assert again["recovered"] is False and again["snapshot"] == {"available": 5, "pending": 0, "sold": 0}
+        inside = {"offset": first["offset"] + 2, "epoch": first["epoch"]}
+        recovered = await client.request({"type": "subscribe", "room": "inventory", "since": inside}, "subscribed")
+        assert recovered["recovered"] is True
+        assert [e["offset"] for e in await client.events(3)] == [first["offset"] + n for n in (3, 4, 5)]
+
+
+async def test_events_published_while_history_is_read_are_neither_lost_nor_doubled(app: AppServer) -> None:
+    """The subscription buffers live events while history is read; the merge drops what history covered."""
+    async with ws_client(app.ws_url) as watcher, ws_client(app.ws_url) as client:
+        base = await watcher.request({"type": "subscribe", "room": "pets"}, "subscribed")
+        layer = realtime.realtime(app.state)
+        original = layer.broker.history
+
+        async def slow_history(room: str, since: Any) -> Any:
+            result = await original(room, since)
+            async with app.state.sessions() as session:  # an event lands after the history was read
+                events.record(session, "pet.deleted", ["pets"], {"id": 42})
+                await session.commit()
+            app.state.outbox_wakeup.set()
+            await until(lambda: app.count("event.published", event="pet.deleted") >= 1, "the concurrent event")
+            return result
+
+        layer.broker.history = slow_history  # type: ignore[method-assign]
+        since = {"offset": base["offset"], "epoch": base["epoch"]}
+        subscribed = await client.request({"type": "subscribe", "room": "pets", "since": since}, "subscribed")
+        layer.broker.history = original  # type: ignore[method-assign]
+        assert subscribed["recovered"] is True
+        event = await client.expect("event")
+        assert event["offset"] == base["offset"] + 1 and event["data"] == {"id": 42}
+        await add_pet(app.url)
+        assert (await client.expect("event"))["offset"] == base["offset"] + 2
+
+
+# ------------------------------------------------------------------------------- error paths
+
+
+async def assert_error(client: Any, message: Any, code: str, ident: Any = None) -> dict[str, Any]:
+    await client.send(message)
+    error = await client.expect("error")
+    assert error["code"] == code and error["id"] == ident, error
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+async def test_every_bad_message_gets_an_error_and_the_connection_stays(tmp_path: Path) -> None:
+    async with serve(make_settings(tmp_path, ws_max_subscriptions=2)) as app, ws_client(app.ws_url) as client:
+        await assert_error(client, "{not json", "bad_request")
+        await assert_error(client, "[1, 2]", "bad_request")
+        await assert_error(client, '{"id": 1}', "bad_request")
+        await assert_error(client, {"type": 7}, "bad_request")
+        await assert_error(client, {"type": "dance", "id": 1}, "bad_request", 1)
+        await assert_error(client, {"type": "ping", "id": [1]}, "bad_request")
+        await assert_error(client, {"type": "ping", "id": True}, "bad_request")
+        await assert_error(client, b'{"type": "ping"}', "bad_request")
+        await assert_error(client, {"type": "subscribe", "id": 2}, "bad_request", 2)
+        await assert_error(client, {"type": "subscribe", "room": 5, "id": 3}, "bad_request", 3)
+        await assert_error(client, {"type": "subscribe", "room": "kennel", "id": 4}, "not_found", 4)
+        await assert_error(client, {"type": "subscribe", "room": "pet:abc", "id": 5}, "not_found", 5)
+        for since in ([1], {"offset": -1, "epoch": "e"}, {"offset": 1}, {"offset": "1", "epoch": "e"}, {"epoch": ""}):
+            await assert_error(client, {"type": "subscribe", "room": "pets", "since": since, "id": 6}, "bad_request", 6)
+        await assert_error(client, {"type": "unsubscribe", "room": "pets", "id": 7}, "not_found", 7)
+        await assert_error(client, {"type": "unsubscribe", "id": 8}, "bad_request", 8)
+        await assert_error(client, {"type": "auth", "id": 9}, "bad_request", 9)
+        await assert_error(client, {"type": "auth", "token": "garbage", "id": 10}, "unauthorized", 10)
+        await client.request({"type": "subscribe", "room": "pets"}, "subscribed")
+        await client.request({"type": "subscribe", "room": "inventory"}, "subscribed")
+        await assert_error(client, {"type": "subscribe", "room": "pet:1", "id": 11}, "bad_request", 11)
+        again = await client.request({"type": "subscribe", "room": "pets", "id": 12}, "subscribed")
+        assert again["id"] == 12  # subscribing again to a room already joined is not one more subscription
+        assert await client.request({"type": "ping", "id": 13}, "pong") == {"type": "pong", "id": 13}
+        assert app.count("ws.message_received", type="invalid") == 5
+        assert app.count("ws.message_received", type="unknown") == 1
+
+
+async def test_rooms_are_authorized_by_role(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as anonymous:
+        await assert_error(anonymous, {"type": "subscribe", "room": "orders", "id": 1}, "unauthorized", 1)
+        await assert_error(anonymous, {"type": "subscribe", "room": "user:cora", "id": 2}, "unauthorized", 2)
+    async with ws_client(app.ws_url, headers={"X-Test-User": CUSTOMER}) as customer:
+        await assert_error(customer, {"type": "subscribe", "room": "orders", "id": 1}, "forbidden", 1)
+        await assert_error(customer, {"type": "subscribe", "room": "user:stan", "id": 2}, "forbidden", 2)
+        await customer.request({"type": "subscribe", "room": "user:cora"}, "subscribed")
+    async with ws_client(app.ws_url, headers={"X-Test-User": STAFF}) as staff:
+        await staff.request({"type": "subscribe", "room": "orders"}, "subscribed")
+        await assert_error(staff, {"type": "subscribe", "room": "user:cora", "id": 3}, "forbidden", 3)
+    async with ws_client(app.ws_url) as browser:
+        authenticated = await browser.request({"type": "auth", "token": ADMIN, "id": 1}, "authenticated")
+        assert authenticated == {"type": "authenticated", "id": 1, "user": "ada"}
+        await browser.request({"type": "subscribe", "room": "user:cora"}, "subscribed")
+        await browser.request({"type": "subscribe", "room": "orders"}, "subscribed")
+
+
+async def test_reauthenticating_as_someone_with_fewer_rights_leaves_their_forbidden_rooms(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        await client.request({"type": "auth", "token": STAFF}, "authenticated")
+        await client.request({"type": "subscribe", "room": "orders"}, "subscribed")
+        await client.send({"type": "auth", "token": CUSTOMER, "id": 5})
+        assert await client.expect("unsubscribed") == {"type": "unsubscribed", "id": None, "room": "orders"}
+        assert (await client.expect("authenticated"))["user"] == "cora"
+
+
+async def test_an_oversize_frame_closes_with_1009(tmp_path: Path) -> None:
+    async with serve(make_settings(tmp_path, ws_max_message_bytes=1000)) as app, ws_client(app.ws_url) as client:
+        await client.send({"type": "ping", "pad": "x" * 2000})
+        assert await client.closed() == 1009
+    assert app.count("ws.disconnected", code="1009") == 1
+
+
+async def test_an_origin_not_allowed_is_refused_before_accepting(app: AppServer) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(app.ws_url + "/ws", origin="http://evil.example"):  # type: ignore[arg-type]
+            pass
+    assert refused.value.response.status_code == 403
+    async with ws_client(app.ws_url, origin=ORIGIN) as client:
+        await client.request({"type": "ping"}, "pong")
+    assert app.count("ws.connected") == 1
+
+
+async def test_an_anonymous_connection_that_neither_authenticates_nor_subscribes_is_closed(tmp_path: Path) -> None:
+    async with serve(make_settings(tmp_path, ws_auth_timeout_seconds=0.3)) as app, ws_client(app.ws_url) as client:
+        await client.request({"type": "ping"}, "pong")
+        assert await client.closed() == 1008
+
+
+async def test_a_token_that_expires_on_a_live_connection_ends_it_unless_renewed(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        await client.request({"type": "auth", "token": f"{STAFF}:{time.time() + 0.5}"}, "authenticated")
+        await client.request({"type": "auth", "token": f"{STAFF}:{time.time() + 3600}"}, "authenticated")
+        await client.request({"type": "subscribe", "room": "orders"}, "subscribed")
+        assert await client.request({"type": "ping", "id": 1}, "pong") == {"type": "pong", "id": 1}
+    async with ws_client(app.ws_url) as client:
+        await client.request({"type": "auth", "token": f"{STAFF}:{time.time() + 0.3}"}, "authenticated")
+        assert await client.closed() == 1008
+    async with ws_client(app.ws_url) as client:
+        await assert_error(client, {"type": "auth", "token": f"{STAFF}:{time.time() - 1}", "id": 1}, "unauthorized", 1)
+
+
+async def test_published_state_is_marked_in_the_outbox_and_counted(app: AppServer) -> None:
+    await add_pet(app.url)
+    await until(lambda: app.count("event.published", event="inventory.changed") == 1, "inventory.changed")
+    assert app.count("event.published", event="pet.created") == 1
+    await until(lambda: app.probe.gauges.get("outbox.pending") == 0, "outbox.pending to be reported")
+    assert app.probe.gauges["inventory.pets|status=available"] == 1
+    async with app.state.sessions() as session:
+        result = await session.execute(update(OutboxEvent).where(OutboxEvent.published_at.is_(None)).values(event="x"))  # type: ignore[union-attr]
+        assert result.rowcount == 0  # type: ignore[attr-defined]
