@@ -119,6 +119,7 @@ async def test_since_recovers_the_missed_events_in_order_then_live_ones(app: App
     epoch, offset = subscribed["epoch"], seen["offset"]
     for name in ("two", "three", "four"):
         await add_pet(app.url, name)
+    await until(lambda: app.count("event.published", event="pet.created") == 4, "the events to be published")
     async with ws_client(app.ws_url) as client:
         since = {"offset": offset, "epoch": epoch}
         again = await client.request({"type": "subscribe", "room": "pets", "id": 2, "since": since}, "subscribed")
