@@ -2,12 +2,16 @@
 
 Access tokens carry ``typ=access``, refresh tokens ``typ=refresh``; each is refused where the
 other is expected. Both carry ``fam``, the refresh family started at login, so revoking a family
-ends its access tokens too. Who the user *is* (their role, whether they still exist) is read
-from the database on every verification: a deleted user's token stops working at once.
+ends its access tokens too. Who the user *is* (their role, whether they still exist, whether
+their password changed since) is read from the database on every verification: a deleted
+user's token stops working at once.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -52,6 +56,16 @@ def _new_id() -> str:
     return secrets.token_urlsafe(18)
 
 
+def credential_stamp(user: User) -> str:
+    """Changes when the user's password does, or when the account is deleted and made again.
+
+    A digest of the salted Argon2 hash: useless for guessing the password (the salt is inside
+    what is digested), and it ties a token to this very account, not to a reused id or name.
+    """
+    digest = hashlib.sha256(b"petstore-stamp:" + user.password_hash.encode()).digest()
+    return base64.urlsafe_b64encode(digest[:12]).decode()
+
+
 class Authority:
     def __init__(self, config: AuthSettings, keys: KeySet, store: TokenStore, state: AppState) -> None:
         self.config = config
@@ -70,6 +84,7 @@ class Authority:
             "role": user.role,
             "typ": kind,
             "fam": family,
+            "stp": credential_stamp(user),
             "jti": _new_id(),
             "iat": now,
             "nbf": now,
@@ -115,9 +130,12 @@ class Authority:
     async def _live_user(self, claims: dict[str, Any]) -> User:
         async with self.state.sessions() as session:
             user = await session.get(User, claims["uid"])
-        # The name must match too: a deleted user's id may be reused by someone new.
+        # The name and stamp must match too: a deleted user's id may be reused by someone new, and
+        # a password change ends every session that the old password opened.
         if user is None or user.username != claims["sub"]:
             raise AuthFailed("unknown_user")
+        if not hmac.compare_digest(str(claims.get("stp", "")), credential_stamp(user)):
+            raise AuthFailed("stale_credentials", "the password changed: log in again")
         return user
 
     async def verify(self, token: str) -> tuple[Principal, dict[str, Any]]:

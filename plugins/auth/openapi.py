@@ -72,7 +72,10 @@ def _paths(asymmetric: bool) -> dict[str, Any]:
                     "200": _tokens("tokens"),
                     "400": _api_response("missing fields"),
                     "401": _api_response("wrong username or password"),
+                    "413": _api_response("body too large"),
+                    "415": _api_response("neither a form nor JSON"),
                     "429": _api_response("too many login attempts"),
+                    "503": _api_response("login is unavailable right now"),
                 },
             }
         },
@@ -97,9 +100,61 @@ def _paths(asymmetric: bool) -> dict[str, Any]:
                 "summary": "Revoke this access token and every token of its login, on every instance",
                 "operationId": "authLogout",
                 "security": bearer,
-                "responses": {"200": _api_response("logged out"), "401": _api_response("no or bad token")},
+                "responses": {
+                    "200": _api_response("logged out"),
+                    "401": _api_response("no or bad token"),
+                    "503": _api_response("cannot log out right now"),
+                },
             }
         },
+    }
+    paths["/user/login"] = {
+        "get": {
+            "tags": ["user"],
+            "summary": "Logs user into the system",
+            "description": (
+                "Returns the access token as a JSON string; send it as `Authorization: Bearer`. "
+                "Prefer POST /auth/token, which keeps the password out of URLs and also returns a refresh token."
+            ),
+            "operationId": "loginUser",
+            "parameters": [
+                {"name": "username", "in": "query", "required": True, "schema": {"type": "string"}},
+                {"name": "password", "in": "query", "required": True, "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "successful operation",
+                    "headers": {
+                        "X-Rate-Limit": {
+                            "description": "calls per hour allowed by the user",
+                            "schema": {"type": "integer", "format": "int32"},
+                        },
+                        "X-Expires-After": {
+                            "description": "date in UTC when the token expires (RFC 3339)",
+                            "schema": {"type": "string", "format": "date-time"},
+                        },
+                    },
+                    "content": {"application/json": {"schema": {"type": "string"}}},
+                },
+                "400": _api_response("Invalid username/password supplied"),
+                "429": _api_response("too many login attempts"),
+                "503": _api_response("login is unavailable right now"),
+            },
+        }
+    }
+    paths["/user/logout"] = {
+        "get": {
+            "tags": ["user"],
+            "summary": "Logs out current logged in user session",
+            "description": "As POST /auth/logout: revokes the access token and every token of its login.",
+            "operationId": "logoutUser",
+            "security": bearer,
+            "responses": {
+                "200": _api_response("logged out"),
+                "401": _api_response("no or bad token"),
+                "503": _api_response("cannot log out right now"),
+            },
+        }
     }
     if asymmetric:
         paths["/auth/jwks.json"] = {
@@ -130,16 +185,11 @@ def extend(document: dict[str, Any], *, asymmetric: bool) -> None:
     paths = document.setdefault("paths", {})
     for path, item in _paths(asymmetric).items():
         paths[prefix + path] = item
-    login = paths.setdefault(prefix + "/user/login", {}).setdefault("get", {})
-    login["description"] = (
-        "Returns the access token as a JSON string; send it as Authorization: Bearer. "
-        "X-Expires-After is RFC 3339. Prefer POST /auth/token, which keeps the password out of URLs."
-    )
-    logout = paths.setdefault(prefix + "/user/logout", {}).setdefault("get", {})
-    logout["security"] = [{"bearerAuth": []}]
-    logout["description"] = "As POST /auth/logout."
     components = document.setdefault("components", {})
     components.setdefault("schemas", {}).update(SCHEMAS)
     components.setdefault("securitySchemes", {}).setdefault(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
+    tags = document.setdefault("tags", [])
+    if not any(tag.get("name") == "auth" for tag in tags):
+        tags.append({"name": "auth", "description": "Bearer tokens: log in, refresh, log out"})
