@@ -14,6 +14,7 @@ API: it must parse, and it must return at least one series with a number.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -92,9 +93,17 @@ class Subscriber:
 
     def __init__(self, url: str, token: str | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else None
-        self.connection: ClientConnection = connect(f"{url}/ws", additional_headers=headers, open_timeout=DEADLINE)
+        # websockets wants its connections opened as context managers; this object is one.
+        self._exit = contextlib.ExitStack()
+        self.connection: ClientConnection = self._exit.enter_context(
+            connect(f"{url}/ws", additional_headers=headers, open_timeout=DEADLINE)
+        )
         self.seen: list[dict[str, Any]] = []
-        self.expect(lambda message: message["type"] == "welcome", "welcome")
+        try:
+            self.expect(lambda message: message["type"] == "welcome", "welcome")
+        except BaseException:
+            self.close()
+            raise
 
     def send(self, message: dict[str, Any]) -> None:
         self.connection.send(json.dumps(message))
@@ -123,7 +132,7 @@ class Subscriber:
         assert reply["type"] == "subscribed", reply
 
     def close(self) -> None:
-        self.connection.close()
+        self._exit.close()
 
     def __enter__(self) -> Subscriber:
         return self
