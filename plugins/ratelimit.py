@@ -384,9 +384,6 @@ class RateLimitPlugin(PluginBase):
 
     # -- shared helpers
 
-    def observe(self, name: str, value: float, labels: Mapping[str, str]) -> None:
-        return None  # this plugin reports happenings; it does not consume them
-
     def _report(self, name: str, **labels: str) -> None:
         if self._state is not None:
             self._state.plugins.observe(name, 1.0, **labels)
