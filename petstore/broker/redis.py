@@ -242,7 +242,7 @@ class RedisBroker:
         heard = loop.time()
         pinged: float | None = None
         while True:
-            reply = await conn.read_response(timeout=min(1.0, self._watchdog))
+            reply = await conn.read_response(timeout=min(1.0, self._watchdog), push_request=True)
             now = loop.time()
             if reply is None:
                 if pinged is not None and now - pinged > self._watchdog:
