@@ -585,3 +585,23 @@ def test_uvicorn_access_log_never_shows_the_login_password(tmp_path: Path) -> No
     assert "/api/v3/user/login?username=alice&password=***" in log  # the request is logged...
     assert "very-secret-pw-42" not in log  # ...without its password
     assert token not in log
+
+
+# ------------------------------------------------------------------------------ the OpenAPI document
+
+
+def test_openapi_document_describes_the_auth_endpoints(app: App) -> None:
+    document = app.client.get(f"{API}/openapi.json").json()
+    paths = document["paths"]
+    assert {"/auth/token", "/auth/refresh", "/auth/logout", "/user/login", "/user/logout"} <= set(paths)
+    assert "/auth/jwks.json" not in paths  # HS256: no public keys to publish
+    login = paths["/user/login"]["get"]
+    assert login["operationId"] == "loginUser"
+    assert {p["name"] for p in login["parameters"]} == {"username", "password"}
+    assert set(login["responses"]["200"]["headers"]) == {"X-Rate-Limit", "X-Expires-After"}
+    assert paths["/auth/logout"]["post"]["security"] == [{"bearerAuth": []}]
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    for name in ("TokenResponse", "TokenRequest", "RefreshRequest"):
+        assert name in document["components"]["schemas"]
+    token = paths["/auth/token"]["post"]
+    assert set(token["requestBody"]["content"]) == {"application/x-www-form-urlencoded", "application/json"}

@@ -351,3 +351,11 @@ def test_redis_down_fails_open_for_traffic_and_closed_for_login(
         exhaust(app, n=2)
         assert_limited(app.client.get(READ), "default")
         assert app.client.post(f"{API}/auth/token", data={"username": "alice", "password": PASSWORD}).status_code == 200
+
+
+def test_rate_limiting_works_without_the_auth_plugin(tmp_path: Path) -> None:
+    with running_app(tmp_path, rate_limit="2/minute", plugins=("plugins.ratelimit",)) as app:
+        exhaust(app, n=2)
+        assert_limited(app.client.get(READ), "default")
+        # Without auth, writes are 401 from the core; login routes do not exist.
+        assert app.client.post(f"{API}/auth/token", data={"username": "a", "password": "b"}).status_code in (404, 405)
