@@ -1,0 +1,316 @@
+"""REST benchmark: the served petstore (plugins on) beside a bare Starlette endpoint, same database.
+
+Run by hand, not by the tests::
+
+    .venv/bin/python bench/rest.py                 # 10 s per scenario, 50 connections
+    .venv/bin/python bench/rest.py --duration 20 --database-url postgresql+asyncpg://...
+
+Needs ``wrk`` (Debian package wrk) as the load generator: a Python client would use as much CPU
+as the server it measures. Both servers run as real uvicorn subprocesses with the same options
+(one worker, no access log) against the same database, prepared here: 100 available pets with a
+category and tags (findByStatus returns all 100), and a staff user whose token authorizes POST.
+
+The petstore runs its default plugins (auth, rate limit with a limit too high to trigger,
+metrics). The bare app answers the same JSON through the same models and queries, with no
+middleware, no plugins and no events: the table shows what everything else costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: tests.services lives beside bench/
+
+from petstore import db  # noqa: E402
+from petstore.config import Settings  # noqa: E402
+from petstore.models import CategoryBody, Pet, PetBody, PetPublic, PetStatus, Role, TagBody, UserBody  # noqa: E402
+from petstore.pets import apply_body, create_pet  # noqa: E402
+from petstore.users import create_user_row  # noqa: E402
+from tests.services import UvicornServer  # noqa: E402
+
+PETS = 100
+STAFF = ("bench-staff", secrets.token_urlsafe(16))
+UVICORN = [sys.executable, "-m", "uvicorn", "--host", "{host}", "--port", "{port}", "--no-access-log"]
+UVICORN += ["--log-level", "warning"]
+NEW_PET = {
+    "name": "Benchmarked",
+    "category": {"name": "Dogs"},
+    "photoUrls": [],
+    "tags": [{"name": "bench"}],
+    "status": "sold",  # keeps findByStatus (available) at exactly 100 pets during the run
+}
+
+
+# ------------------------------------------------------------------------------ the baseline
+
+
+def bare_app() -> Starlette:
+    """The same JSON from the same database, with nothing around it (uvicorn --factory)."""
+    settings = Settings(database_url=os.environ["PETSTORE_DATABASE_URL"], plugins=())
+    engine = db.create_engine(settings)
+    sessions = db.create_sessionmaker(engine)
+    relations = (selectinload(Pet.category), selectinload(Pet.tags))  # type: ignore[arg-type]
+
+    def dump(pet: Pet) -> dict[str, object]:
+        return PetPublic.from_row(pet).model_dump(mode="json", by_alias=True)
+
+    async def get_pet(request: Request) -> Response:
+        query = select(Pet).options(*relations).where(Pet.id == int(request.path_params["petId"]))  # type: ignore[arg-type]
+        async with sessions() as session:
+            pet = (await session.execute(query)).scalar_one_or_none()
+            if pet is None:
+                return JSONResponse({"code": 404, "type": "not_found", "message": "no such pet"}, status_code=404)
+            return JSONResponse(dump(pet))
+
+    async def find_by_status(request: Request) -> Response:
+        statuses = request.query_params.get("status", "available").split(",")
+        query = select(Pet).options(*relations).where(Pet.status.in_(statuses)).order_by(Pet.id).limit(100)  # type: ignore[attr-defined,arg-type]
+        async with sessions() as session:
+            return JSONResponse([dump(pet) for pet in (await session.execute(query)).scalars().all()])
+
+    async def add_pet(request: Request) -> Response:
+        body = PetBody.model_validate_json(await request.body())
+        async with sessions() as session:
+            pet = Pet(name=body.name, status=(body.status or PetStatus.available).value, tags=[])
+            session.add(pet)
+            await apply_body(session, pet, body)
+            await session.commit()
+            return JSONResponse(dump(pet))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await engine.dispose()
+
+    return Starlette(
+        routes=[
+            Route("/api/v3/pet/findByStatus", find_by_status, methods=["GET"]),
+            Route("/api/v3/pet/{petId}", get_pet, methods=["GET"]),
+            Route("/api/v3/pet", add_pet, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+# --------------------------------------------------------------------------------- set-up
+
+
+async def prepare(database_url: str) -> None:
+    from petstore.migrations import migrate
+
+    await asyncio.to_thread(migrate, database_url)
+    engine = db.create_engine(Settings(database_url=database_url, plugins=()))
+    try:
+        async with db.create_sessionmaker(engine)() as session:
+            for number in range(PETS):
+                body = PetBody(
+                    name=f"Pet {number}",
+                    category=CategoryBody(name=("Dogs", "Cats", "Birds")[number % 3]),
+                    photo_urls=[f"/media/pets/{number}.png"],
+                    tags=[TagBody(name="friendly"), TagBody(name=f"litter-{number % 5}")],
+                    status=PetStatus.available,
+                )
+                await create_pet(session, body, inventory=False)
+            await create_user_row(session, UserBody(username=STAFF[0], password=STAFF[1]), Role.staff)
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
+# ------------------------------------------------------------------------------------ wrk
+
+
+@dataclass
+class Result:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _latency(output: str, percentile: str) -> float:
+    found = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no {percentile}% latency in wrk output:\n{output}")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+def wrk(url: str, script: str, *, connections: int, duration: int) -> Result:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(script)
+        lua.flush()
+        argv = [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "30s",
+            "--latency",
+            "-s",
+            lua.name,
+            url,
+        ]
+        output = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    if rate is None:
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{output}")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = int(bad.group(1)) if bad else 0
+    errors += sum(int(n) for n in socket_errors.groups()) if socket_errors else 0
+    return Result(float(rate.group(1)), _latency(output, "50"), _latency(output, "99"), errors)
+
+
+def combine(rounds: list[Result]) -> Result:
+    """Rounds of equal length: mean rate, median latencies, all errors."""
+    return Result(
+        requests_per_second=statistics.fmean(r.requests_per_second for r in rounds),
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        errors=sum(r.errors for r in rounds),
+    )
+
+
+def get_by_id_script() -> str:
+    return f'request = function() return wrk.format("GET", "/api/v3/pet/" .. math.random(1, {PETS})) end\n'
+
+
+def get_script(path: str) -> str:
+    return f'request = function() return wrk.format("GET", "{path}") end\n'
+
+
+def post_script(token: str | None) -> str:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    lua_headers = ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items())
+    body = json.dumps(NEW_PET).replace("\\", "\\\\").replace('"', '\\"')
+    return f'request = function() return wrk.format("POST", "/api/v3/pet", {{{lua_headers}}}, "{body}") end\n'
+
+
+# ----------------------------------------------------------------------------------- main
+
+
+def server_env(database_url: str, workdir: Path) -> dict[str, str]:
+    return {
+        "PETSTORE_DATABASE_URL": database_url,
+        "PETSTORE_MEDIA_DIR": str(workdir / "media"),
+        "PETSTORE_JWT_SECRET": secrets.token_urlsafe(48),
+        # Plugins on, the limiter included, with a budget this run cannot exhaust.
+        "PETSTORE_RATE_LIMIT": "100000000/minute",
+        "PYTHONPATH": str(REPO),
+    }
+
+
+def token_for(server: UvicornServer) -> str:
+    response = httpx.post(
+        f"{server.url}/api/v3/auth/token", data={"username": STAFF[0], "password": STAFF[1]}, timeout=30
+    )
+    response.raise_for_status()
+    token: str = response.json()["access_token"]
+    return token
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per scenario and server (default 10)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds the duration is split into")
+    parser.add_argument("--connections", type=int, default=50, help="concurrent connections (default 50)")
+    parser.add_argument("--database-url", help="an empty database to use (default: a new SQLite file)")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        parser.error("wrk is not installed (Debian: apt-get install wrk)")
+
+    per_round = max(1, args.duration // args.rounds)
+    workdir = Path(tempfile.mkdtemp(prefix="petstore-bench-"))
+    database_url = args.database_url or f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+    asyncio.run(prepare(database_url))
+    env = server_env(database_url, workdir)
+    full = UvicornServer(command=[*UVICORN, "--factory", "petstore.app:create_app"], env=env, cwd=workdir)
+    bare = UvicornServer(
+        command=[*UVICORN, "--factory", "bench.rest:bare_app"],
+        env=env,
+        cwd=workdir,
+        health_path="/api/v3/pet/1",
+    )
+    scenarios = [  # (name, wrk script; None for POST, whose script needs the token)
+        ("GET /pet/{petId}", get_by_id_script()),
+        ("GET /pet/findByStatus (100 pets)", get_script("/api/v3/pet/findByStatus")),
+        ("POST /pet", None),
+    ]
+    rows: list[tuple[str, Result, Result]] = []
+    try:
+        with full, bare:
+            token = token_for(full)
+            for name, script in scenarios:
+                full_script = script or post_script(token)
+                bare_script = script or post_script(None)
+                # Warm both (imports, caches, connection pools) before measuring.
+                wrk(full.url, full_script, connections=args.connections, duration=2)
+                wrk(bare.url, bare_script, connections=args.connections, duration=2)
+                # Alternate short rounds, so that whatever else the machine does weighs on both alike.
+                bare_rounds, full_rounds = [], []
+                for _ in range(args.rounds):
+                    bare_rounds.append(wrk(bare.url, bare_script, connections=args.connections, duration=per_round))
+                    full_rounds.append(wrk(full.url, full_script, connections=args.connections, duration=per_round))
+                rows.append((name, combine(full_rounds), combine(bare_rounds)))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    print(
+        f"\n{args.connections} connections, {args.rounds} alternating rounds of {per_round} s per server, "
+        f"database {database_url.split(':', 1)[0]}, {os.cpu_count()} CPUs\n"
+    )
+    print(table(rows))
+    ratios = [
+        full.requests_per_second / bare.requests_per_second for name, full, bare in rows if name.startswith("GET")
+    ]
+    verdict = "met" if min(ratios) >= 0.70 else "NOT met"
+    print(f"\ntarget (petstore GETs >= 70% of bare req/s): {verdict}")
+    return 0
+
+
+def table(rows: list[tuple[str, Result, Result]]) -> str:
+    lines = [
+        "| scenario | server | req/s | p50 ms | p99 ms | errors | req/s vs bare |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, full, bare in rows:
+        for label, result in (("bare Starlette", bare), ("petstore", full)):
+            ratio = f"{result.requests_per_second / bare.requests_per_second:.0%}"
+            lines.append(
+                f"| {name} | {label} | {result.requests_per_second:,.0f} | {result.p50_ms:.1f} | "
+                f"{result.p99_ms:.1f} | {result.errors} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
