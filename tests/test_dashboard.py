@@ -250,7 +250,7 @@ def test_dashboard_fits_a_phone_screen_without_errors(chromium: Browser, live_se
         page.goto(f"{live_server.url}/")
         expect(page.get_by_test_id("connection-state")).to_have_text("connected", timeout=DEADLINE_MS)
         expect_counts(page, store.inventory())
-        for testid in ("count-available", "pets-table", "feed", "login-form"):
+        for testid in ("count-available", "inventory-chart", "feed-panel", "pets-table", "login-form"):
             expect(page.get_by_test_id(testid)).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         ARTIFACTS.mkdir(exist_ok=True)

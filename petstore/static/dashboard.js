@@ -281,8 +281,25 @@ class Session {
     }
   }
 
-  /** The access token was refused (expired): trade the refresh token for a new pair, or sign out. */
-  async refresh() {
+  /**
+   * The server refused the access token (expired or revoked): trade the refresh token for a new
+   * pair, once; if that fails too, or the new token is refused as well, sign out.
+   */
+  async tokenRefused() {
+    if (!this.current) return;
+    const first = !this.#refreshTried;
+    this.#refreshTried = true;
+    if (!(first && (await this.#refresh()))) await this.signOut();
+  }
+
+  /** The server accepted the token: a later refusal may be cured by a refresh again. */
+  tokenAccepted() {
+    this.#refreshTried = false;
+  }
+
+  #refreshTried = false;
+
+  async #refresh() {
     const refreshToken = this.current?.refresh_token;
     if (!refreshToken) return false;
     const response = await fetch(`${API}/auth/refresh`, {
@@ -315,6 +332,7 @@ class Dashboard {
 
   start() {
     this.client.on("state", (change) => this.#onState(change));
+    this.client.on("auth", (answer) => (answer.ok ? this.session.tokenAccepted() : this.session.tokenRefused()));
     this.client.subscribe("inventory", {
       onSnapshot: (counts) => this.inventory.show(counts),
       onEvent: (message) => this.inventory.show(message.data),
@@ -362,9 +380,9 @@ class Dashboard {
     const up = [State.CONNECTED, State.RECOVERED, State.RESYNCED].includes(state);
     if (up && !this.pets.loaded && this.client.position("pets") !== null) this.pets.load();
     if (state === State.CLOSED && code === 1008 && this.session.token) {
-      // The server refused the token (expired or revoked): refresh it, else go on anonymously.
-      // Without a token a 1008 is a refused Origin, which no retry can fix: the badge stays offline.
-      if (!(await this.session.refresh())) await this.session.signOut();
+      // The token expired on the live connection: refresh it, else go on anonymously. Without a
+      // token a 1008 is a refused Origin, which no retry can fix: the badge stays offline.
+      await this.session.tokenRefused();
       this.client.connect();
     }
   }

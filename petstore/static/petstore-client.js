@@ -104,8 +104,9 @@ export class PetstoreClient {
   user = null;
 
   /**
-   * Listen to "state" ({state, code?, reason?}), "welcome", "error" (an error message from the
-   * server), "gap" ({room, expected, offset}) or "message" (every message, after handling).
+   * Listen to "state" ({state, code?, reason?}), "welcome", "auth" ({ok: true, user} or
+   * {ok: false, message}: the answer to the token), "error" (an error message from the server),
+   * "gap" ({room, expected, offset}) or "message" (every message, after handling).
    * Returns a function that removes the listener.
    */
   on(name, listener) {
@@ -327,8 +328,13 @@ export class PetstoreClient {
         return this.#onEvent(message);
       case "error":
         return this.#onError(message);
+      case "authenticated":
+        this.user = message.user ?? null;
+        return this.#emit("auth", { ok: true, user: this.user });
+      case "unsubscribed":
+        return this.#onUnsubscribed(message);
       default:
-        return undefined; // pong, unsubscribed, and types added later: nothing to do
+        return undefined; // pong, and types added later: nothing to do
     }
   }
 
@@ -419,8 +425,9 @@ export class PetstoreClient {
   }
 
   #onError(message) {
+    const hasId = message.id !== undefined && message.id !== null;
     for (const [room, entry] of this.#rooms) {
-      if (message.id !== undefined && message.id !== null && entry.pendingId === message.id) {
+      if (hasId && entry.pendingId === message.id) {
         // The server refused this subscription: forget the room so we do not retry it on every reconnect.
         this.#rooms.delete(room);
         entry.handlers.onError?.(message);
@@ -428,7 +435,20 @@ export class PetstoreClient {
         break;
       }
     }
+    // The auth message carries no id (SPEC §3), so an id-less `unauthorized` is its answer: the
+    // token was refused and the connection goes on anonymously.
+    if (!hasId && message.code === "unauthorized") this.#emit("auth", { ok: false, message: message.message });
     this.#emit("error", message);
+  }
+
+  #onUnsubscribed(message) {
+    // With an id it answers our unsubscribe (the room is already forgotten). Without one, the
+    // server ended the subscription itself (the new token may not see the room): forget it too.
+    if (message.id !== undefined && message.id !== null) return;
+    const entry = this.#rooms.get(message.room);
+    if (!entry) return;
+    this.#rooms.delete(message.room);
+    entry.handlers.onError?.({ type: "error", id: null, code: "forbidden", message: "the server ended this subscription" });
   }
 
   // -- events to the application ------------------------------------------------------------

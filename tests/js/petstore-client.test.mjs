@@ -149,6 +149,39 @@ describe("connecting", () => {
     );
   });
 
+  test("reports the server's answer to the token: authenticated, or an id-less unauthorized error", () => {
+    const { client, last } = setup({ token: "tok" });
+    const answers = [];
+    client.on("auth", (a) => answers.push(a));
+    client.connect(URL);
+    last().accept();
+    last().receive({ type: "authenticated", id: null, user: "staff1" });
+    assert.equal(client.user, "staff1");
+    client.setToken("revoked");
+    last().receive({ type: "error", id: null, code: "unauthorized", message: "token revoked" });
+    assert.deepEqual(answers, [
+      { ok: true, user: "staff1" },
+      { ok: false, message: "token revoked" },
+    ]);
+  });
+
+  test("a subscription the server ends by itself (id-less unsubscribed) is forgotten", () => {
+    const { client, clock, last } = setup({ token: "tok" });
+    const orders = recorder();
+    client.subscribe("orders", orders.handlers);
+    client.connect(URL);
+    last().accept();
+    const [sub] = last().sentOfType("subscribe");
+    last().receive(subscribed(sub, { offset: 0 }));
+    last().receive({ type: "unsubscribed", id: null, room: "orders" });
+    assert.equal(orders.calls.errors[0].code, "forbidden");
+    assert.equal(client.position("orders"), null);
+    last().serverClose(CloseCode.RESTARTING);
+    clock.advance(10_000);
+    last().accept();
+    assert.deepEqual(last().sentOfType("subscribe"), []);
+  });
+
   test("a refused subscription calls onError and is not retried on reconnect", () => {
     const { client, clock, last } = setup();
     const orders = recorder();
