@@ -268,6 +268,13 @@ class RedisLimiter:
         await self.redis.aclose()
 
 
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+OPENAPI_HEADERS: dict[str, Any] = {
+    "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}},
+    "RateLimit": {"description": 'IETF draft: "policy";r=<left>;t=<seconds to full>', "schema": {"type": "string"}},
+    "RateLimit-Policy": {"description": 'IETF draft: "policy";q=<quota>;w=<window s>', "schema": {"type": "string"}},
+}
+
 # ------------------------------------------------------------------------------------- settings
 
 
@@ -381,6 +388,21 @@ class RateLimitPlugin(PluginBase):
 
     def middleware(self) -> Sequence[Middleware]:
         return [Middleware(RateLimitMiddleware, plugin=self)]
+
+    def openapi(self, document: dict[str, Any]) -> None:
+        """Every operation may answer 429; every limited response carries the RateLimit headers."""
+        components = document.setdefault("components", {})
+        components.setdefault("headers", {}).update(OPENAPI_HEADERS)
+        components.setdefault("responses", {})["TooManyRequests"] = {
+            "description": "over the client's budget: retry after Retry-After seconds",
+            "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in OPENAPI_HEADERS},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiResponse"}}},
+        }
+        for item in document.get("paths", {}).values():
+            for method, operation in item.items():
+                if method in HTTP_METHODS and isinstance(operation, dict):
+                    responses = operation.setdefault("responses", {})
+                    responses.setdefault("429", {"$ref": "#/components/responses/TooManyRequests"})
 
     # -- shared helpers
 

@@ -27,6 +27,7 @@ from starlette.websockets import WebSocket
 
 from petstore.access import AuthFailed, Principal
 from petstore.config import Settings
+from petstore.errors import ConfigurationError
 from petstore.plugin import PluginBase
 from petstore.rooms import may_join
 from petstore.state import AppState
@@ -55,7 +56,11 @@ class AuthPlugin(PluginBase):
         self.keys = self.config.key_set(settings)  # bad keys stop start-up here, naming the plugin
         self.authority: Authority | None = None
         self._filter: tuple[RedactSecrets, list[logging.Logger]] | None = None
-        hourly = sum(rate.per_hour() for rate in parse_rates(settings.rate_limit)[:1])
+        try:
+            # For /user/login's X-Rate-Limit ("calls per hour allowed"): the tightest default rate.
+            hourly = min(rate.per_hour() for rate in parse_rates(settings.rate_limit))
+        except ValueError as exc:
+            raise ConfigurationError(f"PETSTORE_RATE_LIMIT: {exc}") from None
         self.endpoints = AuthEndpoints(lambda: self.authority, rate_per_hour=hourly)
         self._state: AppState | None = None
 

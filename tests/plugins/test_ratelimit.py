@@ -359,3 +359,15 @@ def test_rate_limiting_works_without_the_auth_plugin(tmp_path: Path) -> None:
         assert_limited(app.client.get(READ), "default")
         # Without auth, writes are 401 from the core; login routes do not exist.
         assert app.client.post(f"{API}/auth/token", data={"username": "a", "password": "b"}).status_code in (404, 405)
+
+
+def test_openapi_document_lists_429_on_every_operation(tmp_path: Path) -> None:
+    with running_app(tmp_path) as app:
+        document = app.client.get(f"{API}/openapi.json").json()
+    operations = [op for item in document["paths"].values() for op in item.values() if isinstance(op, dict)]
+    assert len(operations) >= 19
+    assert all("429" in op["responses"] for op in operations)
+    find = document["paths"]["/pet/findByStatus"]["get"]
+    assert find["responses"]["429"] == {"$ref": "#/components/responses/TooManyRequests"}
+    too_many = document["components"]["responses"]["TooManyRequests"]
+    assert set(too_many["headers"]) == {"Retry-After", "RateLimit", "RateLimit-Policy"}
