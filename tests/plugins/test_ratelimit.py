@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -283,7 +284,8 @@ def prepare_database(tmp_path: Path) -> str:
         engine = db.create_engine(settings)
         await db.create_all(engine)
         async with db.create_sessionmaker(engine)() as session:
-            await create_user_row(session, UserBody(username="alice", password=PASSWORD), Role.customer)
+            for name in ("alice", "bob"):
+                await create_user_row(session, UserBody(username=name, password=PASSWORD), Role.customer)
             await session.commit()
         await engine.dispose()
 
@@ -317,6 +319,17 @@ def test_two_server_processes_share_one_budget_and_one_revocation_list(tmp_path:
         assert http.post(f"{b.url}{API}/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
         refused = http.get(f"{a.url}{API}/store/orders", headers=bearer(tokens["access_token"]))
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer")
+        # A burst of concurrent requests from one user, spread over both servers: exactly the budget passes.
+        bob = bearer(
+            http.post(f"{b.url}{API}/auth/token", data={"username": "bob", "password": PASSWORD}).json()["access_token"]
+        )
+
+        def get(server: UvicornServer) -> int:
+            return httpx.get(f"{server.url}{READ}", headers=bob, timeout=10).status_code
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            burst = list(pool.map(get, [a, b] * 6))
+        assert sorted(burst) == [200] * 6 + [429] * 6
 
 
 # ------------------------------------------------------------------------------------ Redis goes away
