@@ -185,6 +185,9 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     if args.workers == 1:
+        # One process needs no multiprocess mode; a directory left in the environment would make
+        # this process add up stale files of some earlier run.
+        os.environ.pop(MULTIPROC_ENV, None)
         _check_app_settings()
         uvicorn.run(APP, factory=True, host=args.host, port=args.port)
         return 0

@@ -23,7 +23,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocketDisconnect
 
 from petstore import db
 from petstore.app import create_app
@@ -226,10 +225,19 @@ def test_requests_in_progress_counts_the_scrape_itself_and_returns_to_zero(clien
     assert value(samples, "petstore_http_requests_in_progress", method="POST") == 0
 
 
-def test_websocket_scopes_pass_through_without_http_metrics(client: TestClient) -> None:
-    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws"):  # no /ws route here: refused
-        pass
-    samples, _ = scrape(client)
+def test_a_websocket_is_counted_by_the_core_happenings_not_as_an_http_request(client: TestClient) -> None:
+    with client.websocket_connect("/ws") as websocket:
+        welcome = websocket.receive_json()
+        assert (welcome[0] if isinstance(welcome, list) else welcome)["type"] == "welcome"
+        samples, _ = scrape(client)
+        assert value(samples, "petstore_ws_connections") == 1
+
+    def closed() -> Samples | None:
+        samples, _ = scrape(client)
+        return samples if value(samples, "petstore_ws_connections") == 0 else None
+
+    samples = wait_until(closed, 10, "the server to see the WebSocket close")
+    assert sum(v for (name, _), v in samples.items() if name == "petstore_ws_disconnects_total") == 1
     assert not any(dict(labels).get("route") == "/ws" for (_, labels) in samples)
 
 
