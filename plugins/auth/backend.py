@@ -9,6 +9,7 @@ because exception handlers do not run for errors raised in middleware.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -59,7 +60,7 @@ class TokenBackend(AuthenticationBackend):
     def __init__(self, authority: Callable[[], Authority | None], observe: Callable[[str], None]) -> None:
         self._authority = authority
         self._observe = observe
-        self._last_store_log = 0.0
+        self._last_store_log = -math.inf
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
         authority = self._authority()

@@ -21,7 +21,7 @@ from petstore.passwords import verify_password
 from petstore.state import app_state
 from petstore.users import find_user
 from petstore.web import read_data
-from plugins.auth.authority import ACCESS, Authority, BackendUnavailable
+from plugins.auth.authority import ACCESS, Authority, BackendUnavailable, TokenPair
 from plugins.auth.backend import bearer_token
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -73,7 +73,7 @@ class AuthEndpoints:
         pair = await self._issue(user, with_refresh=True)
         return JSONResponse(pair.json(), headers=NO_STORE)
 
-    async def _issue(self, user: User, *, with_refresh: bool) -> Any:
+    async def _issue(self, user: User, *, with_refresh: bool) -> TokenPair:
         try:
             return await self.authority().issue(user, with_refresh=with_refresh)
         except BackendUnavailable:
