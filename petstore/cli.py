@@ -171,13 +171,19 @@ def _supervisor_class() -> type[Any]:
     return MetricsSupervisor
 
 
-def _check_app_settings() -> None:
+def _check_app_settings(workers: int) -> None:
     """Fail in this process, with one line, on what would make every worker fail at start-up."""
     from petstore.plugin import load_plugins
 
     settings = _settings()
     settings.check_production()
     load_plugins(settings)
+    if workers > 1 and not settings.redis_url:
+        print(
+            f"petstore: warning: PETSTORE_REDIS_URL is not set: each of the {workers} workers has its own "
+            "in-process broker, so live events reach only the clients of one worker",
+            file=sys.stderr,
+        )
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -188,14 +194,14 @@ def serve(args: argparse.Namespace) -> int:
         # One process needs no multiprocess mode; a directory left in the environment would make
         # this process add up stale files of some earlier run.
         os.environ.pop(MULTIPROC_ENV, None)
-        _check_app_settings()
+        _check_app_settings(1)
         uvicorn.run(APP, factory=True, host=args.host, port=args.port)
         return 0
     with metrics_directory() as path:
         # The supervisor records no metrics: keep its prometheus_client out of multiprocess mode
         # (it picks its value store on first import), so only workers write files.
         os.environ.pop(MULTIPROC_ENV, None)
-        _check_app_settings()
+        _check_app_settings(args.workers)
         os.environ[MULTIPROC_ENV] = str(path)  # inherited by the workers uvicorn spawns
         config = uvicorn.Config(APP, factory=True, host=args.host, port=args.port, workers=args.workers)
         sock = config.bind_socket()
