@@ -39,16 +39,28 @@ def petstore_cli(env: dict[str, str], *args: str) -> None:
     subprocess.run([str(PETSTORE), *args], env=env, check=True, capture_output=True, timeout=120)
 
 
-def server_env(tmp_path: Path, redis_url: str, page_port: int) -> dict[str, str]:
-    return {
+def server_env(tmp_path: Path, redis_url: str | None, page_port: int) -> dict[str, str]:
+    """Settings for a server the page at `page_port` talks to; no `redis_url`: the in-process broker."""
+    env = {
         "PETSTORE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}",
-        "PETSTORE_REDIS_URL": redis_url,
         "PETSTORE_JWT_SECRET": "dashboard-test-secret-0123456789abcdef",
         # The page's own origin must pass the WebSocket Origin check.
         "PETSTORE_ALLOWED_ORIGINS": f"http://{HOST}:{page_port}",
         "PETSTORE_RATE_LIMIT": "10000/minute",
         "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
     }
+    if redis_url is not None:
+        env["PETSTORE_REDIS_URL"] = redis_url
+    return env
+
+
+def prepared_server(tmp_path: Path, redis_url: str | None) -> UvicornServer:
+    """A server (not started) on a free port, over a migrated SQLite database with a staff user."""
+    port = free_port()
+    env = server_env(tmp_path, redis_url, port)
+    petstore_cli(env, "migrate")
+    petstore_cli(env, "users", "create", STAFF[0], "--password", STAFF[1], "--role", "staff")
+    return UvicornServer(env=env, port=port)
 
 
 class Store:
@@ -126,11 +138,7 @@ def chromium() -> Iterator[Browser]:
 @pytest.fixture
 def live_server(tmp_path: Path, redis_url: str) -> Iterator[UvicornServer]:
     """The real server on a free port, with Redis, a migrated SQLite database and a staff user."""
-    port = free_port()
-    env = server_env(tmp_path, redis_url, port)
-    petstore_cli(env, "migrate")
-    petstore_cli(env, "users", "create", STAFF[0], "--password", STAFF[1], "--role", "staff")
-    with UvicornServer(env=env, port=port) as server:
+    with prepared_server(tmp_path, redis_url) as server:
         yield server
 
 
@@ -237,6 +245,46 @@ def test_dashboard_follows_the_store_live_and_recovers_after_a_restart(
         assert console.errors == []
     finally:
         store.close()
+
+
+def test_dashboard_resyncs_from_the_snapshot_when_the_history_is_lost(chromium: Browser, tmp_path: Path) -> None:
+    """The in-process broker forgets its history on restart: the page says resynced and reloads counts and table."""
+    with prepared_server(tmp_path, None) as server:
+        store = Store(server.url)
+        try:
+            first = store.add_pet("before")
+            page = chromium.new_page()
+            console = ConsoleWatch(page, server.port)
+            page.goto(f"{server.url}/")
+            expect(page.get_by_test_id("connection-state")).to_have_text("connected", timeout=DEADLINE_MS)
+            expect_row(page, first, "available")
+
+            console.outage = True
+            server.stop()
+            expect(page.get_by_test_id("connection-state")).to_have_text("reconnecting", timeout=DEADLINE_MS)
+            with UvicornServer(env=server_env(tmp_path, None, server.port)) as other:
+                other_store = Store(other.url)
+                unseen = other_store.add_pet("changed-while-away")
+                other_store.sell_directly(first["id"])
+                other_store.close()
+            server.start()
+            expect(page.get_by_test_id("connection-state")).to_have_text("resynced", timeout=DEADLINE_MS)
+            console.outage = False
+
+            # Events of the downtime are gone for good, but the page shows the store as it is
+            # and says that it started over.
+            expect_counts(page, store.inventory())
+            expect_row(page, unseen, "available")
+            expect_row(page, first, "sold")
+            notes = page.get_by_test_id("feed-note")
+            expect(notes.filter(has_text="restarted from a snapshot")).to_have_count(1)
+            expect(notes.filter(has_text="table reloaded")).to_have_count(1)
+            later = store.add_pet("after-resync")
+            expect_in_feed(page, "pet.created", later["id"])
+            expect_row(page, later, "available")
+            assert console.errors == []
+        finally:
+            store.close()
 
 
 def test_dashboard_fits_a_phone_screen_without_errors(chromium: Browser, live_server: UvicornServer) -> None:
