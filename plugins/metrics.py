@@ -27,7 +27,15 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
@@ -286,6 +294,10 @@ class MetricsPlugin(PluginBase):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.multiprocess_dir = _multiprocess_dir()
+        # No `*_created` series beside each counter and histogram: nothing here queries them, they
+        # double the series count, and multiprocess mode cannot produce them anyway, so one
+        # worker or many expose the same names.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.instruments = Instruments(self.registry)
         if self.multiprocess_dir is not None:

@@ -248,8 +248,9 @@ def test_every_spec_metric_is_exposed_with_its_type_and_labels(client: TestClien
     client.get("/healthz")
     assert client.post("/_probe/observe", json=ONE_OF_EACH).status_code == 200
 
-    _, families = scrape(client)
+    samples, families = scrape(client)
 
+    assert not [name for name, _ in samples if name.endswith("_created")]  # one worker or many: same series
     for name, (kind, labels) in METRICS.items():
         family_name = name.removesuffix("_total") if kind == "counter" else name
         assert family_name in families, name
