@@ -307,3 +307,36 @@ def test_dashboard_fits_a_phone_screen_without_errors(chromium: Browser, live_se
         assert console.errors == []
     finally:
         store.close()
+
+
+def test_customer_sign_in_is_refused_the_orders_room_and_sign_out_goes_back_to_anonymous(
+    chromium: Browser, live_server: UvicornServer
+) -> None:
+    signup = httpx.post(
+        f"{live_server.url}/api/v3/user", json={"username": "shopper", "password": "shopper-password-1"}, timeout=10
+    )
+    signup.raise_for_status()
+    page = chromium.new_page()
+    console = ConsoleWatch(page, live_server.port)
+    page.goto(f"{live_server.url}/")
+    expect(page.get_by_test_id("connection-state")).to_have_text("connected", timeout=DEADLINE_MS)
+    page.get_by_test_id("login-username").fill("shopper")
+    page.get_by_test_id("login-password").fill("shopper-password-1")
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("session-user")).to_have_text("shopper", timeout=DEADLINE_MS)
+    expect(page.get_by_test_id("orders-note")).to_have_text(
+        "Pet events. Orders are for staff accounts.", timeout=DEADLINE_MS
+    )
+
+    # Signing out forgets the token; the page reconnects anonymously and recovers its rooms.
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    expect(page.get_by_test_id("connection-state")).to_have_text("recovered", timeout=DEADLINE_MS)
+    assert page.evaluate("sessionStorage.length") == 0
+    store = Store(live_server.url)
+    try:
+        pet = store.add_pet("seen-anonymously")
+        expect_in_feed(page, "pet.created", pet["id"])
+    finally:
+        store.close()
+    assert console.errors == []
