@@ -81,17 +81,29 @@ class Connection:
         assert self.close_code is not None
         return self.close_code
 
-    async def next_batch(self, most: int) -> list[Outgoing]:
-        """Wait for queued items and take up to ``most`` of them; empty once the connection closes."""
-        while not self._items:
+    async def next_batch(self, most: int, max_chars: int = 256 * 1024) -> list[Outgoing]:
+        """Wait for queued items and take up to ``most`` of them, about ``max_chars`` of text at most
+        (at least one), so a batch of large events stays a reasonable frame; empty once closing."""
+        items = self._items
+        while not items:
             if self.close_code is not None:
                 return []
             self._ready.clear()
             await self._ready.wait()
         if self.close_code is not None:
             return []
-        count = min(most, len(self._items))
-        return [self._items.popleft() for _ in range(count)]
+        batch = [items.popleft()]
+        size = _size(batch[0])
+        while items and len(batch) < most:
+            size += _size(items[0])
+            if size > max_chars:
+                break
+            batch.append(items.popleft())
+        return batch
+
+
+def _size(item: Outgoing) -> int:
+    return len(item) if isinstance(item, str) else len(item.frame)
 
 
 class Subscription:

@@ -157,8 +157,7 @@ class Relay:
                     counts = dumps(fresh)
                 data_json = counts
             ts = format_ts(row.created_at)
-            for room in row.rooms:
-                await self._broker.publish(room, row.event, data_json, ts, row.id)
+            await self._broker.publish(list(row.rooms), row.event, data_json, ts, row.id)
             done.append(row.id)
             self._state.plugins.observe("event.published", event=row.event)
 

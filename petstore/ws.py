@@ -290,8 +290,8 @@ class Session:
             self.plugins.observe("ws.unsubscribed", room_kind=kind)
         try:
             result = await self.layer.subscribe(conn, room, since)
-        except BrokerUnavailable:
-            logger.warning("connection %s: broker unavailable during subscribe, closing with 1012", conn.id)
+        except BrokerUnavailable as exc:
+            logger.warning("connection %s: broker unavailable during subscribe (%s), closing with 1012", conn.id, exc)
             conn.close(RESTARTING)
             return
         self.active.set()

@@ -48,7 +48,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker,
 
 
 async def publish(broker: Broker, room: str, n: int, source: int | None = None) -> None:
-    await broker.publish(room, "pet.deleted", dumps({"id": n}), TS, source if source is not None else n)
+    await broker.publish([room], "pet.deleted", dumps({"id": n}), TS, source if source is not None else n)
 
 
 async def test_the_backend_follows_the_configuration(redis_url: str) -> None:
@@ -75,6 +75,16 @@ async def test_watched_rooms_receive_events_in_order_with_contiguous_offsets(bac
         f'"event":"pet.deleted","data":{{"id":1}},"ts":"{TS}"}}'
     )
     assert first.committed_at == pytest.approx(1767323045.678)
+
+
+async def test_one_event_goes_to_all_its_rooms_at_once(backend: Any) -> None:
+    broker, recorder = backend
+    await broker.watch("pets")
+    await broker.watch("pet:1")
+    await broker.publish(["pets", "pet:1"], "pet.created", dumps({"id": 1}), TS, 1)
+    await until(lambda: len(recorder.delivered) == 2, "the event in both rooms")
+    assert sorted(m.room for m in recorder.delivered) == ["pet:1", "pets"]
+    assert all(m.offset == 1 and m.event == "pet.created" for m in recorder.delivered)
 
 
 async def test_history_proves_continuity_or_says_it_cannot(backend: Any) -> None:

@@ -104,10 +104,9 @@ class Broker(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def publish(self, room: str, event: str, data_json: str, ts: str, source: int) -> None:
-        """Publish one event; ``source`` (the outbox id, increasing) makes a retried publish a no-op.
-
-        Raises :class:`BrokerUnavailable` when the broker cannot take it now.
+    async def publish(self, room_names: list[str], event: str, data_json: str, ts: str, source: int) -> None:
+        """Publish one event to all its rooms at once; ``source`` (the outbox id) makes a retried
+        publish a no-op. Raises :class:`BrokerUnavailable` when the broker cannot take it now.
         """
 
     async def watch(self, room: str) -> None:

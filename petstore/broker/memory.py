@@ -49,14 +49,15 @@ class MemoryBroker:
         room.touched = now
         return room
 
-    async def publish(self, room: str, event: str, data_json: str, ts: str, source: int) -> None:
-        state = self._room(room)
-        state.offset += 1
-        frame = encode_frame(room, state.offset, state.epoch, frame_tail(event, data_json, ts))
-        message = Message.parse(frame)
-        state.history.append(message)
-        if room in self._watched:
-            self._deliver(message)
+    async def publish(self, room_names: list[str], event: str, data_json: str, ts: str, source: int) -> None:
+        tail = frame_tail(event, data_json, ts)
+        for room in room_names:
+            state = self._room(room)
+            state.offset += 1
+            message = Message.parse(encode_frame(room, state.offset, state.epoch, tail))
+            state.history.append(message)
+            if room in self._watched:
+                self._deliver(message)
 
     async def watch(self, room: str) -> None:
         self._watched[room] = self._watched.get(room, 0) + 1

@@ -1,6 +1,6 @@
 """The Redis broker: history in one stream per room, fan-out between instances by pub/sub.
 
-Keys of a room ``R`` (one hash tag, so a cluster keeps them together):
+Keys of a room ``R``:
 
 - ``petstore:{R}:meta``  hash ``epoch``, ``offset``: the room's position.
 - ``petstore:{R}:log``   stream of the last ``history_size`` frames, entry id ``0-<offset>``.
@@ -9,8 +9,10 @@ Keys of a room ``R`` (one hash tag, so a cluster keeps them together):
 
 All three keys get the history TTL on every publish, so a room expires as a whole; a missing
 ``meta`` (restart without persistence, expiry) starts a new epoch, which tells clients that
-history was lost. Publishing is one Lua script: offset, stream, dedup and PUBLISH happen
-atomically or not at all.
+history was lost. Publishing is one Lua script for all the rooms of an event: offsets,
+streams, dedup and PUBLISH happen atomically or not at all, so an event that reached one of
+its rooms is never published again to another after Redis lost its memory. (The keys of
+several rooms in one script: a single Redis server or a replicated one, not Redis Cluster.)
 
 Each instance holds ONE pub/sub connection for the rooms its local clients watch, read by one
 listener task. When it breaks (or goes silent: the watchdog pings it and gives up when no
@@ -31,7 +33,7 @@ import uuid
 from typing import Any
 
 import redis.asyncio
-from redis.asyncio.connection import Connection
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
 from petstore.broker import BrokerUnavailable, Deliver, History, Message, Observe, Since, frame_tail
@@ -41,25 +43,33 @@ from petstore.config import Settings
 logger = logging.getLogger("petstore.broker.redis")
 
 PUBLISH = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+local tail, maxlen, ttl, source = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local offsets = {}
+for i = 0, (#KEYS / 3) - 1 do
+  local meta, log, src = KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3]
+  local room, channel, fresh = ARGV[5 + i * 3], ARGV[6 + i * 3], ARGV[7 + i * 3]
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    epoch = fresh
+    redis.call('DEL', log, src)
+    redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  end
+  if redis.call('ZSCORE', src, source) then
+    offsets[#offsets + 1] = 0
+  else
+    local offset = redis.call('HINCRBY', meta, 'offset', 1)
+    local frame = '{"type":"event","room":' .. room .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. tail
+    redis.call('XADD', log, 'MAXLEN', maxlen, '0-' .. offset, 'f', frame)
+    redis.call('ZADD', src, offset, source)
+    redis.call('ZREMRANGEBYRANK', src, 0, -(tonumber(maxlen) + 1))
+    redis.call('EXPIRE', meta, ttl)
+    redis.call('EXPIRE', log, ttl)
+    redis.call('EXPIRE', src, ttl)
+    redis.call('PUBLISH', channel, frame)
+    offsets[#offsets + 1] = offset
+  end
 end
-if redis.call('ZSCORE', KEYS[3], ARGV[6]) then
-  return 0
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local frame = '{"type":"event","room":' .. ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '",' .. ARGV[2]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '0-' .. offset, 'f', frame)
-redis.call('ZADD', KEYS[3], offset, ARGV[6])
-redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-redis.call('EXPIRE', KEYS[3], ARGV[4])
-redis.call('PUBLISH', ARGV[5], frame)
-return offset
+return offsets
 """
 
 READ = """
@@ -110,13 +120,18 @@ class RedisBroker:
         self._size = settings.history_size
         self._ttl = settings.history_ttl_seconds
         self._watchdog = watchdog_seconds
-        self._client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        # A bounded pool that makes callers wait for a free connection (the default one raises
+        # when a burst of subscriptions wants more connections than it allows).
+        self._pool = redis.asyncio.BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=32, timeout=5.0, socket_timeout=5.0, socket_connect_timeout=2.0
+        )
+        self._client = redis.asyncio.Redis(connection_pool=self._pool)
         self._publish = self._client.register_script(PUBLISH)
         self._read = self._client.register_script(READ)
         self._watched: dict[str, int] = {}
         self._cursors: dict[str, Since] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
-        self._conn: Connection | None = None
+        self._conn: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
 
@@ -132,19 +147,21 @@ class RedisBroker:
                 await self._task
             self._task = None
         await self._client.aclose()
+        await self._pool.aclose()
 
     async def ping(self) -> None:
         await self._client.ping()
 
     # -- publishing and history ---------------------------------------------------------------
 
-    async def publish(self, room: str, event: str, data_json: str, ts: str, source: int) -> None:
-        args: list[str | int] = [
-            json.dumps(room), frame_tail(event, data_json, ts), self._size, self._ttl, channel(room), source,
-            uuid.uuid4().hex,
-        ]  # fmt: skip
+    async def publish(self, room_names: list[str], event: str, data_json: str, ts: str, source: int) -> None:
+        args: list[str | int] = [frame_tail(event, data_json, ts), self._size, self._ttl, source]
+        all_keys: list[str] = []
+        for room in room_names:
+            all_keys += keys(room)
+            args += [json.dumps(room), channel(room), uuid.uuid4().hex]
         try:
-            await self._publish(keys=keys(room), args=args)
+            await self._publish(keys=all_keys, args=args)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis publish failed: {type(exc).__name__}") from exc
 
@@ -205,7 +222,8 @@ class RedisBroker:
         attempt = 0
         connected_before = False
         while True:
-            conn: Connection = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            # The listener's own connection, outside the pool: it lives as long as it works.
+            conn: AbstractConnection = self._pool.connection_class(**self._pool.connection_kwargs)
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
                 if connected_before:
@@ -228,7 +246,7 @@ class RedisBroker:
             attempt += 1
             await asyncio.sleep(min(MAX_BACKOFF, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311
 
-    async def _listen(self, conn: Connection) -> None:
+    async def _listen(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
         self._conn = conn
         waiting = {channel(room) for room in self._watched}
