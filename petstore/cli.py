@@ -372,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
         return status
     except UsageError as exc:
-        parser.exit(2, f"{parser.prog} {args.command}: error: {exc}\n")
+        words = [parser.prog, args.command, getattr(args, "users_command", None)]
+        parser.exit(2, f"{' '.join(word for word in words if word)}: error: {exc}\n")
     except (ConfigurationError, PluginError) as exc:
         print(f"petstore: error: {exc}", file=sys.stderr)
     except ApiError as exc:  # a refused input: a taken username, a conflicting id
