@@ -86,6 +86,8 @@ class Relay:
                 failures += 1
                 logger.warning("outbox relay: database error: %s", type(exc).__name__)
             if failures:
+                with contextlib.suppress(SQLAlchemyError, OSError):
+                    await self._report_pending()  # the backlog grows while the broker is away
                 # Back off, with jitter so instances do not retry in lock-step.
                 delay = min(MAX_BACKOFF, 0.05 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
                 await asyncio.sleep(delay)

@@ -1,0 +1,111 @@
+"""The hub: encode-once fan-out to bounded queues, the subscription merge, slow consumers, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from petstore.broker import Message, encode_frame, frame_tail
+from petstore.hub import Hub
+
+
+class Observed:
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, name: str, value: float = 1.0, **labels: Any) -> None:
+        self.counts[name] += value
+
+
+def message(room: str, offset: int, epoch: str = "e1") -> Message:
+    frame = encode_frame(room, offset, epoch, frame_tail("pet.deleted", '{"id":1}', "2026-01-01T00:00:00.000Z"))
+    return Message.parse(frame)
+
+
+async def test_one_event_object_goes_to_every_subscriber_of_its_room_only() -> None:
+    hub = Hub(Observed())
+    a, b, c = (hub.connection(name, 10) for name in "abc")
+    for conn in (a, b):
+        hub.go_live(hub.join(conn, "pets"), "e1", 0)
+    hub.go_live(hub.join(c, "inventory"), "e1", 0)
+    event = message("pets", 1)
+    hub.deliver(event)
+    batches = [await conn.next_batch(10) for conn in (a, b)]
+    assert batches[0][0] is event and batches[1][0] is event  # encoded once, shared
+    assert hub.subscribers("pets") == 2 and hub.subscribers("inventory") == 1
+    hub.deliver(message("inventory", 1))
+    assert [m.room for m in await c.next_batch(10)] == ["inventory"]  # type: ignore[union-attr]
+
+
+async def test_a_new_subscription_buffers_live_events_and_releases_only_unseen_ones() -> None:
+    hub = Hub(Observed())
+    conn = hub.connection("a", 10)
+    subscription = hub.join(conn, "pets")
+    for offset in (4, 5, 6):
+        hub.deliver(message("pets", offset))
+    hub.deliver(message("pets", 1, epoch="e2"))  # a new epoch arrived meanwhile: always released
+    conn.put_nowait("subscribed")  # what the transport sends before going live
+    hub.go_live(subscription, "e1", 5)
+    batch = await conn.next_batch(10)
+    assert batch[0] == "subscribed"
+    assert [(m.epoch, m.offset) for m in batch[1:]] == [("e1", 6), ("e2", 1)]  # type: ignore[union-attr]
+
+
+async def test_a_full_queue_closes_that_connection_with_1013_and_the_others_keep_receiving() -> None:
+    observed = Observed()
+    hub = Hub(observed)
+    slow, fast = hub.connection("slow", 3), hub.connection("fast", 100)
+    for conn in (slow, fast):
+        hub.go_live(hub.join(conn, "pets"), "e1", 0)
+    for offset in range(1, 11):
+        hub.deliver(message("pets", offset))
+    assert slow.close_code == 1013 and await slow.wait_closing() == 1013
+    assert await slow.next_batch(10) == []
+    assert observed.counts["ws.slow_consumer"] == 1
+    assert [m.offset for m in await fast.next_batch(100)] == list(range(1, 11))  # type: ignore[union-attr]
+    assert fast.close_code is None
+
+
+async def test_a_subscription_that_buffers_too_much_is_a_slow_consumer_too() -> None:
+    observed = Observed()
+    hub = Hub(observed)
+    conn = hub.connection("a", 2)
+    hub.join(conn, "pets")
+    for offset in range(1, 4):
+        hub.deliver(message("pets", offset))
+    assert conn.close_code == 1013 and observed.counts["ws.slow_consumer"] == 1
+
+
+async def test_batches_are_bounded_in_count_and_size() -> None:
+    hub = Hub(Observed())
+    conn = hub.connection("a", 100)
+    for _ in range(10):
+        conn.put_nowait("x" * 100)
+    assert len(await conn.next_batch(4)) == 4
+    assert len(await conn.next_batch(100, max_chars=250)) == 2
+    assert len(await conn.next_batch(100, max_chars=10)) == 1  # never empty while items wait
+
+
+async def test_close_all_asks_every_connection_to_close_and_waits_until_they_are_gone() -> None:
+    hub = Hub(Observed())
+    conns = [hub.connection(str(n), 10) for n in range(3)]
+    for conn in conns:
+        hub.join(conn, "pets")
+
+    async def transport(conn: Any) -> None:
+        await conn.wait_closing()
+        hub.drop(conn)
+
+    tasks = [asyncio.create_task(transport(conn)) for conn in conns]
+    await asyncio.wait_for(hub.close_all(1012, 5.0), 5.0)
+    assert [conn.close_code for conn in conns] == [1012, 1012, 1012]
+    assert not hub.connections and hub.subscribers("pets") == 0
+    await asyncio.gather(*tasks)
+
+
+async def test_close_all_gives_up_after_its_bound() -> None:
+    hub = Hub(Observed())
+    stuck = hub.connection("stuck", 10)
+    await asyncio.wait_for(hub.close_all(1012, 0.1), 5.0)
+    assert stuck.close_code == 1012 and stuck in hub.connections
