@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from starlette.testclient import WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect
 
 from petstore import db
 from petstore.access import AuthFailed, Principal
@@ -139,7 +139,7 @@ def test_wrong_password_and_unknown_user_are_refused_alike(app: App, monkeypatch
     import plugins.auth.endpoints as endpoints
 
     verified: list[str | None] = []
-    real = endpoints.verify_password
+    real = endpoints.verify_password  # type: ignore[attr-defined]
 
     async def recording(password_hash: str | None, password: str) -> bool:
         verified.append(password_hash)
@@ -259,7 +259,7 @@ def test_wrong_audience_or_issuer_is_refused(app: App) -> None:
 
 def test_missing_claims_are_refused(app: App) -> None:
     for claim in ("jti", "exp", "nbf", "iat", "aud", "iss"):
-        refused(app, sign(app, good_claims(app, **{claim: None})), "bad_claims")
+        refused(app, sign(app, good_claims(app, "alice", **{claim: None})), "bad_claims")
 
 
 def test_tampered_payload_is_refused(app: App) -> None:

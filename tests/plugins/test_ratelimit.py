@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.testclient import WebSocketDisconnect
 from starlette.types import Message
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from petstore import db
 from petstore.app import create_app
