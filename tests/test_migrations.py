@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import petstore.models  # noqa: F401  (registers the tables)
-from petstore.migrations import alembic_config, migrate
+from petstore.migrations import alembic_config, migrate, migrate_async
 
 TABLES = {"category", "tag", "pet", "pet_tag", "users", "purchase_order", "outbox", "alembic_version"}
 
@@ -88,3 +88,20 @@ def test_downgrade_to_base_removes_every_table_and_upgrade_restores_them(pg_url:
     assert _inspect(pg_url)["tables"] == {"alembic_version"}
     migrate(pg_url)
     _assert_matches_models(pg_url)
+
+
+async def test_migrate_async_runs_inside_a_running_event_loop(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'in-loop.db'}"
+    await migrate_async(url)
+    await migrate_async(url)
+    schema = await asyncio.to_thread(_inspect, url)  # _inspect runs its own loop: keep it off this one
+    assert schema["diff"] == []
+    assert schema["revision"] == "0001"
+
+
+@pytest.mark.postgres
+async def test_migrate_async_on_postgresql(pg_url: str) -> None:
+    await migrate_async(pg_url)
+    schema = await asyncio.to_thread(_inspect, pg_url)
+    assert schema["diff"] == []
+    assert schema["revision"] == "0001"

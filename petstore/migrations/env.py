@@ -1,6 +1,7 @@
 """Alembic environment: async, for aiosqlite and asyncpg alike.
 
-The URL comes from ``config.attributes["database_url"]`` (set by :func:`petstore.migrations.migrate`),
+``migrate_async`` hands over an open connection in ``config.attributes["connection"]``;
+otherwise the URL comes from ``config.attributes["database_url"]`` (set by :func:`petstore.migrations.migrate`),
 else from ``sqlalchemy.url`` in ``alembic.ini``, else from ``PETSTORE_DATABASE_URL``, so the same
 file serves ``petstore migrate`` and a developer's ``alembic -c petstore/alembic.ini revision --autogenerate``.
 """
@@ -65,5 +66,8 @@ async def run_migrations_online() -> None:
 
 if context.is_offline_mode():
     run_migrations_offline()
+elif (given := config.attributes.get("connection")) is not None:
+    # migrate_async(): the caller's event loop already holds a connection, run on it.
+    _run_sync(given)
 else:
     asyncio.run(run_migrations_online())
