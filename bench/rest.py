@@ -269,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with full, bare:
             token = token_for(full)
+            for path in ("/api/v3/pet/1", "/api/v3/pet/findByStatus"):
+                # The comparison is fair only if both answer the same JSON.
+                if httpx.get(full.url + path).json() != httpx.get(bare.url + path).json():
+                    raise SystemExit(f"bench: the two servers answer {path} differently")
             for name, script in scenarios:
                 full_script = script or post_script(token)
                 bare_script = script or post_script(None)
