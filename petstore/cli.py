@@ -6,6 +6,7 @@
     petstore migrate                                      bring the schema up to date (Alembic)
     petstore users create NAME --password PW [--role R]   create a user
     petstore seed [--pets N] [--if-empty]                 demo pets and demo accounts
+    petstore watch ROOM [--url URL] [--token T]           a room's live events (petstore.watch)
 
 Settings come from ``PETSTORE_*`` variables and ``.env``, as for the server. Bad arguments exit
 with status 2 and a usage line; a configuration, plugin, input or database problem exits with
@@ -34,6 +35,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from petstore import watch
 from petstore.config import Settings
 from petstore.errors import ApiError, ConfigurationError, PluginError
 
@@ -361,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--if-empty", action="store_true", help="do nothing if the database already has pets or users (idempotent)"
     )
     p.set_defaults(func=seed_command)
+
+    watch.add_parser(commands)
     return parser
 
 
