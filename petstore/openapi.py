@@ -87,6 +87,22 @@ INVENTORY_SCHEMA: Schema = {
     "additionalProperties": False,
 }
 
+SSE_SCHEMA: Schema = {
+    "type": "object",
+    "description": "One event of a text/event-stream: its fields as the stream carries them.",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "description": "`<room>:<epoch>:<offset>`, for `Last-Event-ID`"},
+        "event": {"type": "string", "description": "`subscribed`, or the event's name (`pet.created`, ...)"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "The `subscribed` or `event` message of SPEC §3, as JSON",
+        },
+        "retry": {"type": "integer", "minimum": 0},
+    },
+}
+
 # A URL-encoded form is flat: the Pet fields a form can carry (a list repeats its key).
 PET_FORM_FIELDS = ("id", "name", "photoUrls", "status")
 
@@ -97,7 +113,7 @@ PET_FORM_FIELDS = ("id", "name", "photoUrls", "status")
 @dataclass(frozen=True)
 class Param:
     name: str
-    where: Literal["path", "query"]
+    where: Literal["path", "query", "header"]
     schema: Schema
     description: str
     required: bool = False
@@ -121,7 +137,7 @@ class Operation:
 
     tag: str
     summary: str
-    #: Schema of the 200 JSON body.
+    #: Schema of the 200 body (JSON unless ``ok_media`` says otherwise).
     ok: Schema
     #: Status -> when it happens. 401 is added for operations with ``auth="required"``.
     errors: Mapping[int, str]
@@ -133,6 +149,8 @@ class Operation:
     body_description: str = ""
     #: ``required``: a bearer token is needed. ``optional``: anyone, but a token sent is checked.
     auth: Literal["required", "optional"] = "required"
+    ok_media: str = "application/json"
+    ok_description: str = "Successful operation"
 
 
 def _id_param(name: str, what: str) -> Param:
@@ -141,7 +159,8 @@ def _id_param(name: str, what: str) -> Param:
 
 PET_ID = _id_param("petId", "ID of the pet")
 ORDER_ID = _id_param("orderId", "ID of the order")
-USERNAME = Param("username", "path", {"type": "string"}, "The user's name")
+USERNAME = Param("username", "path", {"type": "string", "pattern": "^[A-Za-z0-9_.@+-]{1,64}$"}, "The user's name")
+BAD_USERNAME = "Invalid username supplied: not a name an account can have"
 PAGE = (
     Param(
         "limit",
@@ -396,7 +415,7 @@ OPERATIONS: Mapping[str, Operation] = {
         "user",
         "Get user by user name.",
         ref("User"),
-        {404: "User not found (or not you)"},
+        {400: BAD_USERNAME, 404: "User not found (or not you)"},
         "Your own account; any account for admins.",
         params=(USERNAME,),
     ),
@@ -405,7 +424,7 @@ OPERATIONS: Mapping[str, Operation] = {
         "Update user resource.",
         ref("User"),
         {
-            400: BAD_BODY + "; or the id would change",
+            400: BAD_BODY + "; the id would change; or an invalid username",
             404: "User not found (or not you)",
             409: "The new username is taken",
             413: TOO_LARGE,
@@ -421,9 +440,49 @@ OPERATIONS: Mapping[str, Operation] = {
         "user",
         "Delete user resource.",
         ref("ApiResponse"),
-        {404: "User not found (or not you)"},
+        {400: BAD_USERNAME, 404: "User not found (or not you)"},
         "Your own account; any account for admins.",
         params=(USERNAME,),
+    ),
+    # --- real time (not in the Petstore document)
+    "events": Operation(
+        "events",
+        "Stream rooms' events as Server-Sent Events.",
+        ref("ServerSentEvent"),
+        {
+            400: "No room named, too many rooms, or a malformed `since` / `Last-Event-ID`",
+            403: "Your role may not subscribe to one of the rooms",
+            404: "No such room",
+            503: "Events are unavailable right now (the broker is down); retry shortly",
+        },
+        "Each room first sends `event: subscribed` (its position and snapshot), then every event as "
+        "`id: <room>:<epoch>:<offset>`, `event: <name>`, `data: <the event message>`. A reconnect with "
+        "`Last-Event-ID`, or `since` once per room, recovers what was missed. `orders` needs staff; "
+        "`user:{username}` that user or an admin (401 without a token).",
+        params=(
+            Param(
+                "room",
+                "query",
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "Rooms: `inventory`, `pets`, `pet:{id}`, `orders`, `user:{username}`",
+                required=True,
+            ),
+            Param(
+                "since",
+                "query",
+                {"type": "array", "items": {"type": "string", "pattern": "^.+:.+:[0-9]+$"}},
+                "`<room>:<epoch>:<offset>` of the last event seen, once per room",
+            ),
+            Param(
+                "Last-Event-ID",
+                "header",
+                {"type": "string", "pattern": "^.+:.+:[0-9]+$"},
+                "Sent by a reconnecting EventSource: the id of the last event it saw",
+            ),
+        ),
+        auth="optional",
+        ok_media="text/event-stream",
+        ok_description="The event stream, until the client goes away",
     ),
 }
 
@@ -431,6 +490,7 @@ TAGS = [
     {"name": "pet", "description": "Everything about your Pets"},
     {"name": "store", "description": "Access to Petstore orders"},
     {"name": "user", "description": "Operations about user"},
+    {"name": "events", "description": "Live events of the rooms (SPEC §3); WebSocket clients use /ws"},
 ]
 
 DESCRIPTION = """\
@@ -491,6 +551,7 @@ def component_schemas() -> dict[str, Schema]:
     }
     schemas["Inventory"] = INVENTORY_SCHEMA | {"title": "Inventory"}
     schemas["Error"] = ERROR_SCHEMA | {"title": "Error"}
+    schemas["ServerSentEvent"] = SSE_SCHEMA | {"title": "ServerSentEvent"}
     return schemas
 
 
@@ -503,7 +564,7 @@ def _error(description: str) -> Schema:
 
 def _operation(operation_id: str, spec: Operation) -> Schema:
     responses: dict[str, Schema] = {
-        "200": {"description": "Successful operation", "content": {"application/json": {"schema": spec.ok}}}
+        "200": {"description": spec.ok_description, "content": {spec.ok_media: {"schema": spec.ok}}}
     }
     errors = dict(spec.errors)
     errors[401] = (
@@ -513,6 +574,10 @@ def _operation(operation_id: str, spec: Operation) -> Schema:
     )
     for status in sorted(errors):
         responses[str(status)] = _error(errors[status])
+    if "503" in responses:
+        responses["503"]["headers"] = {
+            "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+        }
     responses["401"]["headers"] = {
         "WWW-Authenticate": {"description": "The scheme to authenticate with", "schema": {"type": "string"}}
     }

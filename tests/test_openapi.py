@@ -27,7 +27,7 @@ PETSTORE_OPERATIONS = {  # the 19 of the Petstore document; loginUser / logoutUs
     "uploadFile", "getInventory", "placeOrder", "getOrderById", "deleteOrder", "createUser",
     "createUsersWithListInput", "getUserByName", "updateUser", "deleteUser",
 }  # fmt: skip
-ANONYMOUS = {"findPetsByStatus", "findPetsByTags", "getPetById", "getInventory", "createUser"}
+ANONYMOUS = {"findPetsByStatus", "findPetsByTags", "getPetById", "getInventory", "createUser", "events"}
 
 
 def settings(tmp_path: Path, plugins: tuple[str, ...] = ()) -> Settings:
@@ -184,9 +184,9 @@ def test_bearer_security_is_declared_and_required_exactly_where_endpoints_requir
 def test_every_error_response_has_the_json_error_schema(document: dict[str, Any]) -> None:
     for op_id, (_, _, op) in operations(document).items():
         for status, response in op["responses"].items():
-            schema = response["content"]["application/json"]["schema"]
             if status != "200":
-                assert 400 <= int(status) < 500, (op_id, status)
+                schema = response["content"]["application/json"]["schema"]
+                assert 400 <= int(status) < 500 or (op_id, status) == ("events", "503"), (op_id, status)
                 assert schema == {"$ref": "#/components/schemas/Error"}, (op_id, status)
 
 

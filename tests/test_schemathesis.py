@@ -33,6 +33,8 @@ from petstore.openapi import OPERATIONS
 from tests.fakes import ApiHarness, make_app
 
 API = "/api/v3"
+# An event stream never ends by itself: the client keeps what arrived in this time, then hangs up.
+STREAM_SECONDS = 2
 MAX_EXAMPLES = 50  # per operation and mode: about half a minute in all
 CHECKS = [
     not_a_server_error,
@@ -110,9 +112,33 @@ def test_the_api_conforms_to_its_document(api_schema: Any, operation_id: str, mo
         suppress_health_check=list(HealthCheck),
     )
     def check(case: Any) -> None:
-        case.call_and_validate(headers=headers, checks=CHECKS)
+        case.call_and_validate(headers=headers, checks=CHECKS, timeout=STREAM_SECONDS)
 
     check()
+
+
+@pytest.mark.parametrize(
+    ("rooms", "role", "status"),
+    [
+        (["inventory", "pets", "pet:1"], None, 200),
+        (["orders"], Role.admin, 200),
+        (["orders"], Role.customer, 403),
+        (["user:the-admin"], None, 401),
+        (["nowhere"], None, 404),
+    ],
+)
+def test_event_streams_conform_to_the_document(
+    api_schema: Any, rooms: list[str], role: Role | None, status: int
+) -> None:
+    """Random room names are rarely real ones: the stream itself, event by event, checked on purpose."""
+    operation = find_operation(api_schema, "events")
+    headers = {"X-Test-User": f"someone:99:{role.value}"} if role else {}
+    response = operation.Case(query={"room": rooms}).call_and_validate(
+        headers=headers, checks=CHECKS, timeout=STREAM_SECONDS
+    )
+    assert response.status_code == status
+    if status == 200:
+        assert response.text.count("event: subscribed") == len(rooms)
 
 
 def test_the_admin_header_reaches_every_operation_as_admin(tmp_path: Path) -> None:
