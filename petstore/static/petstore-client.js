@@ -100,7 +100,7 @@ export class PetstoreClient {
     return this.#state;
   }
 
-  /** The user the server authenticated this connection as, from `welcome` (null: anonymous). */
+  /** The user the server authenticated this connection as, from `welcome` or `authenticated` (null: anonymous). */
   user = null;
 
   /**
@@ -164,7 +164,7 @@ export class PetstoreClient {
    */
   subscribe(room, handlers = {}) {
     const existing = this.#rooms.get(room);
-    const entry = existing ?? { handlers, offset: null, epoch: null, active: false, pendingId: null };
+    const entry = existing ?? { handlers, offset: null, epoch: null, active: false, pendingId: null, retries: 0 };
     entry.handlers = handlers;
     this.#rooms.set(room, entry);
     if (!existing && this.#isReady()) this.#sendSubscribe(room, entry);
@@ -376,12 +376,25 @@ export class PetstoreClient {
     return id;
   }
 
+  #retrySubscribe(room, entry) {
+    const delay = backoffDelay(entry.retries, this.#backoff, this.#random);
+    entry.retries += 1;
+    const ws = this.#ws;
+    this.#setTimeout(() => {
+      // Only on the same connection: a new one resubscribes every room in its handshake anyway.
+      if (ws === this.#ws && this.#isReady() && this.#rooms.get(room) === entry && entry.pendingId === null) {
+        this.#sendSubscribe(room, entry);
+      }
+    }, delay);
+  }
+
   #onSubscribed(message) {
     const entry = this.#rooms.get(message.room);
     if (!entry || entry.pendingId !== message.id) return; // left the room meanwhile
     const first = entry.epoch === null;
     entry.pendingId = null;
     entry.active = true;
+    entry.retries = 0;
     if (first) {
       entry.epoch = message.epoch;
       entry.offset = message.offset;
@@ -428,9 +441,15 @@ export class PetstoreClient {
     const hasId = message.id !== undefined && message.id !== null;
     for (const [room, entry] of this.#rooms) {
       if (hasId && entry.pendingId === message.id) {
-        // The server refused this subscription: forget the room so we do not retry it on every reconnect.
-        this.#rooms.delete(room);
-        entry.handlers.onError?.(message);
+        entry.pendingId = null;
+        if (message.code === "rate_limited") {
+          // Not a refusal, only "not now": ask again later, slower each time.
+          this.#retrySubscribe(room, entry);
+        } else {
+          // Refused (forbidden, unauthorized, ...): forget the room so we do not retry it on every reconnect.
+          this.#rooms.delete(room);
+          entry.handlers.onError?.(message);
+        }
         this.#settle(message.id, false);
         break;
       }

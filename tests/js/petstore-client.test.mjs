@@ -182,6 +182,24 @@ describe("connecting", () => {
     assert.deepEqual(last().sentOfType("subscribe"), []);
   });
 
+  test("a rate-limited subscription is asked again after a backoff delay, not dropped", () => {
+    const { client, clock, last } = setup();
+    const inv = recorder();
+    client.subscribe("inventory", inv.handlers);
+    client.connect(URL);
+    last().accept();
+    const [first] = last().sentOfType("subscribe");
+    last().receive({ type: "error", id: first.id, code: "rate_limited", message: "slow down" });
+    assert.deepEqual(inv.calls.errors, []);
+    clock.advance(249);
+    assert.equal(last().sentOfType("subscribe").length, 1);
+    clock.advance(1);
+    const [, again] = last().sentOfType("subscribe");
+    assert.equal(again.room, "inventory");
+    last().receive(subscribed(again, { offset: 3, snapshot: { available: 3, pending: 0, sold: 0 } }));
+    assert.deepEqual(inv.calls.snapshots, [{ available: 3, pending: 0, sold: 0 }]);
+  });
+
   test("a refused subscription calls onError and is not retried on reconnect", () => {
     const { client, clock, last } = setup();
     const orders = recorder();
