@@ -34,6 +34,9 @@ from petstore.models import (
 from petstore.state import AppState, app_state
 from petstore.web import limited_stream, pagination, path_id, query_list, read_body, read_data, read_model, validate
 
+# PetBody's limit on photoUrls: an upload must not make a pet that a client cannot PUT back.
+MAX_PHOTOS = 100
+
 _WITH_RELATIONS = (selectinload(Pet.category), selectinload(Pet.tags))  # type: ignore[arg-type]
 
 _MULTIPART_FRAMING = 64 * 1024  # boundaries and part headers around the image itself
@@ -310,6 +313,8 @@ async def upload_image(request: Request) -> Response:
     suffix = _image_suffix(data)
     async with state.sessions() as session:
         pet = await load_pet(session, pet_id)
+        if len(pet.photo_urls) >= MAX_PHOTOS:
+            raise Conflict(f"pet {pet_id} already has {MAX_PHOTOS} photos")
         name = f"{secrets.token_hex(12)}{suffix}"
         folder = Path(state.settings.media_dir) / "pets" / str(pet_id)
         folder.mkdir(parents=True, exist_ok=True)

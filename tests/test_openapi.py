@@ -327,3 +327,17 @@ def test_real_answers_conform_to_the_document(live: tuple[ApiHarness, dict[str, 
     call("createUser", "POST", "/user", json={"username": "zoe", "password": "pw"})
     call("deleteOrder", "DELETE", f"/store/order/{order.json()['id']}", headers=customer)
     call("deletePet", "DELETE", f"/pet/{pet_id}", headers=staff)
+
+
+def test_an_upload_never_makes_a_pet_its_own_schema_refuses(live: tuple[ApiHarness, dict[str, Any]]) -> None:
+    """Pet.photoUrls has at most 100 items: at the limit, an upload is a documented 409 and changes nothing."""
+    api, document = live
+    png = bytes.fromhex("89504e470d0a1a0a0000000d49484452")
+    photos = [f"/media/{n}.png" for n in range(100)]
+    pet = api.client.post(f"{API}/pet", json={"name": "Full", "photoUrls": photos}, headers=api.staff.headers).json()
+    before = api.snapshot()
+    response = api.client.post(f"{API}/pet/{pet['id']}/uploadImage", content=png, headers=api.staff.headers)
+    assert response.status_code == 409
+    assert_conforms(document, "uploadFile", response)
+    assert api.snapshot() == before
+    assert_conforms(document, "getPetById", api.client.get(f"{API}/pet/{pet['id']}"))
