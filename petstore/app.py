@@ -110,7 +110,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await plugin.shutdown(state)
             await engine.dispose()
 
+    outermost, ordinary = plugins.middleware()
     middleware = [
+        *outermost,
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.allowed_origins),
@@ -118,7 +120,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             expose_headers=["RateLimit", "RateLimit-Policy", "Retry-After", "X-Rate-Limit", "X-Expires-After"],
         ),
-        *[m for plugin in plugins for m in plugin.middleware()],
+        *ordinary,
     ]
     plugin_routes = [route for plugin in plugins for route in plugin.routes()]
     app = Starlette(

@@ -15,7 +15,10 @@ Hooks
 -----
 ``middleware()``
     Pure ASGI middleware (``starlette.middleware.Middleware``) wrapped around the app, for
-    ``http`` and ``websocket`` scopes alike. Plugins listed first are outermost.
+    ``http`` and ``websocket`` scopes alike. Plugins listed first are outermost, except that
+    the middleware of plugins whose optional attribute ``outermost`` is True wraps everything
+    else (CORS and the other plugins included): what measures every response (metrics, access
+    logs, tracing) must also see the 401s and 429s that other plugins' middleware answer.
 ``routes()``
     Extra routes, mounted beside the core's (e.g. ``/api/v3/auth/token``, ``/metrics``).
 ``startup(state)`` / ``shutdown(state)``
@@ -109,6 +112,8 @@ class PluginBase:
     """Every hook as a no-op; subclass and override what you need."""
 
     name = "plugin"
+    #: Wrap this plugin's middleware around everything else (see ``middleware()`` above).
+    outermost = False
 
     def middleware(self) -> Sequence[Middleware]:
         return ()
@@ -152,6 +157,12 @@ class Plugins:
 
     def names(self) -> list[str]:
         return [plugin.name for plugin in self.items]
+
+    def middleware(self) -> tuple[list[Middleware], list[Middleware]]:
+        """The plugins' middleware as (outermost, ordinary), each in plugin order."""
+        outer = [m for p in self.items if getattr(p, "outermost", False) for m in p.middleware()]
+        inner = [m for p in self.items if not getattr(p, "outermost", False) for m in p.middleware()]
+        return outer, inner
 
     def observe(self, name: str, value: float = 1.0, **labels: str) -> None:
         for plugin in self.items:

@@ -259,3 +259,46 @@ def test_the_core_never_imports_the_plugins_package() -> None:
             else:
                 continue
             assert not any(n == "plugins" or n.startswith("plugins.") for n in names), source
+
+
+class Refuser(PluginBase):
+    """Answers every /guarded request itself, from its middleware, as auth or rate limiting do."""
+
+    name = "refuser"
+
+    def middleware(self) -> Sequence[Middleware]:
+        class Refuse:
+            def __init__(self, app: ASGIApp) -> None:
+                self.app = app
+
+            async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+                if scope["type"] == "http" and scope["path"] == "/guarded":
+                    await JSONResponse({"code": 429}, status_code=429)(scope, receive, send)
+                    return
+                await self.app(scope, receive, send)
+
+        return [Middleware(Refuse)]
+
+
+class Watcher(RecordingPlugin):
+    name = "watcher"
+    outermost = True
+
+
+def test_outermost_plugins_see_responses_other_plugins_answer_themselves(tmp_path: Path) -> None:
+    watcher = Watcher(settings(tmp_path, ()))
+    modules = {"refuser_for_test": lambda s: Refuser(), "watcher_for_test": lambda s: watcher}
+    for name, factory in modules.items():
+        module = types.ModuleType(name)
+        module.plugin = factory  # type: ignore[attr-defined]
+        sys.modules[name] = module
+    try:
+        # The watcher is listed last, yet wraps the refuser because it asks to be outermost.
+        app = create_app(settings(tmp_path, ("refuser_for_test", "watcher_for_test")))
+        with TestClient(app) as client:
+            refused = client.get("/guarded")
+        assert refused.status_code == 429
+        assert refused.headers["x-stamp"] == "yes"
+    finally:
+        for name in modules:
+            del sys.modules[name]
