@@ -220,19 +220,19 @@ class RouteLabels:
             return route.path
         return str(getattr(route, "path", OTHER))
 
-    def __call__(self, scope: Scope) -> str:
-        app = scope.get("app")
+    def __call__(self, request: Scope, matched: object) -> str:
+        """``request``: the scope as it came in; ``matched``: the route the router left in it, if any."""
+        app = request.get("app")
         if isinstance(app, Starlette) and not self._routes:
             self._learn(app)
-        # Fast path: the router already matched this request and left the route in the scope.
+        # Fast path: the router already matched this request and said so in the scope.
         # Only a top-level route counts: a nested router leaves its own, relative one.
-        matched = scope.get("route")
         if matched is not None and (label := self._labels.get(id(matched))) is not None:
             return label
         # The router never ran (a middleware answered first, e.g. 401 or 429): match here.
         partial: str | None = None
         for route in self._routes:
-            match, _ = route.matches(scope)
+            match, _ = route.matches(request)
             if match is Match.FULL:
                 return self._labels[id(route)]
             if match is Match.PARTIAL and partial is None:
@@ -253,6 +253,9 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         method = _bounded(scope["method"], METHODS)
+        # The router rewrites path and root_path in place when it enters a Mount: keep the
+        # request as it came in, to match it against the app's routes afterwards.
+        incoming = dict(scope)
         status = 500  # unless a response starts: an exception escaping the app becomes a 500
         in_progress = self.instruments.http_in_progress.labels(method)
         in_progress.inc()
@@ -269,7 +272,7 @@ class HttpMetricsMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             in_progress.dec()
-            route = self.route_of(scope)
+            route = self.route_of(incoming, scope.get("route"))
             self.instruments.http_requests.labels(method, route, str(status)).inc()
             self.instruments.http_duration.labels(method, route).observe(elapsed)
 
@@ -290,6 +293,7 @@ def _multiprocess_dir() -> Path | None:
 
 class MetricsPlugin(PluginBase):
     name = "metrics"
+    outermost = True  # count the 401s and 429s that auth and rate limiting answer themselves
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -70,7 +70,11 @@ class Probe(PluginBase):
     name = "test-probe"
 
     def routes(self) -> Sequence[BaseRoute]:
-        return [Route("/_probe/observe", observe_endpoint, methods=["POST"])]
+        return [
+            Route("/_probe/observe", observe_endpoint, methods=["POST"]),
+            # A sub-router: its own routes' paths are relative to the mount.
+            Mount("/_probe/mounted", routes=[Route("/items/{item}", observe_endpoint, methods=["POST"])]),
+        ]
 
 
 def probe(settings: Settings) -> Probe:
@@ -208,6 +212,16 @@ def test_a_response_from_a_middleware_before_routing_is_labelled_with_the_route(
     assert client.get("/api/v3/pet/7", headers={"X-Refuse": "1"}).status_code == 429
     samples, _ = scrape(client)
     assert http_count(samples, "GET", "/api/v3/pet/{petId}", 429) == 1
+
+
+def test_a_mount_is_labelled_with_its_own_template_whatever_it_routes_inside(client: TestClient) -> None:
+    assert client.get("/static/dashboard.css").status_code == 200
+    assert client.post("/_probe/mounted/items/5", json=[]).status_code == 200
+    assert client.post("/_probe/mounted/items/5", json=[], headers={"X-Refuse": "1"}).status_code == 429
+    samples, _ = scrape(client)
+    assert http_count(samples, "GET", "/static/{path}", 200) == 1
+    assert http_count(samples, "POST", "/_probe/mounted/{path}", 200) == 1
+    assert http_count(samples, "POST", "/_probe/mounted/{path}", 429) == 1
 
 
 def test_an_unknown_method_is_folded_into_other(client: TestClient) -> None:
