@@ -174,7 +174,11 @@ def _supervisor_class() -> type[Any]:
 
 
 def _check_app_settings(workers: int) -> None:
-    """Fail in this process, with one line, on what would make every worker fail at start-up."""
+    """Fail in this process, with one line, on what would make every worker fail at start-up.
+
+    Loading the plugins here also creates, once, what the workers must share and would otherwise
+    race to create: the development JWT secret file (plugins.auth reads it when built).
+    """
     from petstore.plugin import load_plugins
 
     settings = _settings()
