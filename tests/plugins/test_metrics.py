@@ -379,7 +379,10 @@ def test_request_counts_add_up_across_two_workers_and_survive_a_worker_crash(tmp
     worker is replaced, its live gauges are dropped and its counts are kept."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'workers.db'}"
     migrate(database_url)
-    metrics_dir = tmp_path / "prometheus"  # the CLI creates and empties it
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    stale = metrics_dir / "counter_999999.db"  # left by an earlier run: the CLI must empty the directory
+    stale.write_bytes(b"not a metrics file")
     petstore = Path(sys.executable).with_name("petstore")
     server = UvicornServer(
         command=[str(petstore), "serve", "--host", "{host}", "--port", "{port}", "--workers", "2"],
@@ -394,6 +397,7 @@ def test_request_counts_add_up_across_two_workers_and_survive_a_worker_crash(tmp
     requests = 60
     with server:
         workers = wait_until(lambda: len(_workers(metrics_dir)) == 2 and _workers(metrics_dir), 30, "two workers")
+        assert not stale.exists()
 
         def hit(count: int) -> None:
             for _ in range(count):
