@@ -341,3 +341,19 @@ def test_an_upload_never_makes_a_pet_its_own_schema_refuses(live: tuple[ApiHarne
     assert_conforms(document, "uploadFile", response)
     assert api.snapshot() == before
     assert_conforms(document, "getPetById", api.client.get(f"{API}/pet/{pet['id']}"))
+
+
+def test_with_the_auth_plugin_the_document_stays_valid_and_complete(tmp_path: Path) -> None:
+    """The auth plugin's hook adds its routes (/auth/token, /user/login, ...): still valid, still every route."""
+    app_settings = settings(tmp_path, plugins=("plugins.auth",)).model_copy(update={"jwt_secret": "s" * 40})
+    with TestClient(create_app(app_settings)) as client:
+        document = client.get(f"{API}/openapi.json").json()
+        routes = client.app.routes  # type: ignore[attr-defined]
+    validate(document)
+    documented = {(path, method) for path, item in document["paths"].items() for method in item}
+    for route in routes:
+        if isinstance(route, Route) and route.path.startswith(API + "/") and route.name != "openapi":
+            for method in (route.methods or set()) - {"HEAD"}:
+                assert (route.path.removeprefix(API), method.lower()) in documented, route.name
+    assert {"/user/login", "/user/logout", "/auth/token"} <= set(document["paths"])
+    assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
