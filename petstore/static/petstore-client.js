@@ -362,7 +362,7 @@ export class PetstoreClient {
     if (reconnect && ids.size > 0) {
       this.#resubscribing = { ids, resynced: false };
     } else {
-      this.#attempt = 0;
+      if (this.#rooms.size === 0) this.#attempt = 0;
       this.#setState(State.CONNECTED);
     }
   }
@@ -395,6 +395,9 @@ export class PetstoreClient {
     entry.pendingId = null;
     entry.active = true;
     entry.retries = 0;
+    // The backoff starts over only once the server has served a subscription: a server that
+    // accepts connections and drops them at once must not be retried at the shortest delay forever.
+    this.#attempt = 0;
     if (first) {
       entry.epoch = message.epoch;
       entry.offset = message.offset;
@@ -419,7 +422,6 @@ export class PetstoreClient {
     pending.resynced ||= resynced;
     if (pending.ids.size > 0) return;
     this.#resubscribing = null;
-    this.#attempt = 0;
     this.#setState(pending.resynced ? State.RESYNCED : State.RECOVERED);
   }
 

@@ -396,6 +396,22 @@ describe("reconnect and recovery", () => {
     assert.equal(delays.at(-1), 50, "a recovered connection starts the backoff over");
   });
 
+  test("a server that welcomes and drops at once does not reset the backoff", () => {
+    const { client, clock, last } = setup({ backoff: { initial: 100, max: 1000 } });
+    const delays = [];
+    client.on("state", (s) => {
+      if (s.state === State.RECONNECTING) delays.push(s.delay);
+    });
+    client.subscribe("inventory", {});
+    client.connect(URL);
+    for (let i = 0; i < 4; i++) {
+      last().accept();
+      last().serverClose(1011); // closed before answering the subscription
+      clock.advance(delays.at(-1));
+    }
+    assert.deepEqual(delays, [50, 100, 200, 400]);
+  });
+
   test("close code 1008 (bad token or Origin) stops: no retry with the same credentials", () => {
     const s = setup({ token: "expired" });
     const closes = [];
