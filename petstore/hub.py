@@ -44,6 +44,8 @@ class Connection:
         self.principal: Principal | None = None
         self.subscriptions: dict[str, Subscription] = {}
         self.close_code: int | None = None
+        #: Called once when the connection must close, so the transport can interrupt its tasks.
+        self.on_close: Callable[[], None] | None = None
         self._items: deque[Outgoing] = deque()
         self._ready = asyncio.Event()
         self._closing = asyncio.Event()
@@ -75,6 +77,8 @@ class Connection:
             self.close_code = code
             self._closing.set()
             self._ready.set()
+            if self.on_close is not None:
+                self.on_close()
 
     async def wait_closing(self) -> int:
         await self._closing.wait()

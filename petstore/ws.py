@@ -1,10 +1,11 @@
 """``/ws``: the WebSocket transport of SPEC §3.
 
-One connection runs three tasks: the reader (client messages, handled one at a time, in order),
-the sender (drains the connection's bounded queue; several queued messages leave as one JSON
-array frame) and the guard (the authentication deadline and token expiry). Whoever decides
-the connection must end calls ``conn.close(code)``; :func:`websocket_endpoint` then stops the
-tasks and sends the close frame, with a bound on how long that may take.
+One connection runs in two tasks: the endpoint's own task reads client messages (one at a time,
+in order) and a sender task drains the connection's bounded queue (several queued messages
+leave as one JSON array frame). The authentication deadline and token expiry are timers, not
+tasks: an idle connection costs little memory. Whoever decides the connection must end calls
+``conn.close(code)``, which interrupts both; the endpoint then sends the close frame, with a
+bound on how long that may take.
 
 Choices where the SPEC is silent (also in docs/realtime.md):
 
@@ -83,8 +84,11 @@ class Session:
         self.plugins = layer.state.plugins
         self.conn: Connection = layer.hub.connection(uuid.uuid4().hex[:16], self.settings.ws_queue_size)
         self.conn.principal = access.principal(websocket)
-        self.active = asyncio.Event()  # an auth or a subscription arrived: the auth deadline is met
-        self.auth_changed = asyncio.Event()
+        self.active = False  # an auth or a subscription arrived: the auth deadline is met
+        self.reader: asyncio.Task[Any] | None = None
+        self.sender: asyncio.Task[None]
+        self.deadline: asyncio.TimerHandle | None = None
+        self.expiry: asyncio.TimerHandle | None = None
         self.handlers: dict[str, Callable[[dict[str, Any], Any], Awaitable[None]]] = {
             "auth": self.on_auth,
             "subscribe": self.on_subscribe,
@@ -95,6 +99,7 @@ class Session:
     # -- running ------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Read client messages in this task while one sender task writes; either may end it."""
         conn = self.conn
         self.plugins.observe("ws.connected")
         principal = conn.principal
@@ -104,30 +109,45 @@ class Session:
             "user": principal.username if principal else None,
             "heartbeat": self.settings.ws_heartbeat_seconds,
         })  # fmt: skip
-        reader = asyncio.create_task(self.read_loop())
-        sender = asyncio.create_task(self.send_loop())
-        guard = asyncio.create_task(self.guard())
-        closing = asyncio.create_task(conn.wait_closing())
+        loop = asyncio.get_running_loop()
+        self.reader = asyncio.current_task()
+        self.sender = asyncio.create_task(self.send_loop())
+        conn.on_close = self.interrupt
+        if principal is None:
+            self.deadline = loop.call_later(self.settings.ws_auth_timeout_seconds, self.deadline_passed)
+        self.arm_expiry()
         code = 1006
         try:
-            await asyncio.wait({reader, sender, closing}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                code = await self.read_loop()
+            except asyncio.CancelledError:
+                if conn.close_code is None:
+                    raise  # cancelled from outside: the server is going away
+                if self.reader is not None:
+                    self.reader.uncancel()
             if conn.close_code is not None:
                 code = conn.close_code
-                sender.cancel()  # it may be stuck writing to a client that does not read
+                self.sender.cancel()  # it may be stuck writing to a client that does not read
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.websocket.close(code), CLOSE_SECONDS)
-            elif reader.done() and not reader.cancelled() and reader.exception() is None:
-                code = reader.result()
         finally:
-            for task in (reader, sender, guard, closing):
-                task.cancel()
-            for task in (reader, sender, guard, closing):
-                with contextlib.suppress(BaseException):
-                    await task
+            conn.on_close = None
+            for timer in (self.deadline, self.expiry):
+                if timer is not None:
+                    timer.cancel()
+            self.sender.cancel()
+            with contextlib.suppress(BaseException):
+                await self.sender
             for room in list(conn.subscriptions):
                 self.plugins.observe("ws.unsubscribed", room_kind=rooms.room_kind(room) or "unknown")
             await self.layer.disconnect(conn)
             self.plugins.observe("ws.disconnected", code=str(code))
+
+    def interrupt(self) -> None:
+        """``conn.close`` was called: stop the sender and, unless it is the one closing, the reader."""
+        self.sender.cancel()
+        if self.reader is not None and asyncio.current_task() is not self.reader:
+            self.reader.cancel()
 
     async def read_loop(self) -> int:
         """Handle client messages in order; returns the client's close code when it goes away."""
@@ -149,6 +169,8 @@ class Session:
                 await self.refuse("invalid", None, "bad_request", "send text frames of JSON")
                 continue
             await self.handle(text)
+            if self.conn.close_code is not None:
+                return self.conn.close_code
 
     async def send_loop(self) -> None:
         conn = self.conn
@@ -175,30 +197,25 @@ class Session:
             for kind, count in sent.items():
                 observe("ws.message_sent", float(count), room_kind=kind)
 
-    async def guard(self) -> None:
-        """Close with 1008 when an anonymous connection misses the auth deadline or a token expires."""
-        conn = self.conn
-        if conn.principal is None:
-            try:
-                await asyncio.wait_for(self.active.wait(), self.settings.ws_auth_timeout_seconds)
-            except TimeoutError:
-                logger.info("connection %s: no auth or subscribe in time, closing", conn.id)
-                conn.close(POLICY_VIOLATION)
-                return
-        while True:
-            self.auth_changed.clear()
-            principal = conn.principal
-            expires = principal.expires_at if principal is not None else None
-            if expires is None:
-                await self.auth_changed.wait()
-                continue
-            delay = expires - time.time()
-            if delay <= 0:
-                logger.info("connection %s: token expired, closing", conn.id)
-                conn.close(POLICY_VIOLATION)
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.auth_changed.wait(), delay)
+    def deadline_passed(self) -> None:
+        """An anonymous connection must authenticate or subscribe in time (a bound on idle sockets)."""
+        if self.conn.principal is None and not self.active:
+            logger.info("connection %s: no auth or subscribe in time, closing", self.conn.id)
+            self.conn.close(POLICY_VIOLATION)
+
+    def arm_expiry(self) -> None:
+        """Close with 1008 when the principal's token expires, unless a newer one arrives first."""
+        if self.expiry is not None:
+            self.expiry.cancel()
+            self.expiry = None
+        principal = self.conn.principal
+        if principal is not None and principal.expires_at is not None:
+            delay = max(0.0, principal.expires_at - time.time())
+            self.expiry = asyncio.get_running_loop().call_later(delay, self.expired)
+
+    def expired(self) -> None:
+        logger.info("connection %s: token expired, closing", self.conn.id)
+        self.conn.close(POLICY_VIOLATION)
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -262,8 +279,8 @@ class Session:
         if principal.expires_at is not None and principal.expires_at <= time.time():
             raise Refused("unauthorized", "token expired")
         self.conn.principal = principal
-        self.auth_changed.set()
-        self.active.set()
+        self.active = True
+        self.arm_expiry()
         for room in list(self.conn.subscriptions):
             if not await self.layer.authorized(principal, room):
                 await self.layer.unsubscribe(self.conn, room)
@@ -294,7 +311,7 @@ class Session:
             logger.warning("connection %s: broker unavailable during subscribe (%s), closing with 1012", conn.id, exc)
             conn.close(RESTARTING)
             return
-        self.active.set()
+        self.active = True
         self.plugins.observe("ws.subscribed", room_kind=kind)
         self.send({
             "type": "subscribed",

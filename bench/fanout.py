@@ -1,0 +1,338 @@
+"""Fan-out benchmark: one room, N WebSocket subscribers, M events; petstore beside a plain
+``websockets`` server that uses ``broadcast()``, in the same run, on the same machine.
+
+Run by hand, not by the tests::
+
+    .venv/bin/python bench/fanout.py                       # 1,000 subscribers, 300 events at 100/s
+    .venv/bin/python bench/fanout.py --subscribers 500 --events 200 --idle 5000 --brokers memory
+
+Each server is a real subprocess on a free loopback port (``tests.services``), one process,
+no compression (clients ask for none, so every server sends plain frames). For every target:
+
+1. N clients connect and join the room (petstore: ``inventory``; baseline: its only room).
+2. M events are produced at ``--rate`` per second. Petstore: ``POST /api/v3/pet`` (a committed
+   change; its ``inventory.changed`` event carries the commit time as ``ts``). Baseline: a
+   publisher connection sends a message stamped with the send time, and the server
+   ``broadcast()``s it to everyone else.
+3. Measured: delivered events/s (N×M over the time from first send to last receipt), latency
+   from commit (or send) to receipt, p50/p99, over a sample of clients that parse every event,
+   and the server's CPU time (user+system from /proc) divided by the events delivered.
+4. Idle memory: the server's RSS after opening ``--idle`` more idle connections (subscribed, for
+   petstore) minus before, per connection.
+
+The client runs in this process; on a small machine it competes with the server for CPU, which
+raises the latencies of both targets alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.services import DEFAULT_APP_COMMAND, RedisServer, UvicornServer  # noqa: E402
+
+SAMPLE = 25  # clients that parse every frame to measure latency; the others only count events
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+BASELINE = textwrap.dedent(
+    """
+    import asyncio, sys
+    from websockets.asyncio.server import broadcast, serve
+
+    clients = set()
+
+    async def handler(ws):
+        clients.add(ws)
+        try:
+            async for message in ws:  # a publisher's message goes to everyone else
+                broadcast(clients - {ws}, message)
+        finally:
+            clients.discard(ws)
+
+    async def main():
+        async with serve(handler, "127.0.0.1", int(sys.argv[1]), compression=None, max_queue=16):
+            await asyncio.Future()
+
+    asyncio.run(main())
+    """
+)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+@dataclass
+class Result:
+    name: str
+    delivered_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_event: float
+    rss_kb_per_idle: float
+
+
+class Target:
+    name = ""
+    ws_url = ""
+    pid = 0
+
+    async def subscribe(self, ws: ClientConnection) -> None:
+        raise NotImplementedError
+
+    async def produce(self, count: int, rate: float) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class Petstore(Target):
+    def __init__(self, workdir: Path, redis_url: str | None) -> None:
+        self.name = "petstore (" + ("redis" if redis_url else "in-process") + ")"
+        database = f"sqlite+aiosqlite:///{workdir}/{'redis' if redis_url else 'memory'}.db"
+        env = {
+            "PETSTORE_DATABASE_URL": database,
+            "PETSTORE_PLUGINS": "tests.fakes",
+            "PETSTORE_ENV": "test",
+            "PETSTORE_MEDIA_DIR": str(workdir / "media"),
+            "PETSTORE_WS_AUTH_TIMEOUT_SECONDS": "600",
+            "PETSTORE_WS_QUEUE_SIZE": "4096",
+        }
+        if redis_url:
+            env["PETSTORE_REDIS_URL"] = redis_url
+        asyncio.run(self._tables(database))
+        command = [*DEFAULT_APP_COMMAND, "--no-access-log", "--log-level", "warning"]
+        self.server = UvicornServer(env=env, command=command, cwd=Path(__file__).resolve().parent.parent).start()
+        self.ws_url = self.server.ws_url + "/ws"
+        assert self.server.pid is not None
+        self.pid = self.server.pid
+
+    @staticmethod
+    async def _tables(database: str) -> None:
+        from petstore import db
+        from petstore.config import Settings
+
+        engine = db.create_engine(Settings(database_url=database))
+        await db.create_all(engine)
+        await engine.dispose()
+
+    async def subscribe(self, ws: ClientConnection) -> None:
+        await ws.recv()  # welcome
+        await ws.send('{"type":"subscribe","room":"inventory"}')
+        while '"subscribed"' not in str(await ws.recv()):
+            pass
+
+    async def produce(self, count: int, rate: float) -> None:
+        headers = {"X-Test-User": "bench:1:staff"}
+        async with httpx.AsyncClient(base_url=self.server.url, timeout=30) as http:
+            start = time.monotonic()
+            for n in range(count):
+                await pace(start, n, rate)
+                response = await http.post("/api/v3/pet", json={"name": f"b{n}", "photoUrls": []}, headers=headers)
+                response.raise_for_status()
+
+    def stop(self) -> None:
+        self.server.close()
+
+
+class Baseline(Target):
+    name = "websockets broadcast()"
+
+    def __init__(self, workdir: Path) -> None:
+        script = workdir / "baseline.py"  # a file: the command's items are str.format()ted with the port
+        script.write_text(BASELINE)
+        self.server = UvicornServer(command=[sys.executable, str(script), "{port}"], health_path="/")
+        # The baseline has no HTTP endpoint; "healthy" means the port answers the handshake attempt.
+        self.server._healthy = self._accepts  # type: ignore[method-assign]
+        self.server.start()
+        self.ws_url = self.server.ws_url
+        assert self.server.pid is not None
+        self.pid = self.server.pid
+        self.publisher: ClientConnection | None = None
+
+    def _accepts(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.server.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    async def subscribe(self, ws: ClientConnection) -> None:
+        return None
+
+    async def produce(self, count: int, rate: float) -> None:
+        async with connect(self.ws_url, compression=None) as publisher:
+            start = time.monotonic()
+            for n in range(count):
+                await pace(start, n, rate)
+                ts = time.time()
+                # About the size of petstore's inventory.changed frame.
+                await publisher.send(
+                    json.dumps(
+                        {
+                            "type": "event",
+                            "room": "inventory",
+                            "offset": n + 1,
+                            "epoch": "0" * 32,
+                            "event": "inventory.changed",
+                            "data": {"available": n, "pending": 0, "sold": 0},
+                            "ts": ts,
+                        },
+                        separators=(",", ":"),
+                    )  # fmt: skip
+                )
+
+    def stop(self) -> None:
+        self.server.close()
+
+
+async def pace(start: float, n: int, rate: float) -> None:
+    delay = start + n / rate - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+def event_times(frame: str | bytes) -> list[float]:
+    """Commit (or send) times of the events in one frame (petstore batches several in an array)."""
+    body = json.loads(frame)
+    items = body if isinstance(body, list) else [body]
+    times = []
+    for item in items:
+        if item.get("type") != "event":
+            continue
+        ts = item["ts"]
+        if isinstance(ts, str):
+            from datetime import datetime
+
+            ts = datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+        times.append(float(ts))
+    return times
+
+
+async def receive(ws: ClientConnection, count: int, sample: bool, latencies: list[float], done: list[float]) -> None:
+    seen = 0
+    while seen < count:
+        frame = await ws.recv()
+        if sample:
+            now = time.time()
+            times = event_times(frame)
+            latencies.extend(now - ts for ts in times)
+            seen += len(times)
+        else:
+            seen += str(frame).count('"type":"event"')
+    done.append(time.monotonic())
+
+
+async def open_clients(url: str, count: int, target: Target) -> list[ClientConnection]:
+    clients: list[ClientConnection] = []
+    for start in range(0, count, 200):
+        batch = await asyncio.gather(
+            *(connect(url, compression=None, open_timeout=60, max_queue=None) for _ in range(min(200, count - start)))
+        )
+        await asyncio.gather(*(target.subscribe(ws) for ws in batch))
+        clients.extend(batch)
+    return clients
+
+
+async def measure(target: Target, subscribers: int, events: int, rate: float, idle: int) -> Result:
+    clients = await open_clients(target.ws_url, subscribers, target)
+    latencies: list[float] = []
+    done: list[float] = []
+    receivers = [asyncio.create_task(receive(ws, events, n < SAMPLE, latencies, done)) for n, ws in enumerate(clients)]
+    cpu_before = cpu_seconds(target.pid)
+    started = time.monotonic()
+    await target.produce(events, rate)
+    await asyncio.wait_for(asyncio.gather(*receivers), 300)
+    cpu = cpu_seconds(target.pid) - cpu_before
+    elapsed = max(done) - started
+    for ws in clients:
+        await ws.close()
+    delivered = subscribers * events
+    latencies.sort()
+
+    rss_before = rss_bytes(target.pid)
+    idle_clients = await open_clients(target.ws_url, idle, target)
+    await asyncio.sleep(1.0)  # let the server settle (this is a benchmark, not a test)
+    rss_per_idle = (rss_bytes(target.pid) - rss_before) / idle
+    for ws in idle_clients:
+        with contextlib.suppress(Exception):
+            await ws.close()
+    return Result(
+        name=target.name,
+        delivered_per_s=delivered / elapsed,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[int(len(latencies) * 0.99) - 1] * 1000,
+        cpu_us_per_event=cpu / delivered * 1e6,
+        rss_kb_per_idle=rss_per_idle / 1024,
+    )
+
+
+def table(results: list[Result], args: argparse.Namespace) -> str:
+    lines = [
+        f"{args.subscribers} subscribers, {args.events} events at {args.rate:g}/s, idle RSS at {args.idle} connections",
+        "",
+        "| server | delivered events/s | p50 ms | p99 ms | server CPU µs / delivered event | RSS KB / idle connection |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.delivered_per_s:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
+            f"{r.cpu_us_per_event:.2f} | {r.rss_kb_per_idle:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--events", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=100.0, help="events per second")
+    parser.add_argument("--idle", type=int, default=5000, help="idle connections for the RSS measure")
+    parser.add_argument("--brokers", default="memory,redis", help="petstore brokers to run: memory, redis or both")
+    args = parser.parse_args()
+
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="petstore-bench-") as tmp, contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        targets: list[tuple[str, str | None]] = [("baseline", None)]
+        for broker in args.brokers.split(","):
+            if broker == "redis":
+                redis = stack.enter_context(RedisServer())
+                targets.append(("petstore", redis.url))
+            else:
+                targets.append(("petstore", None))
+        for kind, redis_url in targets:
+            target: Target = Baseline(workdir) if kind == "baseline" else Petstore(workdir, redis_url)
+            try:
+                print(f"running {target.name} ...", file=sys.stderr)
+                results.append(asyncio.run(measure(target, args.subscribers, args.events, args.rate, args.idle)))
+            finally:
+                target.stop()
+    print(table(results, args))
+
+
+if __name__ == "__main__":
+    main()
