@@ -92,6 +92,25 @@ def expiring_auth(settings: Settings) -> ExpiringAuthPlugin:
     return ExpiringAuthPlugin()
 
 
+class GatekeeperPlugin(PluginBase):
+    """Takes part in the WebSocket life cycle the way rate-limit and auth plugins do."""
+
+    name = "test-gatekeeper"
+
+    async def ws_connect(self, websocket: WebSocket) -> int | None:
+        return 1013 if websocket.headers.get("x-too-many") else None
+
+    async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None:
+        return "rate_limited" if message_type == "unsubscribe" else None
+
+    async def ws_authorize(self, principal: Principal | None, room: str) -> bool | None:
+        return False if room == "pet:13" else None
+
+
+def gatekeeper(settings: Settings) -> GatekeeperPlugin:
+    return GatekeeperPlugin()
+
+
 def staff_headers(name: str = "stan", user_id: int = 2) -> dict[str, str]:
     return {"X-Test-User": f"{name}:{user_id}:staff"}
 

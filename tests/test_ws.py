@@ -323,3 +323,21 @@ async def test_published_state_is_marked_in_the_outbox_and_counted(app: AppServe
     async with app.state.sessions() as session:
         result = await session.execute(update(OutboxEvent).where(OutboxEvent.published_at.is_(None)).values(event="x"))  # type: ignore[union-attr]
         assert result.rowcount == 0  # type: ignore[attr-defined]
+
+
+async def test_plugins_take_part_in_connect_messages_and_room_authorization(make_settings: MakeSettings) -> None:
+    plugins = (
+        "tests.realtime_support:expiring_auth",
+        "tests.realtime_support:gatekeeper",
+        "tests.realtime_support:probe",
+    )
+    async with serve(make_settings(plugins=plugins)) as app:
+        with pytest.raises(InvalidStatus):
+            async with connect(app.ws_url + "/ws", additional_headers={"X-Too-Many": "1"}):
+                pass
+        async with ws_client(app.ws_url) as client:
+            await assert_error(client, {"type": "unsubscribe", "room": "pets", "id": 1}, "rate_limited", 1)
+            await assert_error(client, {"type": "subscribe", "room": "pet:13", "id": 2}, "unauthorized", 2)
+            await client.request({"type": "subscribe", "room": "pet:12"}, "subscribed")
+        async with ws_client(app.ws_url, headers={"X-Test-User": ADMIN}) as admin:
+            await assert_error(admin, {"type": "subscribe", "room": "pet:13", "id": 3}, "forbidden", 3)
