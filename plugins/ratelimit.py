@@ -293,7 +293,10 @@ class RateLimitSettings(BaseSettings):
     ws_connect: str = "30/minute"
     ws_messages: str = "50/10 seconds"
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
-    exempt: Annotated[tuple[str, ...], NoDecode] = Field(default=("/healthz", "/readyz", "/metrics"))
+    # Probes, scrapes and files: cheap to serve, and a page of pet photos must not spend the API budget.
+    exempt: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("/healthz", "/readyz", "/metrics", "/static/*", "/media/*", "/favicon.ico")
+    )
 
     @field_validator("routes", "trusted_proxies", "exempt", mode="before")
     @classmethod
@@ -369,6 +372,9 @@ class RateLimitPlugin(PluginBase):
         self.messages = MemoryLimiter(clock=time.monotonic)
         self._state: AppState | None = None
         self._last_log = -math.inf
+
+    def is_exempt(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.exempt)
 
     # -- life cycle
 
@@ -453,7 +459,7 @@ class RateLimitMiddleware:
         self.plugin = plugin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.plugin.exempt or scope["method"] == "OPTIONS":
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or self.plugin.is_exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]

@@ -149,6 +149,7 @@ def test_default_limit_holds_with_headers_on_every_response(limited: App) -> Non
     assert 1 <= int(over.headers["retry-after"]) <= 1200
     assert limited.recorder.count("ratelimit.rejected", scope="http") == 1
     assert limited.client.get("/healthz").status_code == 200  # health checks are never limited
+    assert limited.client.get("/static/dashboard.css").status_code == 200  # nor static files
 
 
 def test_authenticated_clients_have_their_own_budget(limited: App) -> None:
