@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -61,21 +62,22 @@ class MemoryTokenStore:
 
     PURGE_EVERY = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._revoked: dict[str, float] = {}  # key -> expiry (monotonic)
         self._families: dict[str, tuple[str, float]] = {}  # family -> (current jti, expiry)
         self._writes = 0
 
     def _alive(self, key: str) -> bool:
         expiry = self._revoked.get(key)
-        return expiry is not None and expiry > time.monotonic()
+        return expiry is not None and expiry > self._clock()
 
     def _purge(self) -> None:
         # Expired entries are dropped now and then, so memory follows the live tokens only.
         self._writes += 1
         if self._writes % self.PURGE_EVERY:
             return
-        now = time.monotonic()
+        now = self._clock()
         self._revoked = {k: e for k, e in self._revoked.items() if e > now}
         self._families = {k: v for k, v in self._families.items() if v[1] > now}
 
@@ -84,25 +86,25 @@ class MemoryTokenStore:
 
     async def revoke(self, jti: str, ttl: int) -> None:
         self._purge()
-        self._revoked[f"jti:{jti}"] = time.monotonic() + _ttl(ttl)
+        self._revoked[f"jti:{jti}"] = self._clock() + _ttl(ttl)
 
     async def revoke_family(self, family: str, ttl: int) -> None:
         self._purge()
         self._families.pop(family, None)
-        self._revoked[f"family:{family}"] = time.monotonic() + _ttl(ttl)
+        self._revoked[f"family:{family}"] = self._clock() + _ttl(ttl)
 
     async def start_family(self, family: str, jti: str, ttl: int) -> None:
         self._purge()
-        self._families[family] = (jti, time.monotonic() + _ttl(ttl))
+        self._families[family] = (jti, self._clock() + _ttl(ttl))
 
     async def rotate(self, family: str, presented: str, new: str, ttl: int) -> Rotation:
         if self._alive(f"family:{family}"):
             return Rotation.revoked
         entry = self._families.get(family)
-        if entry is None or entry[1] <= time.monotonic():
+        if entry is None or entry[1] <= self._clock():
             return Rotation.unknown
         if entry[0] == presented:
-            self._families[family] = (new, time.monotonic() + _ttl(ttl))
+            self._families[family] = (new, self._clock() + _ttl(ttl))
             return Rotation.ok
         await self.revoke_family(family, ttl)
         return Rotation.reused

@@ -31,6 +31,7 @@ from petstore.models import Role, UserBody
 from petstore.users import create_user_row
 from plugins.auth import AuthPlugin
 from plugins.auth.backend import RedactSecrets, redact
+from plugins.auth.store import MemoryTokenStore, Rotation
 from plugins.tokens import KeySet
 from tests.plugins.harness import PASSWORD, App, assert_error, bearer, make_settings, running_app
 from tests.services import RedisServer, UvicornServer, http_get
@@ -595,3 +596,49 @@ def test_openapi_document_describes_the_auth_endpoints(app: App) -> None:
         assert name in document["components"]["schemas"]
     token = paths["/auth/token"]["post"]
     assert set(token["requestBody"]["content"]) == {"application/x-www-form-urlencoded", "application/json"}
+
+
+# ------------------------------------------------------------------------------ the token stores
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_memory_store_forgets_entries_when_the_tokens_would_have_expired() -> None:
+    clock = Clock()
+    store = MemoryTokenStore(clock)
+    await store.revoke("j1", ttl=60)
+    await store.start_family("f1", "r1", ttl=600)
+    assert await store.is_revoked("j1", None)
+    clock.now += 62
+    assert not await store.is_revoked("j1", None)  # the token itself has expired by now: nothing to remember
+    assert await store.rotate("f1", "r1", "r2", ttl=600) is Rotation.ok
+    assert await store.rotate("f1", "r2", "r3", ttl=600) is Rotation.ok
+    assert await store.rotate("f1", "r2", "r4", ttl=600) is Rotation.reused
+    assert await store.is_revoked("any", "f1")
+    assert await store.rotate("f1", "r3", "r5", ttl=600) is Rotation.revoked
+    assert await store.rotate("never-issued", "x", "y", ttl=600) is Rotation.unknown
+    store.PURGE_EVERY = 1
+    clock.now += 10_000
+    await store.revoke("j2", ttl=1)
+    assert set(store._revoked) == {"jti:j2"} and store._families == {}  # expired entries are dropped
+
+
+def test_redis_entries_live_as_long_as_the_tokens(tmp_path: Path, redis_server: RedisServer, redis_url: str) -> None:
+    with running_app(tmp_path, redis_url=redis_url, plugins=AUTH) as app:
+        app.add_user("alice")
+        tokens = app.login("alice")
+        access, refresh = claims_of(tokens["access_token"]), claims_of(tokens["refresh_token"])
+        family_ttl = int(redis_server.command("TTL", f"petstore:auth:family:{refresh['fam']}") or b"0")
+        assert 14 * 24 * 3600 - 5 <= family_ttl <= 14 * 24 * 3600 + 31
+        assert app.client.post(f"{API}/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
+        revoked_ttl = int(redis_server.command("TTL", f"petstore:auth:revoked:{access['jti']}") or b"0")
+        assert 15 * 60 - 5 <= revoked_ttl <= 15 * 60 + 31  # what was left of the access token, plus the leeway
+        marker_ttl = int(redis_server.command("TTL", f"petstore:auth:family-revoked:{access['fam']}") or b"0")
+        assert 14 * 24 * 3600 <= marker_ttl <= 14 * 24 * 3600 + 31
+        assert redis_server.command("EXISTS", f"petstore:auth:family:{refresh['fam']}") == b"0"
