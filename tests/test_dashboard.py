@@ -14,13 +14,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Error, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Error, Page, WebSocket, expect, sync_playwright
 
 from tests.services import HOST, UvicornServer, free_port
 
@@ -116,8 +117,18 @@ class ConsoleWatch:
         self._refused = re.compile(rf"WebSocket connection to 'ws://{re.escape(HOST)}:{port}/ws' failed")
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.on("websocket", self._websocket)
+
+    @staticmethod
+    def _websocket(socket: WebSocket) -> None:
+        # Printed, so pytest shows the page's conversation with /ws when a test fails.
+        print(f"{time.monotonic():.3f} ws open {socket.url}")
+        socket.on("framesent", lambda frame: print(f"{time.monotonic():.3f} ws > {str(frame)[:300]}"))
+        socket.on("framereceived", lambda frame: print(f"{time.monotonic():.3f} ws < {str(frame)[:300]}"))
+        socket.on("close", lambda _: print(f"{time.monotonic():.3f} ws closed"))
 
     def _console(self, message: ConsoleMessage) -> None:
+        print(f"{time.monotonic():.3f} console.{message.type}: {message.text}")
         if message.type != "error":
             return
         if self.outage and self._refused.search(message.text):
@@ -142,6 +153,7 @@ def live_server(tmp_path: Path, redis_url: str) -> Iterator[UvicornServer]:
     """The real server on a free port, with Redis, a migrated SQLite database and a staff user."""
     with prepared_server(tmp_path, redis_url) as server:
         yield server
+        print(f"server log:\n{server.logtail(60)}")  # shown by pytest when the test failed
 
 
 def feed_items(page: Page) -> list[dict[str, str]]:
