@@ -642,3 +642,29 @@ def test_redis_entries_live_as_long_as_the_tokens(tmp_path: Path, redis_server: 
         marker_ttl = int(redis_server.command("TTL", f"petstore:auth:family-revoked:{access['fam']}") or b"0")
         assert 14 * 24 * 3600 <= marker_ttl <= 14 * 24 * 3600 + 31
         assert redis_server.command("EXISTS", f"petstore:auth:family:{refresh['fam']}") == b"0"
+
+
+# ------------------------------------------------------------------------------ through the core's /ws
+
+
+def test_ws_auth_message_and_room_rules_through_the_real_endpoint(app: App) -> None:
+    alice = app.login("alice")["access_token"]
+    staff = app.login("stella")["access_token"]
+    with app.client.websocket_connect("/ws") as ws:
+        assert ws.receive_json()["user"] is None
+        ws.send_json({"type": "auth", "token": alice + "x", "id": 1})
+        refusal = ws.receive_json()
+        assert refusal["type"] == "error" and refusal["code"] == "unauthorized" and refusal["id"] == 1
+        ws.send_json({"type": "auth", "token": alice, "id": 2})
+        assert ws.receive_json() == {"type": "authenticated", "id": 2, "user": "alice"}
+        ws.send_json({"type": "subscribe", "room": "user:alice", "id": 3})
+        assert ws.receive_json()["type"] == "subscribed"
+        for ident, room in ((4, "user:bob"), (5, "orders")):
+            ws.send_json({"type": "subscribe", "room": room, "id": ident})
+            answer = ws.receive_json()
+            assert answer["type"] == "error" and answer["code"] == "forbidden" and answer["id"] == ident
+    with app.client.websocket_connect("/ws", headers=bearer(staff)) as ws:
+        assert ws.receive_json()["user"] == "stella"
+        ws.send_json({"type": "subscribe", "room": "orders", "id": 1})
+        assert ws.receive_json()["type"] == "subscribed"
+    assert app.recorder.count("auth.failure", reason="bad_signature") == 1
