@@ -72,6 +72,8 @@ class Relay:
     async def run(self) -> None:
         wakeup = self._state.outbox_wakeup
         failures = 0
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            await self._report_inventory()  # the gauge has a value before the first change
         while True:
             try:
                 await self.drain()
@@ -162,6 +164,12 @@ class Relay:
             await self._broker.publish(list(row.rooms), row.event, data_json, ts, row.id)
             done.append(row.id)
             self._state.plugins.observe("event.published", event=row.event)
+
+    async def _report_inventory(self) -> None:
+        async with self._sessions() as session:
+            counts = await events.inventory_counts(session)
+        for status, count in counts.items():
+            self._state.plugins.observe("inventory.pets", float(count), status=status)
 
     async def pending(self) -> int:
         async with self._sessions() as session:
