@@ -24,6 +24,7 @@ refused with 503 (fail closed); each failure is observed as ``ratelimit.backend_
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import ipaddress
@@ -398,7 +399,7 @@ class RateLimitPlugin(PluginBase):
     def openapi(self, document: dict[str, Any]) -> None:
         """Every operation may answer 429; every limited response carries the RateLimit headers."""
         components = document.setdefault("components", {})
-        components.setdefault("headers", {}).update(OPENAPI_HEADERS)
+        components.setdefault("headers", {}).update(copy.deepcopy(OPENAPI_HEADERS))
         components.setdefault("responses", {})["TooManyRequests"] = {
             "description": "over the client's budget: retry after Retry-After seconds",
             "headers": {name: {"$ref": f"#/components/headers/{name}"} for name in OPENAPI_HEADERS},

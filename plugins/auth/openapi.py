@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 API = "/api/v3"
@@ -183,10 +184,11 @@ def _prefix(document: dict[str, Any]) -> str:
 def extend(document: dict[str, Any], *, asymmetric: bool) -> None:
     prefix = _prefix(document)
     paths = document.setdefault("paths", {})
-    for path, item in _paths(asymmetric).items():
+    # Copies: the document is edited by other plugins after us and must not reach our constants.
+    for path, item in copy.deepcopy(_paths(asymmetric)).items():
         paths[prefix + path] = item
     components = document.setdefault("components", {})
-    components.setdefault("schemas", {}).update(SCHEMAS)
+    components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
     components.setdefault("securitySchemes", {}).setdefault(
         "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
