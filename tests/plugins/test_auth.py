@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from openapi_spec_validator import validate
 from starlette.websockets import WebSocketDisconnect
 
 from petstore import db
@@ -353,7 +354,9 @@ def test_asymmetric_keys_rotation_and_jwks(tmp_path: Path, monkeypatch: pytest.M
         kids = [key["kid"] for key in during.client.get(f"{API}/auth/jwks.json").json()["keys"]]
         assert len(kids) == 2 and old_kid in kids
         # The OpenAPI document lists the JWKS endpoint when keys are asymmetric.
-        assert "/auth/jwks.json" in during.client.get(f"{API}/openapi.json").json()["paths"]
+        document = during.client.get(f"{API}/openapi.json").json()
+        validate(document)
+        assert "/auth/jwks.json" in document["paths"]
     # After the rotation: the old key is gone, its tokens are refused.
     monkeypatch.delenv("PETSTORE_JWT_PUBLIC_KEYS")
     with running_app(tmp_path, plugins=AUTH) as after:
@@ -583,6 +586,7 @@ def test_uvicorn_access_log_never_shows_the_login_password(tmp_path: Path) -> No
 
 def test_openapi_document_describes_the_auth_endpoints(app: App) -> None:
     document = app.client.get(f"{API}/openapi.json").json()
+    validate(document)  # still a valid OpenAPI 3.1 document, every $ref resolving
     paths = document["paths"]
     assert {"/auth/token", "/auth/refresh", "/auth/logout", "/user/login", "/user/logout"} <= set(paths)
     assert "/auth/jwks.json" not in paths  # HS256: no public keys to publish

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openapi_spec_validator import validate
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -377,6 +378,7 @@ def test_rate_limiting_works_without_the_auth_plugin(tmp_path: Path) -> None:
 def test_openapi_document_lists_429_on_every_operation(tmp_path: Path) -> None:
     with running_app(tmp_path) as app:
         document = app.client.get(f"{API}/openapi.json").json()
+    validate(document)
     operations = [op for item in document["paths"].values() for op in item.values() if isinstance(op, dict)]
     assert len(operations) >= 19
     assert all("429" in op["responses"] for op in operations)
