@@ -537,6 +537,11 @@ def test_redis_down_refuses_tokens_with_503_not_500(tmp_path: Path, redis_server
         finally:
             redis_server.start()
         assert app.whoami(token).status_code == 200  # Redis restarted empty: not revoked, reconnects by itself
+        # The refresh script is loaded again into the new Redis: rotation and reuse detection still work.
+        fresh = app.login("alice")
+        rotated = app.client.post(f"{API}/auth/refresh", json={"refresh_token": fresh["refresh_token"]})
+        assert rotated.status_code == 200, rotated.text
+        assert_error(app.client.post(f"{API}/auth/refresh", json={"refresh_token": fresh["refresh_token"]}), 401)
 
 
 # ------------------------------------------------------------------------------ the password never reaches a log
