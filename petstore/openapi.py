@@ -151,6 +151,8 @@ class Operation:
     auth: Literal["required", "optional"] = "required"
     ok_media: str = "application/json"
     ok_description: str = "Successful operation"
+    #: Operations that take something of the 200 body: operationId -> {parameter: runtime expression}.
+    links: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 def _id_param(name: str, what: str) -> Param:
@@ -180,6 +182,14 @@ INVALID = "The body does not match the schema (wrong types, unknown fields, valu
 BAD_PET_ID = "Invalid ID supplied: not an integer, or out of range"
 FORBIDDEN_PETS = "Only staff and admins change pets"
 
+# A new account needs a password; a changed one keeps its password when none is sent.
+NEW_USER: Schema = {"allOf": [ref("User")], "required": ["username", "password"]}
+PET_LINKS = {
+    op: {"petId": "$response.body#/id"} for op in ("getPetById", "updatePetWithForm", "uploadFile", "deletePet")
+}
+ORDER_LINKS = {op: {"orderId": "$response.body#/id"} for op in ("getOrderById", "updateOrder", "deleteOrder")}
+USER_LINKS = {op: {"username": "$response.body#/username"} for op in ("getUserByName", "updateUser", "deleteUser")}
+
 JSON_PET = {"application/json": ref("Pet"), "application/x-www-form-urlencoded": ref("PetForm")}
 PETS = {"type": "array", "items": ref("Pet")}
 
@@ -200,6 +210,7 @@ OPERATIONS: Mapping[str, Operation] = {
         "Staff and admins. Without an id, the server assigns one.",
         body=JSON_PET,
         body_description="Create a new pet in the store",
+        links=PET_LINKS,
     ),
     "updatePet": Operation(
         "pet",
@@ -216,6 +227,7 @@ OPERATIONS: Mapping[str, Operation] = {
         "Update an existing pet by id (staff and admins).",
         body=JSON_PET,
         body_description="The pet, with its id",
+        links=PET_LINKS,
     ),
     "findPetsByStatus": Operation(
         "pet",
@@ -344,6 +356,7 @@ OPERATIONS: Mapping[str, Operation] = {
         },
         "The pet must be `available`; it becomes `pending` (`sold` for an order placed as delivered).",
         body={"application/json": ref("Order"), "application/x-www-form-urlencoded": ref("Order")},
+        links=ORDER_LINKS,
     ),
     "listOrders": Operation(
         "store",
@@ -392,9 +405,10 @@ OPERATIONS: Mapping[str, Operation] = {
         ref("User"),
         {400: BAD_BODY, 409: "The username or id is taken", 413: TOO_LARGE, 415: BAD_MEDIA, 422: INVALID},
         "Anyone may sign up, as a customer. A password is required.",
-        body={"application/json": ref("User"), "application/x-www-form-urlencoded": ref("User")},
+        body={"application/json": NEW_USER, "application/x-www-form-urlencoded": NEW_USER},
         body_description="Created user object",
         auth="optional",
+        links=USER_LINKS,
     ),
     "createUsersWithListInput": Operation(
         "user",
@@ -409,7 +423,8 @@ OPERATIONS: Mapping[str, Operation] = {
             422: INVALID,
         },
         "Admins. Answers with the first user created.",
-        body={"application/json": {"type": "array", "items": ref("User"), "minItems": 1, "maxItems": 100}},
+        body={"application/json": {"type": "array", "items": NEW_USER, "minItems": 1, "maxItems": 100}},
+        links=USER_LINKS,
     ),
     "getUserByName": Operation(
         "user",
@@ -581,6 +596,11 @@ def _operation(operation_id: str, spec: Operation) -> Schema:
     responses["401"]["headers"] = {
         "WWW-Authenticate": {"description": "The scheme to authenticate with", "schema": {"type": "string"}}
     }
+    if spec.links:
+        responses["200"]["links"] = {
+            target[0].upper() + target[1:]: {"operationId": target, "parameters": dict(parameters)}
+            for target, parameters in spec.links.items()
+        }
     rendered: Schema = {
         "tags": [spec.tag],
         "summary": spec.summary,

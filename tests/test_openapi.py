@@ -357,3 +357,23 @@ def test_with_the_auth_plugin_the_document_stays_valid_and_complete(tmp_path: Pa
                 assert (route.path.removeprefix(API), method.lower()) in documented, route.name
     assert {"/user/login", "/user/logout", "/auth/token"} <= set(document["paths"])
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+
+
+def test_links_lead_from_what_is_made_to_what_uses_it(document: dict[str, Any]) -> None:
+    ops = operations(document)
+    links = ops["addPet"][2]["responses"]["200"]["links"]
+    assert links["GetPetById"] == {"operationId": "getPetById", "parameters": {"petId": "$response.body#/id"}}
+    assert ops["createUser"][2]["responses"]["200"]["links"]["DeleteUser"]["parameters"] == {
+        "username": "$response.body#/username"
+    }
+    for op_id, (_, _, op) in ops.items():
+        for link in op["responses"]["200"].get("links", {}).values():
+            target = ops[link["operationId"]][2]
+            names = {param["name"] for param in target.get("parameters", [])}
+            assert set(link["parameters"]) <= names, (op_id, link)
+
+
+def test_a_new_user_must_have_a_password(document: dict[str, Any]) -> None:
+    body = operations(document)["createUser"][2]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"allOf": [{"$ref": "#/components/schemas/User"}], "required": ["username", "password"]}
+    assert "password" not in document["components"]["schemas"]["User"]["required"]  # a change may keep it
