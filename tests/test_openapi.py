@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from petstore.app import create_app
-from petstore.config import Settings
+from petstore.config import DEFAULT_PLUGINS, Settings
 from petstore.openapi import OPERATIONS, build_document
 from petstore.plugin import PluginBase, Plugins
 from tests.fakes import ApiHarness, running_api
@@ -343,9 +343,9 @@ def test_an_upload_never_makes_a_pet_its_own_schema_refuses(live: tuple[ApiHarne
     assert_conforms(document, "getPetById", api.client.get(f"{API}/pet/{pet['id']}"))
 
 
-def test_with_the_auth_plugin_the_document_stays_valid_and_complete(tmp_path: Path) -> None:
-    """The auth plugin's hook adds its routes (/auth/token, /user/login, ...): still valid, still every route."""
-    app_settings = settings(tmp_path, plugins=("plugins.auth",)).model_copy(update={"jwt_secret": "s" * 40})
+def test_with_the_default_plugins_the_document_stays_valid_and_complete(tmp_path: Path) -> None:
+    """Their hooks add /auth/token, /user/login, 429s...: still valid 3.1, still every routed operation."""
+    app_settings = settings(tmp_path, plugins=DEFAULT_PLUGINS).model_copy(update={"jwt_secret": "s" * 40})
     with TestClient(create_app(app_settings)) as client:
         document = client.get(f"{API}/openapi.json").json()
         routes = client.app.routes  # type: ignore[attr-defined]
@@ -357,6 +357,7 @@ def test_with_the_auth_plugin_the_document_stays_valid_and_complete(tmp_path: Pa
                 assert (route.path.removeprefix(API), method.lower()) in documented, route.name
     assert {"/user/login", "/user/logout", "/auth/token"} <= set(document["paths"])
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert "429" in document["paths"]["/pet/{petId}"]["get"]["responses"]
 
 
 def test_links_lead_from_what_is_made_to_what_uses_it(document: dict[str, Any]) -> None:
