@@ -7,6 +7,7 @@ tests build two apps with two configurations in one process.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -98,7 +99,17 @@ class Settings(BaseSettings):
             return path.read_text().strip()
         secret = secrets.token_urlsafe(48)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secret)
-        path.chmod(0o600)
+        # `serve --workers N` starts N processes at once: each writes a private temp file (0600 from
+        # the start) and links it into place; link fails if another won, and then everyone uses its
+        # secret, so tokens from one worker verify in all of them.
+        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+            file.write(secret)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return path.read_text().strip()
+        finally:
+            temp.unlink(missing_ok=True)
         logger.warning("PETSTORE_JWT_SECRET is not set: generated a development secret in %s", path)
         return secret

@@ -78,3 +78,21 @@ def test_development_secret_is_generated_once_and_kept_beside_the_database(tmp_p
 
 def test_the_secret_never_appears_in_the_settings_repr() -> None:
     assert "s3cret-value" not in repr(Settings(jwt_secret="s3cret-value"))
+
+
+def test_workers_starting_together_agree_on_one_development_secret(tmp_path: Path) -> None:
+    """`serve --workers N`: every process must end up with the same secret, or tokens fail between them."""
+    import subprocess
+    import sys
+
+    code = (
+        "from petstore.config import Settings; "
+        f"print(Settings(database_url='sqlite+aiosqlite:///{tmp_path}/petstore.db', jwt_secret=None)"
+        ".resolved_jwt_secret())"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    secrets = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+    assert len(secrets) == 1 and "" not in secrets
+    kept = tmp_path / ".petstore-jwt-secret"
+    assert kept.read_text() in secrets and kept.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
