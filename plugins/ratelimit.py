@@ -413,7 +413,7 @@ class RateLimitPlugin(PluginBase):
 
     # -- shared helpers
 
-    def _report(self, name: str, **labels: str) -> None:
+    def report(self, name: str, **labels: str) -> None:
         if self._state is not None:
             self._state.plugins.observe(name, 1.0, **labels)
 
@@ -428,7 +428,7 @@ class RateLimitPlugin(PluginBase):
         try:
             return await self.limiter.check(checks)
         except (RedisError, OSError) as exc:
-            self._report("ratelimit.backend_error")
+            self.report("ratelimit.backend_error")
             now = time.monotonic()
             if now - self._last_log >= LOG_INTERVAL_SECONDS:
                 self._last_log = now
@@ -440,14 +440,14 @@ class RateLimitPlugin(PluginBase):
     async def ws_connect(self, websocket: WebSocket) -> int | None:
         decision = await self.check(budgets(self.ws_connect_policy, self.client(websocket.scope)))
         if decision is not None and not decision.allowed:
-            self._report("ratelimit.rejected", scope="ws")
+            self.report("ratelimit.rejected", scope="ws")
             return 1013
         return None  # allowed, or the backend is down: connections are ordinary traffic (fail open)
 
     async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None:
         decision = self.messages.check_now(budgets(self.ws_messages_policy, f"conn:{connection_id}"))
         if not decision.allowed:
-            self._report("ratelimit.rejected", scope="ws")
+            self.report("ratelimit.rejected", scope="ws")
             return "rate_limited"
         return None
 
@@ -488,7 +488,7 @@ class RateLimitMiddleware:
             return
         headers = decision.headers(policies)
         if not decision.allowed:
-            plugin._report("ratelimit.rejected", scope=label)
+            plugin.report("ratelimit.rejected", scope=label)
             message = f"too many requests: retry in {decision.retry_after} s"
             await error_response(429, "rate_limited", message, headers)(scope, receive, send)
             return
