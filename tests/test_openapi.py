@@ -378,3 +378,22 @@ def test_a_new_user_must_have_a_password(document: dict[str, Any]) -> None:
     body = operations(document)["createUser"][2]["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"allOf": [{"$ref": "#/components/schemas/User"}], "required": ["username", "password"]}
     assert "password" not in document["components"]["schemas"]["User"]["required"]  # a change may keep it
+
+
+class VandalPlugin(PluginBase):
+    """Edits deep inside the document, as a careless plugin might."""
+
+    name = "vandal"
+
+    def openapi(self, document: dict[str, Any]) -> None:
+        document["paths"]["/pet/{petId}"]["get"]["parameters"][0]["schema"]["maximum"] = 7
+        document["tags"].append({"name": "vandal"})
+
+
+def test_a_plugin_editing_its_document_leaves_other_apps_documents_alone(tmp_path: Path) -> None:
+    app_routes = create_app(settings(tmp_path)).routes
+    edited = build_document(app_routes, Plugins([VandalPlugin()]))
+    clean = build_document(app_routes, Plugins([]))
+    assert edited["paths"]["/pet/{petId}"]["get"]["parameters"][0]["schema"]["maximum"] == 7
+    assert clean["paths"]["/pet/{petId}"]["get"]["parameters"][0]["schema"]["maximum"] == 2**63 - 1
+    assert "vandal" not in {tag["name"] for tag in clean["tags"]}
