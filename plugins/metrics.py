@@ -2,7 +2,9 @@
 
 Where each metric comes from:
 
-- ``petstore_http_*``: :class:`HttpMetricsMiddleware`, a pure ASGI middleware around the app.
+- ``petstore_http_*``: :class:`HttpMetricsMiddleware`, a pure ASGI middleware around the app,
+  outermost of all (the plugin asks the core for it), so it also counts what other plugins'
+  middleware answer themselves (401, 429).
   The ``route`` label is the route *template* (``/api/v3/pet/{petId}``), found by matching the
   request against the app's routes; a path no route matches is ``"unmatched"``, so a scan of
   random URLs cannot blow up the number of series.
@@ -293,7 +295,9 @@ def _multiprocess_dir() -> Path | None:
 
 class MetricsPlugin(PluginBase):
     name = "metrics"
-    outermost = True  # count the 401s and 429s that auth and rate limiting answer themselves
+    # Wrap everything, CORS and the other plugins included, wherever metrics is listed in
+    # PETSTORE_PLUGINS: the 401s and 429s that auth and rate limiting answer are requests too.
+    outermost = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
