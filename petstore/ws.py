@@ -86,6 +86,7 @@ class Session:
         self.conn.principal = access.principal(websocket)
         self.active = False  # an auth or a subscription arrived: the auth deadline is met
         self.reader: asyncio.Task[Any] | None = None
+        self.reading = False  # the reader is interrupted only inside read_loop, never while closing
         self.sender: asyncio.Task[None]
         self.deadline: asyncio.TimerHandle | None = None
         self.expiry: asyncio.TimerHandle | None = None
@@ -118,6 +119,7 @@ class Session:
         self.arm_expiry()
         code = 1006
         try:
+            self.reading = True
             try:
                 code = await self.read_loop()
             except asyncio.CancelledError:
@@ -125,6 +127,8 @@ class Session:
                     raise  # cancelled from outside: the server is going away
                 if self.reader is not None:
                     self.reader.uncancel()
+            finally:
+                self.reading = False
             if conn.close_code is not None:
                 code = conn.close_code
                 self.sender.cancel()  # it may be stuck writing to a client that does not read
@@ -146,7 +150,7 @@ class Session:
     def interrupt(self) -> None:
         """``conn.close`` was called: stop the sender and, unless it is the one closing, the reader."""
         self.sender.cancel()
-        if self.reader is not None and asyncio.current_task() is not self.reader:
+        if self.reading and self.reader is not None and asyncio.current_task() is not self.reader:
             self.reader.cancel()
 
     async def read_loop(self) -> int:
