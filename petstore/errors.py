@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 logger = logging.getLogger("petstore.errors")
@@ -137,6 +137,13 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return await _api_error(request, ValidationFailed.from_pydantic(exc))
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client hung up mid-body: nothing was changed and nobody is left to answer. Not an error
+    # of ours, so no traceback in the log.
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return error_response(400, "client_disconnected", "the client disconnected before the body was read")
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -147,5 +154,6 @@ EXCEPTION_HANDLERS = {
     ApiError: _api_error,
     HTTPException: _http_exception,
     ValidationError: _validation_error,
+    ClientDisconnect: _client_disconnect,
     Exception: _unexpected,
 }

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
+import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -95,3 +97,46 @@ def test_an_unexpected_error_is_a_json_500_without_internals(tmp_path: Path) -> 
         assert "secret" not in response.text and "Traceback" not in response.text
     finally:
         del sys.modules[module.__name__]
+
+
+def test_a_client_that_hangs_up_mid_body_is_not_logged_as_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wrk and impatient clients stop mid-POST; that is no server error and leaves no traceback."""
+    app = create_app(make_settings(tmp_path, "d", plugins=("tests.fakes",)))
+    sent: list[dict[str, object]] = []
+    body_parts = [
+        {"type": "http.request", "body": b'{"name": "half', "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return body_parts.pop(0) if body_parts else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/v3/pet",
+        "raw_path": b"/api/v3/pet",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"x-test-user", b"sam:1:staff")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def hang_up() -> None:
+        async with app.router.lifespan_context(app) as state:
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+    with caplog.at_level(logging.DEBUG, logger="petstore"):
+        asyncio.run(hang_up())
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("client disconnected" in r.getMessage() for r in caplog.records)
