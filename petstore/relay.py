@@ -42,6 +42,7 @@ logger = logging.getLogger("petstore.relay")
 BATCH = 100
 POLL_SECONDS = 1.0
 MAX_BACKOFF = 1.0
+LOCKED_OUT_RETRIES = 25  # x 20 ms: another instance's pass is usually over by then
 KEEP_PUBLISHED = timedelta(hours=1)
 PRUNE_EVERY_SECONDS = 60.0
 #: pg_advisory_xact_lock key: "petstore outbox relay" (any constant shared by the instances).
@@ -57,6 +58,7 @@ class Relay:
         self._sessions = state.sessions
         self._postgres = state.engine.dialect.name == "postgresql"
         self._last_prune = 0.0
+        self._locked_out = False  # the last drain gave way to another instance's relay
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -78,8 +80,10 @@ class Relay:
             try:
                 await self.drain()
                 failures = 0
-                # drain() stops at a partial batch: the outbox was empty then (no query needed).
-                self._state.plugins.observe("outbox.pending", 0.0)
+                if self._locked_out:
+                    await self._report_pending()
+                else:  # drain() stopped at a partial batch: the outbox was empty then, no query needed
+                    self._state.plugins.observe("outbox.pending", 0.0)
                 await self._prune()
             except BrokerUnavailable as exc:
                 failures += 1
@@ -102,13 +106,21 @@ class Relay:
     async def drain(self) -> int:
         """Publish every unpublished row; returns how many. Raises BrokerUnavailable on the way."""
         total = 0
+        locked_out = 0
+        self._locked_out = False
         while True:
             published = await self._batch()
             if published is None:
-                # Another instance holds the relay lock: it publishes; look again shortly, since
-                # it may have finished its last pass just before our rows committed.
+                # Another instance holds the relay lock and publishes. It may have finished its
+                # last pass just before our rows committed, so look again a few times shortly;
+                # after that the poll (or the next wake-up) takes over.
+                locked_out += 1
+                if locked_out > LOCKED_OUT_RETRIES:
+                    self._locked_out = True
+                    return total
                 await asyncio.sleep(0.02)
                 continue
+            locked_out = 0
             total += published
             if published < BATCH:
                 return total
