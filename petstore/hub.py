@@ -44,6 +44,8 @@ class Connection:
         self.principal: Principal | None = None
         self.subscriptions: dict[str, Subscription] = {}
         self.close_code: int | None = None
+        #: Close with this code once what is queued now has gone out (see ``close_when_sent``).
+        self.close_after_sending: int | None = None
         #: Called once when the connection must close, so the transport can interrupt its tasks.
         self.on_close: Callable[[], None] | None = None
         self._items: deque[Outgoing] = deque()
@@ -56,7 +58,7 @@ class Connection:
         return self.close_code is not None
 
     def put_nowait(self, item: Outgoing) -> None:
-        if self.close_code is not None:
+        if self.close_code is not None or self.close_after_sending is not None:
             return
         if len(self._items) >= self.limit:
             self.overflow()
@@ -80,6 +82,12 @@ class Connection:
             if self.on_close is not None:
                 self.on_close()
 
+    def close_when_sent(self, code: int) -> None:
+        """Close with ``code`` after what is already queued (say, the error explaining why) is sent."""
+        if self.close_code is None and self.close_after_sending is None:
+            self.close_after_sending = code
+            self._ready.set()
+
     async def wait_closing(self) -> int:
         await self._closing.wait()
         assert self.close_code is not None
@@ -91,6 +99,9 @@ class Connection:
         items = self._items
         while not items:
             if self.close_code is not None:
+                return []
+            if self.close_after_sending is not None:
+                self.close(self.close_after_sending)
                 return []
             self._ready.clear()
             await self._ready.wait()

@@ -43,6 +43,7 @@ logger = logging.getLogger("petstore.ws")
 
 POLICY_VIOLATION = 1008
 TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013  # too many messages (and, in the hub, too slow to keep up)
 MAX_BATCH = 64
 CLOSE_SECONDS = 5.0
 MESSAGE_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
@@ -230,8 +231,17 @@ class Session:
         self.plugins.observe("ws.message_received", type=label)
         refusal = await self.plugins.ws_message(self.conn.id, self.conn.principal, label)
         if refusal is not None:
-            code, message = refusal, "too many messages" if refusal == "rate_limited" else "refused"
+            self.refused_by_plugin(ident, refusal)
+            return
         self.send({"type": "error", "id": ident, "code": code, "message": message})
+
+    def refused_by_plugin(self, ident: Any, refusal: str) -> None:
+        """A plugin refused a message. Too many messages: say so, then close 1013 (SPEC §3)."""
+        if refusal == "rate_limited":
+            self.send({"type": "error", "id": ident, "code": refusal, "message": "too many messages, slow down"})
+            self.conn.close_when_sent(TRY_AGAIN_LATER)
+        else:
+            self.send({"type": "error", "id": ident, "code": refusal, "message": "message refused"})
 
     async def handle(self, text: str) -> None:
         try:
@@ -251,8 +261,7 @@ class Session:
         self.plugins.observe("ws.message_received", type=label)
         refusal = await self.plugins.ws_message(self.conn.id, self.conn.principal, label)
         if refusal is not None:
-            message = "too many messages, slow down" if refusal == "rate_limited" else "message refused"
-            self.send({"type": "error", "id": ident, "code": refusal, "message": message})
+            self.refused_by_plugin(ident, refusal)
             return
         handler = self.handlers.get(kind)
         if handler is None:

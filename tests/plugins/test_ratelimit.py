@@ -262,6 +262,10 @@ def test_ws_messages_per_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 replies.append(ws.receive_json())
             assert [r["type"] for r in replies[:3]] == ["pong"] * 3
             assert replies[3]["type"] == "error" and replies[3]["code"] == "rate_limited" and replies[3]["id"] == 3
+            # Told to slow down, the connection is then closed with 1013 (SPEC §3: too many messages).
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1013
 
 
 # ------------------------------------------------------------------------------------ shared through Redis
