@@ -7,7 +7,7 @@ tasks: an idle connection costs little memory. Whoever decides the connection mu
 ``conn.close(code)``, which interrupts both; the endpoint then sends the close frame, with a
 bound on how long that may take.
 
-Choices where the SPEC is silent (also in docs/realtime.md):
+Choices where the SPEC is silent (also in the README):
 
 - A missing ``Origin`` is accepted (non-browser clients send none); a present one must be in
   ``PETSTORE_ALLOWED_ORIGINS``, else the upgrade is refused with 1008 before it is accepted.

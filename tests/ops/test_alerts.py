@@ -11,7 +11,7 @@ import yaml
 
 from tests.ops.contract import ALERTS, METRICS, REPO, SCRAPE_SERIES, base_metric, petstore_names, selectors
 
-RUNBOOK_DOC = REPO / "docs" / "operations.md"
+RUNBOOK_DOC = REPO / "README.md"
 
 
 @pytest.fixture(scope="module")
