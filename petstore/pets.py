@@ -198,6 +198,8 @@ async def find_by_tags(request: Request) -> Response:
         raise BadRequest("invalid tag value: give at least one tag")
     if any(len(name) > 255 for name in names):
         raise BadRequest("invalid tag value: longer than 255 characters")
+    if any("\x00" in name for name in names):  # no tag can have one, and PostgreSQL refuses it in a query
+        raise BadRequest("invalid tag value: contains a NUL character")
     limit, offset = pagination(request)
     tagged = (
         select(col(PetTagLink.pet_id)).join(Tag, col(Tag.id) == col(PetTagLink.tag_id)).where(col(Tag.name).in_(names))

@@ -307,6 +307,8 @@ def test_real_answers_conform_to_the_document(live: tuple[ApiHarness, dict[str, 
     call("findPetsByStatus", "GET", "/pet/findByStatus", params={"status": "available"})
     call("findPetsByStatus", "GET", "/pet/findByStatus", params={"status": "lost"})
     call("getInventory", "GET", "/store/inventory")
+    nul = call("findPetsByTags", "GET", "/pet/findByTags", params={"tags": "a\x00b"})  # PostgreSQL refuses NUL
+    assert nul.status_code == 400
     call("addPet", "POST", "/pet", json={"name": "Rex"}, headers=staff)
     call("addPet", "POST", "/pet", json={"name": "Rex", "photoUrls": []})
     call("addPet", "POST", "/pet", json={"name": "Rex", "photoUrls": []}, headers=customer)
