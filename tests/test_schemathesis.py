@@ -2,9 +2,10 @@
 (valid and invalid) never get a 5xx, and every answer is one the document describes: its status,
 its content type, its headers and its body's schema.
 
-The app runs in process with the header auth fake, on a SQLite database seeded with users, pets
-and orders, so that generated ids and names sometimes hit real rows and the success paths run too.
-Requests are sent as an admin, who may call every operation.
+The server is a real uvicorn with the header auth fake (``tests.fakes``), on a SQLite database
+seeded with users, pets and orders. Requests are sent as an admin, who may call every operation.
+Random ids rarely hit a row, so stateful scenarios also follow the document's links (create a
+pet, then read, change and delete it) to check the success paths.
 """
 
 from __future__ import annotations
