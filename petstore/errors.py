@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 logger = logging.getLogger("petstore.errors")
 
@@ -129,7 +130,20 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = exc.detail if isinstance(exc.detail, str) else "error"
-    return error_response(exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), message, exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(exc.status_code, _HTTP_TYPES.get(exc.status_code, "error"), message, headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path. Each operation is its own route, so the
+    405 Starlette raises names only the first route that matched the path."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

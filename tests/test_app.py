@@ -69,6 +69,11 @@ def test_unknown_paths_and_methods_answer_the_json_error_shape(tmp_path: Path) -
         wrong = client.patch("/api/v3/pet/findByStatus")
         assert wrong.status_code == 405
         assert wrong.json()["type"] == "method_not_allowed"
+        # The path also matches /pet/{petId}, whose operations answer it (with a 400 for the id).
+        assert wrong.headers["allow"] == "DELETE, GET, HEAD, POST"
+        # /pet is two operations (addPet, updatePet): the 405 names both methods.
+        assert client.patch("/api/v3/pet").headers["allow"] == "POST, PUT"
+        assert client.put("/api/v3/pet/1").headers["allow"] == "DELETE, GET, HEAD, POST"
 
 
 class Exploding(PluginBase):
