@@ -6,6 +6,8 @@ account; admins manage every account. Another user's account is 404 (no existenc
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -92,6 +94,18 @@ async def create_users_with_list(request: Request) -> Response:
         return user_json(users[0])
 
 
+_USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+
+
+def path_username(request: Request) -> str:
+    """The ``{username}`` of the path. A name no account can have (NUL, spaces, too long) is not
+    found without asking the database, which would refuse some of them with an error of its own."""
+    username: str = request.path_params["username"]
+    if not _USERNAME.fullmatch(username):
+        raise NotFound(f"user {username[:64]!r} not found")
+    return username
+
+
 def _visible(request: Request, username: str) -> None:
     who = require(request, AUTHENTICATED)
     if who.username != username and not may(request, ALL_USERS):
@@ -99,7 +113,7 @@ def _visible(request: Request, username: str) -> None:
 
 
 async def get_user(request: Request) -> Response:
-    username = request.path_params["username"]
+    username = path_username(request)
     _visible(request, username)
     async with app_state(request).sessions() as session:
         user = await find_user(session, username)
@@ -109,7 +123,7 @@ async def get_user(request: Request) -> Response:
 
 
 async def update_user(request: Request) -> Response:
-    username = request.path_params["username"]
+    username = path_username(request)
     _visible(request, username)
     body = await read_model(request, UserBody, form=True)
     async with app_state(request).sessions() as session:
@@ -130,7 +144,7 @@ async def update_user(request: Request) -> Response:
 
 
 async def delete_user(request: Request) -> Response:
-    username = request.path_params["username"]
+    username = path_username(request)
     _visible(request, username)
     async with app_state(request).sessions() as session:
         user = await find_user(session, username)

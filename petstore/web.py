@@ -7,8 +7,10 @@ endpoints only see valid values.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -53,22 +55,35 @@ def _media_type(request: Request) -> str:
 _LIST_FIELDS = {"photoUrls", "photo_urls"}
 
 
+def _reject_constant(name: str) -> Any:
+    raise BadRequest(f"malformed JSON: {name} is not JSON")
+
+
+def _parse_json(raw: bytes) -> Any:
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+        # A lone surrogate ("\ud800") parses, but no UTF-8 text can hold it: not in the database,
+        # not even in the error message naming it. Refuse it here, where it can still be said.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("malformed JSON: a string holds a lone surrogate (\\ud800-\\udfff)") from None
+    except UnicodeDecodeError:
+        raise BadRequest("malformed JSON: not UTF-8") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
+        raise BadRequest(f"malformed JSON: {str(exc)[:200]}") from None
+    return data
+
+
 async def read_data(request: Request, *, form: bool = False) -> Any:
     """The body as JSON (or, where the Petstore lists it, a URL-encoded form) as plain data."""
     media = _media_type(request)
     limit = app_state(request).settings.max_body_bytes
     if media in ("application/json", "") or media.endswith("+json"):
-        raw = await read_body(request, limit)
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(f"malformed JSON: {exc}") from None
-        except RecursionError:
-            raise BadRequest("malformed JSON: nested too deeply") from None
+        return _parse_json(await read_body(request, limit))
     if form and media == "application/x-www-form-urlencoded":
         raw = await read_body(request, limit)
-        from urllib.parse import parse_qsl
-
         try:
             pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
@@ -95,12 +110,19 @@ async def read_model(request: Request, model: type[M], *, form: bool = False) ->
     return validate(model, await read_data(request, form=form))
 
 
+# ASCII digits only: int() also takes " 7", "1_000", "+7" and the digits of other scripts.
+_INTEGER = re.compile(r"-?[0-9]{1,30}")
+
+
+def _integer(raw: str) -> int | None:
+    return int(raw) if _INTEGER.fullmatch(raw) else None
+
+
 def path_id(request: Request, name: str, what: str) -> int:
     raw = request.path_params[name]
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"invalid {what} id: {raw[:40]!r} is not an integer") from None
+    value = _integer(raw)
+    if value is None:
+        raise BadRequest(f"invalid {what} id: {raw[:40]!r} is not an integer")
     if value < 0 or value > INT64_MAX:
         raise BadRequest(f"invalid {what} id: out of range")
     return value
@@ -119,10 +141,9 @@ def pagination(request: Request, default_limit: int = 100) -> tuple[int, int]:
         raw = request.query_params.get(name)
         if raw is None or raw == "":
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise BadRequest(f"{name} must be an integer") from None
+        value = _integer(raw)
+        if value is None:
+            raise BadRequest(f"{name} must be an integer")
         if value < 0:
             raise BadRequest(f"{name} must not be negative")
         if value > maximum:

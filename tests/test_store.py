@@ -367,3 +367,9 @@ def test_only_staff_may_change_an_order(api: ApiHarness) -> None:
     assert_error(api.client.patch(path, json={"status": "lost"}, headers=api.staff.headers), 422)
     assert_error(api.client.patch(path, json={"petId": 3}, headers=api.staff.headers), 422)
     assert api.snapshot() == before
+
+
+def test_an_order_without_a_ship_date_has_no_ship_date_key_rather_than_null(api: ApiHarness) -> None:
+    order = place(api, api.new_pet("Rex")["id"]).json()
+    assert "shipDate" not in order
+    assert None not in order.values()
