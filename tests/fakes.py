@@ -287,6 +287,40 @@ async def create_schema(database_url: str) -> None:
         await engine.dispose()
 
 
+def prepare_database(database_url: str, customers: int = 1) -> dict[str, Account]:
+    """Tables plus accounts for a server started elsewhere (a real uvicorn): ``the-staff``,
+    ``the-admin`` and ``customer-0`` ... ``customer-{n-1}``, by username."""
+
+    async def prepare() -> dict[str, Account]:
+        await create_schema(database_url)
+        engine = db.create_engine(Settings(database_url=database_url, plugins=(), env="test"))
+        try:
+            sessions = db.create_sessionmaker(engine)
+            accounts = [
+                await add_user(sessions, "the-staff", Role.staff),
+                await add_user(sessions, "the-admin", Role.admin),
+            ]
+            accounts += [await add_user(sessions, f"customer-{i}", Role.customer) for i in range(customers)]
+            return {account.username: account for account in accounts}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(prepare())
+
+
+def uvicorn_env(database_url: str, media_dir: Path) -> dict[str, str]:
+    """The environment of a real server with the header auth fake and nothing else loaded."""
+    return {
+        "PETSTORE_DATABASE_URL": database_url,
+        "PETSTORE_PLUGINS": "tests.fakes",
+        "PETSTORE_MEDIA_DIR": str(media_dir),
+        "PETSTORE_ENV": "test",
+    }
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
 @contextlib.contextmanager
 def running_api(database_url: str, media_dir: Path, **settings: Any) -> Iterator[ApiHarness]:
     """Start the app on ``database_url`` with fresh tables and yield a harness around it."""
