@@ -8,9 +8,10 @@ real-time layer, and shares them as ``request.state.petstore``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from petstore.state import AppState, app_state
 logger = logging.getLogger("petstore")
 
 API = "/api/v3"
+SHUTDOWN_STEP_SECONDS = 10.0
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -84,6 +86,15 @@ def core_routes(settings: Settings) -> list[BaseRoute]:
     ]
 
 
+async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
+    """Run one shutdown step, at most SHUTDOWN_STEP_SECONDS: a stuck step must not stop the
+    others, nor keep the process from exiting (an orchestrator would SIGKILL it)."""
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_SECONDS)
+    except TimeoutError:
+        logger.warning("%s did not finish within %ss; going on", what, SHUTDOWN_STEP_SECONDS)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
     settings.check_production()
@@ -105,10 +116,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield {"petstore": state}
         finally:
             for stop in reversed(state.extras.get("on_shutdown", [])):
-                await stop(state)
+                await _bounded(stop(state), f"shutdown step {getattr(stop, '__qualname__', stop)}")
             for plugin in reversed(started):
-                await plugin.shutdown(state)
-            await engine.dispose()
+                await _bounded(plugin.shutdown(state), f"plugin {plugin.name!r} shutdown")
+            await _bounded(engine.dispose(), "closing the database pool")
 
     outermost, ordinary = plugins.middleware()
     middleware = [

@@ -60,23 +60,48 @@ class Relay:
         self._last_prune = 0.0
         self._locked_out = False  # the last drain gave way to another instance's relay
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name="outbox-relay")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    async def stop(self, wait_seconds: float = 5.0) -> None:
+        """Let the relay finish the pass it is in, then stop; cancel it only if that takes too long.
+
+        Cancelling in the middle of a database call can leave the driver's work running after
+        the event loop is gone (aiosqlite's thread), so a graceful stop comes first.
+        """
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stopping.set()
+        self._state.outbox_wakeup.set()
+        # asyncio.wait, not ``await task``: the caller's own cancellation must not be swallowed
+        # as if it were the relay's, and a stuck relay must not hold the whole shutdown.
+        done, _ = await asyncio.wait({task}, timeout=wait_seconds)
+        if not done:
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if not done:
+                logger.warning("outbox relay did not stop within %.1fs; leaving it behind", wait_seconds)
+
+    async def _pause(self, seconds: float, wakeup: asyncio.Event | None = None) -> None:
+        """Wait ``seconds``, or less when woken (a commit) or asked to stop."""
+        waiters = [asyncio.ensure_future(self._stopping.wait())]
+        if wakeup is not None:
+            waiters.append(asyncio.ensure_future(wakeup.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def run(self) -> None:
         wakeup = self._state.outbox_wakeup
         failures = 0
         with contextlib.suppress(SQLAlchemyError, OSError):
             await self._report_inventory()  # the gauge has a value before the first change
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.drain()
                 failures = 0
@@ -97,10 +122,9 @@ class Relay:
                     await self._report_pending()  # the backlog grows while the broker is away
                 # Back off, with jitter so instances do not retry in lock-step.
                 delay = min(MAX_BACKOFF, 0.05 * 2**failures) * random.uniform(0.5, 1.0)  # noqa: S311
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), POLL_SECONDS)
+            await self._pause(POLL_SECONDS, wakeup)
             wakeup.clear()
 
     async def drain(self) -> int:

@@ -302,3 +302,32 @@ def test_outermost_plugins_see_responses_other_plugins_answer_themselves(tmp_pat
     finally:
         for name in modules:
             del sys.modules[name]
+
+
+def test_a_stuck_shutdown_step_does_not_stop_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import petstore.app
+
+    monkeypatch.setattr(petstore.app, "SHUTDOWN_STEP_SECONDS", 0.1)
+    first = RecordingPlugin(settings(tmp_path, ()))
+
+    class Stuck(PluginBase):
+        name = "stuck"
+
+        async def shutdown(self, state: AppState) -> None:
+            await asyncio.Event().wait()  # never set: a shutdown that would hang forever
+
+    modules = {"first_for_test": lambda s: first, "stuck_for_test": lambda s: Stuck()}
+    for name, factory in modules.items():
+        module = types.ModuleType(name)
+        module.plugin = factory  # type: ignore[attr-defined]
+        sys.modules[name] = module
+    try:
+        with TestClient(create_app(settings(tmp_path, ("first_for_test", "stuck_for_test")))) as client:
+            assert client.get("/healthz").status_code == 200
+        # "stuck" shuts down first (reverse order), gives up after its bound, then "first" runs.
+        assert first.events == ["startup", "shutdown"]
+    finally:
+        for name in modules:
+            del sys.modules[name]
