@@ -44,14 +44,21 @@ async def create_all(engine: AsyncEngine) -> None:
         await conn.run_sync(SQLModel.metadata.create_all)
 
 
+#: Client-chosen ids at or above this do not move the id sequences. Without the cap, one row with
+#: id 2**63 - 1 would move PostgreSQL's sequence to its end and every later insert would fail;
+#: with it, the sequence keeps 2**62 ids of room and never reaches such rows in practice.
+SEQUENCE_CEILING = 2**62
+
+
 async def sync_id_sequence(session: AsyncSession, table: str) -> None:
     """After a row was inserted with a client-chosen id, move PostgreSQL's sequence past it."""
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         await session.execute(
             text(
                 f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608 (table is ours)
-                f'GREATEST((SELECT COALESCE(MAX(id), 0) FROM "{table}"), 1))'
-            )
+                f'GREATEST((SELECT COALESCE(MAX(id), 0) FROM "{table}" WHERE id < :ceiling), 1))'
+            ),
+            {"ceiling": SEQUENCE_CEILING},
         )
 
 

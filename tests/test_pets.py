@@ -54,6 +54,16 @@ def test_add_pet_reuses_categories_and_tags_by_name(api: ApiHarness) -> None:
     assert len(api.rows(Tag)) == 1
 
 
+def test_the_largest_client_chosen_ids_leave_room_for_the_next_rows(api: ApiHarness) -> None:
+    """A tag id of 2**63 - 1 once moved PostgreSQL's sequence to its end: the next tag was a 500."""
+    top = 2**63 - 1
+    largest = api.new_pet("Largest", id=top, tags=[{"id": top, "name": "top"}], category={"id": top, "name": "c"})
+    assert largest["id"] == top and largest["tags"][0]["id"] == top
+    after = api.new_pet("After", tags=[{"name": "next"}], category={"name": "d"})
+    assert after["id"] < top and after["tags"][0]["id"] < top and after["category"]["id"] < top
+    assert api.client.get(f"{API}/pet/{top}").json()["name"] == "Largest"
+
+
 def test_add_pet_with_a_client_chosen_id_keeps_it_and_later_ids_do_not_collide(api: ApiHarness) -> None:
     chosen = api.new_pet("Chosen", id=500, tags=[{"id": 40, "name": "t40"}], category={"id": 30, "name": "c30"})
     assert chosen["id"] == 500
