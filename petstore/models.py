@@ -231,7 +231,8 @@ class PetPublic(ApiModel):
             name=pet.name,
             category=category,
             photo_urls=list(pet.photo_urls),
-            tags=[TagBody(id=tag.id, name=tag.name) for tag in pet.tags],
+            # By id, as the database returns them: a fresh pet and a reloaded one look the same.
+            tags=[TagBody(id=tag.id, name=tag.name) for tag in sorted(pet.tags, key=lambda tag: tag.id or 0)],
             status=PetStatus(pet.status),
         )
 

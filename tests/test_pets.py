@@ -618,3 +618,12 @@ def test_a_pet_without_category_has_no_category_key_rather_than_null(api: ApiHar
     pet = api.new_pet("Plain", tags=[{"id": 5}])
     assert pet == {"id": pet["id"], "name": "Plain", "photoUrls": [], "tags": [{"id": 5}], "status": "available"}
     assert api.rows(OutboxEvent)[0].data == pet
+
+
+def test_the_created_event_shows_the_pet_exactly_as_rest_does(api: ApiHarness) -> None:
+    """Tags named in another order than their ids once made pet.created differ from GET /pet/{id}."""
+    api.new_pet("First", tags=[{"name": "zebra"}, {"name": "apple"}])
+    pet = api.new_pet("Second", tags=[{"name": "apple"}, {"name": "zebra"}], category={"name": "Dogs"})
+    created = [r for r in api.rows(OutboxEvent) if r.event == "pet.created" and r.data["id"] == pet["id"]]
+    assert len(created) == 1
+    assert created[0].data == api.client.get(f"{API}/pet/{pet['id']}").json() == pet
