@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 from sqlmodel import col
@@ -178,18 +178,7 @@ async def find_by_status(request: Request) -> Response:
     invalid = [s for s in statuses if s not in PetStatus.__members__]
     if invalid:
         raise BadRequest(f"invalid status value: {invalid[0][:40]!r} (use available, pending or sold)")
-    limit, offset = pagination(request)
-    query = (
-        select(Pet)
-        .options(*_WITH_RELATIONS)
-        .where(col(Pet.status).in_(statuses))
-        .order_by(col(Pet.id))
-        .limit(limit)
-        .offset(offset)
-    )
-    async with app_state(request).sessions() as session:
-        pets = (await session.execute(query)).scalars().all()
-        return JSONResponse([PetPublic.from_row(p).model_dump(mode="json", by_alias=True) for p in pets])
+    return await _list_pets(request, col(Pet.status).in_(statuses))
 
 
 async def find_by_tags(request: Request) -> Response:
@@ -200,18 +189,16 @@ async def find_by_tags(request: Request) -> Response:
         raise BadRequest("invalid tag value: longer than 255 characters")
     if any("\x00" in name for name in names):  # no tag can have one, and PostgreSQL refuses it in a query
         raise BadRequest("invalid tag value: contains a NUL character")
-    limit, offset = pagination(request)
     tagged = (
         select(col(PetTagLink.pet_id)).join(Tag, col(Tag.id) == col(PetTagLink.tag_id)).where(col(Tag.name).in_(names))
     )
-    query = (
-        select(Pet)
-        .options(*_WITH_RELATIONS)
-        .where(col(Pet.id).in_(tagged))
-        .order_by(col(Pet.id))
-        .limit(limit)
-        .offset(offset)
-    )
+    return await _list_pets(request, col(Pet.id).in_(tagged))
+
+
+async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Response:
+    """One page of the pets matching ``condition``, by id, with their category and tags (3 queries)."""
+    limit, offset = pagination(request)
+    query = select(Pet).options(*_WITH_RELATIONS).where(condition).order_by(col(Pet.id)).limit(limit).offset(offset)
     async with app_state(request).sessions() as session:
         pets = (await session.execute(query)).scalars().all()
         return JSONResponse([PetPublic.from_row(p).model_dump(mode="json", by_alias=True) for p in pets])
