@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.services import UvicornServer
+from tests.services import PostgresServer, UvicornServer
 
 CANONICAL = Path(__file__).resolve().parents[2] / "shared/petstore/openapi-v3.yaml"
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
@@ -100,12 +100,18 @@ class Client:
         return stack.enter_context(client)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UvicornServer]:
-    """The real server with its default plugins, a migrated SQLite database and an admin."""
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UvicornServer]:
+    """The real server with its default plugins, a migrated database (SQLite, then PostgreSQL) and an admin."""
     tmp = tmp_path_factory.mktemp("generated-client-server")
+    database_url = f"sqlite+aiosqlite:///{tmp / 'petstore.db'}"
+    if request.param == "postgres":
+        postgres: PostgresServer = request.getfixturevalue("postgres_server")
+        if not postgres.running:
+            postgres.start()
+        database_url = postgres.async_url(postgres.create_database())
     env = {
-        "PETSTORE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'petstore.db'}",
+        "PETSTORE_DATABASE_URL": database_url,
         "PETSTORE_PLUGINS": "plugins.auth,plugins.ratelimit,plugins.metrics",
         "PETSTORE_JWT_SECRET": "generated-client-test-secret-0123456789",
         "PETSTORE_RATE_LIMIT": "10000/minute",
