@@ -108,8 +108,9 @@ class Target:
 
 
 class Petstore(Target):
-    def __init__(self, workdir: Path, redis_url: str | None) -> None:
-        self.name = "petstore (" + ("redis" if redis_url else "in-process") + ")"
+    def __init__(self, workdir: Path, redis_url: str | None, ws: str = "auto") -> None:
+        broker = "redis" if redis_url else "in-process"
+        self.name = f"petstore ({broker})" if ws == "auto" else f"petstore ({broker}, ws={ws})"
         database = f"sqlite+aiosqlite:///{workdir}/{'redis' if redis_url else 'memory'}.db"
         env = {
             "PETSTORE_DATABASE_URL": database,
@@ -122,7 +123,7 @@ class Petstore(Target):
         if redis_url:
             env["PETSTORE_REDIS_URL"] = redis_url
         asyncio.run(self._tables(database))
-        command = [*DEFAULT_APP_COMMAND, "--no-access-log", "--log-level", "warning"]
+        command = [*DEFAULT_APP_COMMAND, "--no-access-log", "--log-level", "warning", "--ws", ws]
         self.server = UvicornServer(env=env, command=command, cwd=Path(__file__).resolve().parent.parent).start()
         self.ws_url = self.server.ws_url + "/ws"
         assert self.server.pid is not None
@@ -390,20 +391,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="events per second")
     parser.add_argument("--idle", type=int, default=5000, help="idle connections for the RSS measure")
     parser.add_argument("--brokers", default="memory,redis", help="petstore brokers to run: memory, redis or both")
+    parser.add_argument(
+        "--ws", default="auto", help="uvicorn WebSocket implementations to compare for petstore: auto,websockets-sansio"
+    )
     args = parser.parse_args()
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="petstore-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
-        targets: list[tuple[str, str | None]] = [("baseline", None)]
+        targets: list[tuple[str, str | None, str]] = [("baseline", None, "")]
         for broker in args.brokers.split(","):
-            if broker == "redis":
-                redis = stack.enter_context(RedisServer())
-                targets.append(("petstore", redis.url))
-            else:
-                targets.append(("petstore", None))
-        for kind, redis_url in targets:
-            target: Target = Baseline(workdir) if kind == "baseline" else Petstore(workdir, redis_url)
+            redis_url = stack.enter_context(RedisServer()).url if broker == "redis" else None
+            targets.extend(("petstore", redis_url, ws) for ws in args.ws.split(","))
+        for kind, redis_url, ws in targets:
+            target: Target = Baseline(workdir) if kind == "baseline" else Petstore(workdir, redis_url, ws)
             try:
                 print(f"running {target.name} ...", file=sys.stderr)
                 results.append(asyncio.run(measure(target, args.subscribers, args.events, args.rate, args.idle)))
