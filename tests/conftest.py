@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from playwright.sync_api import Browser, Error, sync_playwright
 
 from tests.fakes import ApiHarness, running_api
 from tests.services import PG_BINDIR, PostgresServer, RedisServer
@@ -91,3 +92,21 @@ def api(db_url: str, tmp_path: Path) -> Iterator[ApiHarness]:
     """The started app (tables created, header auth fake loaded) and views of its database."""
     with running_api(db_url, tmp_path / "media") as harness:
         yield harness
+
+
+# ---------------------------------------------------------------------------------- Chromium
+
+#: Debian's Chromium, headless; the flags keep it off a network this machine does not have.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture
+def chromium() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        except Error as exc:
+            pytest.fail(f"cannot start {CHROMIUM} (Debian package chromium; scripts/test installs it): {exc}")
+        yield browser
+        browser.close()

@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Error, Page, WebSocket, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, WebSocket, expect
 
 from tests.services import HOST, UvicornServer, free_port
 
@@ -33,8 +33,6 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 PETSTORE = Path(sys.executable).with_name("petstore")  # the console script of the venv running the tests
 STAFF = ("dashstaff", "staff-password-1")
 DEADLINE_MS = 15_000  # Playwright's expect() polls until this deadline
@@ -143,17 +141,6 @@ class ConsoleWatch:
             self.excused.append(message.text)
         else:
             self.errors.append(f"console.error: {message.text} at {message.location}")
-
-
-@pytest.fixture
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        except Error as exc:
-            pytest.fail(f"cannot start {CHROMIUM} (Debian package chromium; scripts/test installs it): {exc}")
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

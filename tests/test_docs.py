@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Error, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 from starlette.testclient import TestClient
 
 from petstore.app import create_app
@@ -19,8 +19,6 @@ from petstore.config import Settings
 from petstore.docs import ASSETS
 from tests.services import UvicornServer
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 PETSTORE = Path(sys.executable).with_name("petstore")
 EXTERNAL = re.compile(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", re.IGNORECASE)
 
@@ -95,17 +93,6 @@ def test_only_the_assets_the_page_needs_are_served(client: TestClient) -> None:
 
 
 # ---------------------------------------------------------------------------------- in Chromium
-
-
-@pytest.fixture
-def chromium() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        except Error as exc:
-            pytest.fail(f"cannot start {CHROMIUM} (Debian package chromium; scripts/test installs it): {exc}")
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
