@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 from collections import Counter
@@ -164,9 +165,9 @@ def settings_for(database_url: str, **fields: Any) -> Settings:
 
 
 async def until(predicate: Any, what: str, within: float = DEADLINE) -> None:
-    """Poll a condition with a deadline (never a fixed sleep to synchronise)."""
+    """Poll a condition (a function, or a coroutine function) with a deadline; never a fixed sleep."""
     deadline = time.monotonic() + within
-    while not predicate():
+    while not (await answer if inspect.isawaitable(answer := predicate()) else answer):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
