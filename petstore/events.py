@@ -8,6 +8,8 @@ Payloads (``data``), by event:
 - ``order.placed`` / ``order.updated`` / ``order.deleted``: the Order as REST shows it.
   Rooms: ``orders`` and ``user:{owner}``.
 - ``inventory.changed``: ``{"available": n, "pending": n, "sold": n}``. Room: ``inventory``.
+  Its outbox row carries no counts: the relay counts when it publishes, after commit, because
+  counts taken inside two concurrent transactions can each miss the other's pet.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from petstore import rooms
-from petstore.models import OrderPublic, OutboxEvent, Pet, PetPublic, PetStatus
+from petstore.models import OrderPublic, OutboxEvent, Pet, PetPublic, PetStatus, utcnow
 
 
 def record(session: AsyncSession, event: str, room_names: list[str], data: dict[str, Any]) -> None:
-    session.add(OutboxEvent(event=event, rooms=room_names, data=data))
+    session.add(OutboxEvent(event=event, rooms=room_names, data=data, created_at=utcnow()))
 
 
 def pet_event(session: AsyncSession, event: str, pet: PetPublic) -> None:
@@ -47,6 +49,6 @@ async def inventory_counts(session: AsyncSession) -> dict[str, int]:
     return counts
 
 
-async def inventory_changed(session: AsyncSession) -> None:
-    await session.flush()
-    record(session, "inventory.changed", [rooms.INVENTORY], await inventory_counts(session))
+def inventory_changed(session: AsyncSession) -> None:
+    """Record that the counts changed; the relay fills them in when it publishes (see above)."""
+    record(session, "inventory.changed", [rooms.INVENTORY], {})

@@ -137,7 +137,9 @@ class Pet(SQLModel, table=True):
     category_id: int | None = Field(
         default=None, sa_column=Column(BigId, ForeignKey("category.id", ondelete="SET NULL"), index=True)
     )
-    photo_urls: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    # A default, not default_factory=list: pydantic inspects a factory's signature on every
+    # construction (slow for builtins); a mutable default is copied per instance all the same.
+    photo_urls: list[str] = Field(default=[], sa_column=Column(JSON, nullable=False))
 
     category: Category | None = Relationship(sa_relationship_kwargs={"lazy": "raise"})
     tags: list[Tag] = Relationship(

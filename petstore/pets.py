@@ -118,11 +118,11 @@ async def apply_body(session: AsyncSession, pet: Pet, body: PetBody) -> None:
     pet.tags = await _tags(session, body.tags)
 
 
-async def commit_and_reload(state: AppState, session: AsyncSession, pet_id: int) -> Pet:
+async def commit(state: AppState, session: AsyncSession) -> None:
+    """Commit and wake the relay. The pet stays loaded (no expiry on commit): the answer is what
+    this transaction wrote, as its events say, without reading it back."""
     await session.commit()
     state.outbox_wakeup.set()
-    session.expunge_all()
-    return await load_pet(session, pet_id)
 
 
 async def create_pet(session: AsyncSession, body: PetBody, *, inventory: bool = True) -> Pet:
@@ -140,7 +140,7 @@ async def create_pet(session: AsyncSession, body: PetBody, *, inventory: bool = 
         await sync_id_sequence(session, "pet")
     events.pet_event(session, "pet.created", PetPublic.from_row(pet))
     if inventory:
-        await events.inventory_changed(session)
+        events.inventory_changed(session)
     return pet
 
 
@@ -150,8 +150,7 @@ async def add_pet(request: Request) -> Response:
     state = app_state(request)
     async with state.sessions() as session:
         pet = await create_pet(session, body)
-        assert pet.id is not None
-        pet = await commit_and_reload(state, session, pet.id)
+        await commit(state, session)
     return pet_json(pet)
 
 
@@ -168,8 +167,8 @@ async def update_pet(request: Request) -> Response:
         await session.flush()
         events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
         if pet.status != old_status:
-            await events.inventory_changed(session)
-        pet = await commit_and_reload(state, session, body.id)
+            events.inventory_changed(session)
+        await commit(state, session)
     return pet_json(pet)
 
 
@@ -233,8 +232,8 @@ async def update_pet_with_form(request: Request) -> Response:
         await session.flush()
         events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
         if pet.status != old_status:
-            await events.inventory_changed(session)
-        pet = await commit_and_reload(state, session, pet_id)
+            events.inventory_changed(session)
+        await commit(state, session)
     return pet_json(pet)
 
 
@@ -248,7 +247,7 @@ async def delete_pet(request: Request) -> Response:
             raise NotFound(f"pet {pet_id} not found")
         await session.delete(pet)
         events.pet_deleted(session, pet_id)
-        await events.inventory_changed(session)
+        events.inventory_changed(session)
         await session.commit()
     state.outbox_wakeup.set()
     return JSONResponse(ApiResponse(code=200, type="ok", message=f"pet {pet_id} deleted").model_dump())

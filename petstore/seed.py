@@ -80,7 +80,7 @@ async def seed_pets(
         async with sessions() as session:
             for offset in range(size):
                 await create_pet(session, demo_pet(rng, done + offset + 1), inventory=False)
-            await events.inventory_changed(session)
+            events.inventory_changed(session)
             await session.commit()
         done += size
         if progress is not None:

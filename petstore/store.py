@@ -61,7 +61,7 @@ async def _set_pet_status(
 async def _pet_changed(session: AsyncSession, pet_id: int) -> None:
     pet = await load_pet(session, pet_id, fresh=True)
     events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
-    await events.inventory_changed(session)
+    events.inventory_changed(session)
 
 
 async def _owner_name(session: AsyncSession, order: Order) -> str | None:

@@ -124,7 +124,7 @@ def test_add_pet_writes_pet_created_and_inventory_changed_to_the_outbox(api: Api
     ]
     created, inventory = sorted(api.rows(OutboxEvent), key=lambda r: r.id)
     assert created.data == pet
-    assert inventory.data == {"available": 1, "pending": 0, "sold": 0}
+    assert inventory.data == {}  # the relay counts when it publishes (tests/test_relay.py)
 
 
 # ----------------------------------------------------------------------------------- roles
@@ -245,7 +245,11 @@ def test_update_pet_records_inventory_only_when_the_status_changes(api: ApiHarne
         "pet.updated",
         "inventory.changed",
     ]
-    assert api.rows(OutboxEvent)[-1].data == {"available": 0, "pending": 0, "sold": 1}
+    assert api.client.get(f"{API}/store/inventory", headers=api.staff.headers).json() == {
+        "available": 0,
+        "pending": 0,
+        "sold": 1,
+    }  # fmt: skip  (what the relay counts when it publishes the last event)
 
 
 # ------------------------------------------------------------------------------ findByStatus

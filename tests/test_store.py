@@ -77,7 +77,7 @@ def test_placing_an_order_writes_its_events_to_the_outbox(api: ApiHarness) -> No
     ]
     assert written[0].data == order
     assert written[1].data["status"] == "pending"
-    assert written[2].data == {"available": 0, "pending": 1, "sold": 0}
+    assert written[2].data == {}  # counted by the relay when it publishes
 
 
 def test_ship_date_keeps_its_instant_whatever_the_offset(api: ApiHarness) -> None:
