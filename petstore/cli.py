@@ -42,6 +42,8 @@ from petstore.errors import ApiError, ConfigurationError, PluginError
 T = TypeVar("T")
 
 APP = "petstore.app:create_app"
+#: uvicorn's sans-I/O WebSocket protocol plus the hub's direct-write extension (petstore.uvicorn_ws)
+WS_PROTOCOL = "petstore.uvicorn_ws:WebSocketProtocol"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROLES = ("admin", "staff", "customer")
 PROGRESS_THRESHOLD = 200  # below this many pets, seeding is too quick for a progress bar to help
@@ -201,7 +203,7 @@ def serve(args: argparse.Namespace) -> int:
         # this process add up stale files of some earlier run.
         os.environ.pop(MULTIPROC_ENV, None)
         _check_app_settings(1)
-        uvicorn.run(APP, factory=True, host=args.host, port=args.port)
+        uvicorn.run(APP, factory=True, host=args.host, port=args.port, ws=WS_PROTOCOL)
         return 0
     with metrics_directory() as path:
         # The supervisor records no metrics: keep its prometheus_client out of multiprocess mode
@@ -209,7 +211,7 @@ def serve(args: argparse.Namespace) -> int:
         os.environ.pop(MULTIPROC_ENV, None)
         _check_app_settings(args.workers)
         os.environ[MULTIPROC_ENV] = str(path)  # inherited by the workers uvicorn spawns
-        config = uvicorn.Config(APP, factory=True, host=args.host, port=args.port, workers=args.workers)
+        config = uvicorn.Config(APP, factory=True, host=args.host, port=args.port, workers=args.workers, ws=WS_PROTOCOL)
         sock = config.bind_socket()
         try:
             _supervisor_class()(config, sockets=[sock], metrics_dir=path).run()

@@ -6,6 +6,10 @@ queue with :meth:`Connection.put_nowait`. Nothing here awaits a client: one send
 connection (in the transport) drains its queue, and a connection whose queue is full is closed
 with 1013 instead of slowing the others down.
 
+The fast path: a transport that can write synchronously (``Connection.write_now``, see
+:mod:`petstore.uvicorn_ws`) gets an event written at once when nothing is queued or being sent
+for that connection, so order holds; everything else, and whatever it refuses, takes the queue.
+
 A new subscription starts *buffering*: live events are held aside while the transport reads
 history and the snapshot, then :meth:`Hub.go_live` releases the ones the history did not
 already cover, so a client sees no gap and no duplicate.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -48,6 +53,10 @@ class Connection:
         self.close_after_sending: int | None = None
         #: Called once when the connection must close, so the transport can interrupt its tasks.
         self.on_close: Callable[[], None] | None = None
+        #: Set by a transport that can write an event synchronously: True when it did.
+        self.write_now: Callable[[Message], bool] | None = None
+        #: The sender task holds a batch it has not finished sending (events must wait behind it).
+        self.sending = False
         self._items: deque[Outgoing] = deque()
         self._ready = asyncio.Event()
         self._closing = asyncio.Event()
@@ -57,14 +66,22 @@ class Connection:
     def closing(self) -> bool:
         return self.close_code is not None
 
-    def put_nowait(self, item: Outgoing) -> None:
+    def put_nowait(self, item: Outgoing) -> bool:
+        """Queue ``item`` for the sender task, or write an event at once when nothing is ahead of
+        it (see the module docstring). True when it was written here: the caller counts it as sent.
+        """
         if self.close_code is not None or self.close_after_sending is not None:
-            return
-        if len(self._items) >= self.limit:
+            return False
+        items = self._items
+        write_now = self.write_now
+        if write_now is not None and not items and not self.sending and not isinstance(item, str) and write_now(item):
+            return True
+        if len(items) >= self.limit:
             self.overflow()
-            return
-        self._items.append(item)
+            return False
+        items.append(item)
         self._ready.set()
+        return False
 
     def overflow(self) -> None:
         """The client does not keep up: close it with 1013 rather than wait for it."""
@@ -132,14 +149,16 @@ class Subscription:
         self.kind = room_names.room_kind(room) or "unknown"
         self.pending: list[Message] | None = []
 
-    def offer(self, message: Message) -> None:
+    def offer(self, message: Message) -> bool:
+        """Hand a live event to the connection (or hold it while buffering); True when written."""
         pending = self.pending
         if pending is None:
-            self.connection.put_nowait(message)
-        elif len(pending) >= self.connection.limit:
+            return self.connection.put_nowait(message)
+        if len(pending) >= self.connection.limit:
             self.connection.overflow()
         else:
             pending.append(message)
+        return False
 
 
 class Hub:
@@ -162,8 +181,19 @@ class Hub:
         members = self._rooms.get(message.room)
         if not members:
             return
+        written = 0
         for subscription in tuple(members.values()):
-            subscription.offer(message)
+            if subscription.offer(message):
+                written += 1
+        if written:
+            self.sent(message, written)
+
+    def sent(self, message: Message, count: int) -> None:
+        """``message`` was written to ``count`` connections directly: what a sender task observes."""
+        if not message.lag_observed:
+            message.lag_observed = True
+            self._observe("event.delivery_lag", max(0.0, time.time() - message.committed_at))
+        self._observe("ws.message_sent", float(count), room_kind=message.kind)
 
     def join(self, conn: Connection, room: str) -> Subscription:
         """Subscribe ``conn`` to ``room`` in buffering mode (see :meth:`go_live`)."""
@@ -178,7 +208,8 @@ class Hub:
         for message in pending:
             if message.epoch == epoch and message.offset <= offset:
                 continue  # covered by the history or the snapshot the client already has
-            subscription.connection.put_nowait(message)
+            if subscription.connection.put_nowait(message):
+                self.sent(message, 1)
 
     def leave(self, conn: Connection, room: str) -> bool:
         if conn.subscriptions.pop(room, None) is None:

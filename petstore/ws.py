@@ -33,7 +33,7 @@ from typing import Any
 from starlette.routing import BaseRoute, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from petstore import access, rooms
+from petstore import access, rooms, uvicorn_ws
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.hub import RESTARTING, Connection
 from petstore.realtime import Realtime, realtime
@@ -85,6 +85,9 @@ class Session:
         self.plugins = layer.state.plugins
         self.conn: Connection = layer.hub.connection(uuid.uuid4().hex[:16], self.settings.ws_queue_size)
         self.conn.principal = access.principal(websocket)
+        write = websocket.scope.get("extensions", {}).get(uvicorn_ws.EXTENSION, {}).get("write")
+        if write is not None:  # served by petstore.uvicorn_ws: events skip the queue when they can
+            self.conn.write_now = lambda message: bool(write(message.payload, message.ws_frame))
         self.active = False  # an auth or a subscription arrived: the auth deadline is met
         self.reader: asyncio.Task[Any] | None = None
         self.reading = False  # the reader is interrupted only inside read_loop, never while closing
@@ -195,10 +198,13 @@ class Session:
                 if not item.lag_observed:
                     item.lag_observed = True
                     observe("event.delivery_lag", max(0.0, time.time() - item.committed_at))
+            conn.sending = True
             try:
                 await self.websocket.send_text(encode_batch(frames))
             except (WebSocketDisconnect, OSError, RuntimeError):
                 return  # the client is gone; the reader sees the disconnect
+            finally:
+                conn.sending = False
             for kind, count in sent.items():
                 observe("ws.message_sent", float(count), room_kind=kind)
 
@@ -337,7 +343,8 @@ class Session:
         })  # fmt: skip
         replay: list[Message] = result.replay
         for message in replay:
-            conn.put_nowait(message)
+            if conn.put_nowait(message):
+                self.layer.hub.sent(message, 1)
         self.layer.go_live(conn, result)
 
     async def on_unsubscribe(self, body: dict[str, Any], ident: Any) -> None:

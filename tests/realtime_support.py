@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from petstore import db
+from petstore import db, uvicorn_ws
 from petstore.access import AuthFailed, Principal
 from petstore.app import create_app
 from petstore.config import Settings
@@ -137,8 +137,12 @@ class AppServer:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[AppServer]:
-    """The real app, uvicorn on a free loopback port, in this event loop; tables created first."""
+async def serve(settings: Settings, ws: str = uvicorn_ws.PROTOCOL) -> AsyncIterator[AppServer]:
+    """The real app, uvicorn on a free loopback port, in this event loop; tables created first.
+
+    ``ws`` is uvicorn's WebSocket protocol: by default the one ``petstore serve`` runs (events
+    written directly), or a plain one such as ``websockets-sansio`` (every send through ASGI).
+    """
     engine = db.create_engine(settings)
     await db.create_all(engine)
     await engine.dispose()
@@ -146,7 +150,7 @@ async def serve(settings: Settings) -> AsyncIterator[AppServer]:
     app = create_app(settings)
     plugin = PROBES[-1]
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws=ws)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await until(lambda: server.started or task.done(), "uvicorn to start")

@@ -13,9 +13,11 @@ from petstore.hub import Hub
 class Observed:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
 
     def __call__(self, name: str, value: float = 1.0, **labels: Any) -> None:
         self.counts[name] += value
+        self.calls[name] += 1
 
 
 def message(room: str, offset: int, epoch: str = "e1") -> Message:
@@ -109,3 +111,68 @@ async def test_close_all_gives_up_after_its_bound() -> None:
     stuck = hub.connection("stuck", 10)
     await asyncio.wait_for(hub.close_all(1012, 0.1), 5.0)
     assert stuck.close_code == 1012 and stuck in hub.connections
+
+
+# ------------------------------------------------------------- the direct path (write_now)
+
+
+class Writer:
+    """A transport's synchronous writer: records what it wrote, or refuses while ``refusing``."""
+
+    def __init__(self) -> None:
+        self.written: list[Message] = []
+        self.refusing = False
+
+    def __call__(self, item: Message) -> bool:
+        if self.refusing:
+            return False
+        self.written.append(item)
+        return True
+
+
+def direct(hub: Hub, name: str, room: str = "pets") -> tuple[Any, Writer]:
+    conn = hub.connection(name, 10)
+    conn.write_now = writer = Writer()
+    hub.go_live(hub.join(conn, room), "e1", 0)
+    return conn, writer
+
+
+async def test_an_idle_connection_gets_events_written_at_once_and_counted_as_sent() -> None:
+    observed = Observed()
+    hub = Hub(observed)
+    (a, wa), (b, wb) = direct(hub, "a"), direct(hub, "b")
+    event = message("pets", 1)
+    hub.deliver(event)
+    assert wa.written == [event] and wb.written == [event]
+    assert not a._items and not b._items  # nothing queued, no sender task to wake
+    assert observed.counts["ws.message_sent"] == 2
+    assert observed.calls["event.delivery_lag"] == 1  # once per event, not per connection
+
+
+async def test_events_queue_behind_what_is_queued_or_being_sent_so_order_holds() -> None:
+    hub = Hub(Observed())
+    conn, writer = direct(hub, "a")
+    conn.put_nowait("subscribed")  # a control message waits for the sender task
+    hub.deliver(message("pets", 1))
+    assert writer.written == []
+    batch = await conn.next_batch(10)
+    assert batch[0] == "subscribed" and [m.offset for m in batch[1:]] == [1]  # type: ignore[union-attr]
+    conn.sending = True  # the sender holds a batch it has not finished writing
+    hub.deliver(message("pets", 2))
+    conn.sending = False
+    hub.deliver(message("pets", 3))  # the queue still holds 2: 3 goes behind it
+    assert writer.written == []
+    assert [m.offset for m in await conn.next_batch(10)] == [2, 3]  # type: ignore[union-attr]
+    hub.deliver(message("pets", 4))
+    assert [m.offset for m in writer.written] == [4]
+
+
+async def test_what_the_writer_refuses_is_queued_and_still_bounded() -> None:
+    observed = Observed()
+    hub = Hub(observed)
+    conn, writer = direct(hub, "a")
+    writer.refusing = True  # say, the client's socket buffer is full
+    for offset in range(1, 12):
+        hub.deliver(message("pets", offset))
+    assert writer.written == [] and observed.counts["ws.message_sent"] == 0
+    assert conn.close_code == 1013  # the eleventh did not fit a queue of 10

@@ -26,7 +26,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
+
+from websockets.frames import Frame, Opcode
 
 from petstore.errors import PetstoreError
 from petstore.rooms import room_kind
@@ -62,6 +65,17 @@ class Message:
     kind: str = ""
     #: Set by the first transport that sends it, so the lag is observed once per event and instance.
     lag_observed: bool = field(default=False, compare=False)
+
+    @cached_property
+    def payload(self) -> bytes:
+        """The frame in UTF-8, encoded once for every connection that sends it."""
+        return self.frame.encode()
+
+    @cached_property
+    def ws_frame(self) -> bytes:
+        """The frame as one unmasked, uncompressed WebSocket text frame, built once and written
+        as it is to every connection without an extension (see :mod:`petstore.uvicorn_ws`)."""
+        return Frame(Opcode.TEXT, self.payload).serialize(mask=False)
 
     @classmethod
     def parse(cls, frame: str | bytes) -> Message:

@@ -11,8 +11,10 @@ from typing import Self
 
 from .base import HOST, START_TIMEOUT, Service, http_get
 
+# The protocol `petstore serve` runs: uvicorn's sans-I/O one plus the hub's direct writes.
 DEFAULT_APP_COMMAND = (
     sys.executable, "-m", "uvicorn", "petstore.app:create_app", "--factory", "--host", "{host}", "--port", "{port}",
+    "--ws", "petstore.uvicorn_ws:WebSocketProtocol",
 )  # fmt: skip
 
 

@@ -1,0 +1,63 @@
+"""The WebSocket protocol ``petstore serve`` runs uvicorn with: uvicorn's sans-I/O protocol plus
+one ASGI extension, ``petstore.websocket.write``, for the hub's fan-out.
+
+Through plain ASGI, every event to every subscriber costs a task switch and an ``await send()``
+through each middleware's wrapper, then a frame built for that one connection. The extension
+lets the hub write a shared event frame synchronously instead, right where it is delivered::
+
+    write = scope["extensions"]["petstore.websocket.write"]["write"]
+    write(payload, frame)  # True: handed to the socket; False: use ``send`` as usual
+
+``payload`` is the UTF-8 text of the message and ``frame`` the same text already framed as an
+unmasked, uncompressed text frame (RFC 6455 §5.2), built once per event. A connection that
+negotiated ``permessage-deflate`` frames (and compresses) ``payload`` itself; the others all get
+the same bytes. ``write`` refuses, and the caller queues for its sender task, whenever the plain
+path must decide: before the handshake, once closing, and while the transport's buffer is over
+its high-water mark (flow control, so a slow client's queue fills and it is closed with 1013).
+
+The app keeps working under any ASGI server; without the extension every send takes the usual
+path. ``uvicorn --ws petstore.uvicorn_ws:WebSocketProtocol`` gives plain uvicorn the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.protocol import State
+
+EXTENSION = "petstore.websocket.write"
+#: The import string for uvicorn's ``ws`` setting (``--ws`` on its command line).
+PROTOCOL = "petstore.uvicorn_ws:WebSocketProtocol"
+#: What :meth:`WebSocketProtocol.write` reads of uvicorn's protocol; a uvicorn without one of
+#: them gets no extension (the plain path still works) rather than a broken one.
+_USES = ("handshake_complete", "close_sent", "disconnected", "initial_response", "writable", "conn", "transport")
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol that offers :meth:`write` as an ASGI extension."""
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope: Any = getattr(self, "scope", None)  # None: the upgrade was refused before the app ran
+        if scope is not None and all(hasattr(self, name) for name in _USES):
+            scope["extensions"][EXTENSION] = {"write": self.write}
+
+    def write(self, payload: bytes, frame: bytes) -> bool:
+        """Send one text message now if nothing stands in the way; see the module docstring."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.initial_response is not None
+            or not self.writable.is_set()
+            or self.conn.state is not State.OPEN
+            or self.transport.is_closing()
+        ):
+            return False
+        if self.conn.extensions:
+            self.conn.send_text(payload)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        else:
+            self.transport.write(frame)
+        return True
