@@ -1,6 +1,7 @@
 """The async engine, sessions, and schema set-up.
 
-SQLite (aiosqlite) by default, PostgreSQL (asyncpg) in production; the URL decides. Migrations
+SQLite by default (``sqlite+aiosqlite`` URLs, run on the loop's thread: :mod:`petstore.sqlite`),
+PostgreSQL (asyncpg) in production; the URL decides. Migrations
 live beside this module in ``migrations/`` and run with ``petstore migrate``.
 """
 
@@ -8,16 +9,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 
+from petstore import sqlite
 from petstore.config import Settings
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
-        engine = create_async_engine(settings.database_url, connect_args={"timeout": 30})
+        url = make_url(settings.database_url)
+
+        async def connect() -> sqlite.Connection:
+            args, kwargs = engine.sync_engine.dialect.create_connect_args(url)
+            return sqlite.connect(args, {"timeout": 30, **kwargs})  # the URL may set ?timeout=seconds
+
+        # SQLite runs on the loop's thread (petstore.sqlite). No rollback when a connection goes
+        # back to the pool: sessions and connections end their own transactions (commit, or
+        # rollback on close), so it would be one more call per request for nothing.
+        engine = create_async_engine(url, async_creator=connect, pool_reset_on_return=None)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
