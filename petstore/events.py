@@ -16,15 +16,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, insert, select
+from sqlalchemy import event as orm_event
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from petstore import rooms
 from petstore.models import OrderPublic, OutboxEvent, Pet, PetPublic, PetStatus, utcnow
 
+#: Where a session keeps the outbox rows it has recorded and not yet written.
+_PENDING = "petstore.outbox"
+
 
 def record(session: AsyncSession, event: str, room_names: list[str], data: dict[str, Any]) -> None:
-    session.add(OutboxEvent(event=event, rooms=room_names, data=data, created_at=utcnow()))
+    """Add one event to the transaction's outbox rows, written all at once when it commits."""
+    row = {"event": event, "rooms": room_names, "data": data, "created_at": utcnow()}
+    session.info.setdefault(_PENDING, []).append(row)
+
+
+@orm_event.listens_for(Session, "before_commit")
+def _write_outbox(session: Session) -> None:
+    """One multi-row INSERT in the committing transaction, with no ids to read back: the ORM
+    would insert each row on its own to return its id (SQLite cannot batch that)."""
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        session.execute(insert(OutboxEvent), rows)
+
+
+@orm_event.listens_for(Session, "after_rollback")
+def _forget_outbox(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 def pet_event(session: AsyncSession, event: str, pet: PetPublic) -> None:
@@ -40,11 +61,15 @@ def order_event(session: AsyncSession, event: str, order: OrderPublic, owner: st
     record(session, event, room_names, order.model_dump(mode="json", by_alias=True))
 
 
+_PETS: Table = Pet.__table__  # type: ignore[attr-defined]
+#: Built once: every change's relay pass runs it.
+_COUNTS = select(_PETS.c.status, func.count()).group_by(_PETS.c.status)
+
+
 async def inventory_counts(session: AsyncSession) -> dict[str, int]:
     """Pets by status, every status present (0 where none)."""
     counts = {status.value: 0 for status in PetStatus}
-    result = await session.execute(select(Pet.status, func.count()).group_by(Pet.status))  # type: ignore[call-overload]
-    for status, count in result.all():
+    for status, count in (await session.execute(_COUNTS)).all():
         counts[status] = count
     return counts
 

@@ -23,15 +23,16 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Table, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from petstore import events
-from petstore.broker import Broker, BrokerUnavailable, dumps, format_ts
+from petstore.broker import Broker, BrokerUnavailable, Publication, dumps, format_ts
 from petstore.models import OutboxEvent
 
 if TYPE_CHECKING:
@@ -47,6 +48,16 @@ KEEP_PUBLISHED = timedelta(hours=1)
 PRUNE_EVERY_SECONDS = 60.0
 #: pg_advisory_xact_lock key: "petstore outbox relay" (any constant shared by the instances).
 ADVISORY_KEY = 0x7065_7473_746F_7265
+
+# Core statements, built once: the relay runs for every change, and plain rows are all it needs.
+_OUTBOX: Table = OutboxEvent.__table__  # type: ignore[attr-defined]
+_UNPUBLISHED = (
+    select(_OUTBOX.c.id, _OUTBOX.c.event, _OUTBOX.c.rooms, _OUTBOX.c.data, _OUTBOX.c.created_at)
+    .where(_OUTBOX.c.published_at.is_(None))
+    .order_by(_OUTBOX.c.id)
+    .limit(BATCH)
+)
+_UNPUBLISHED_LOCKED = _UNPUBLISHED.with_for_update(skip_locked=True)
 
 
 class Relay:
@@ -156,15 +167,8 @@ class Relay:
                 if not locked.scalar_one():
                     await session.rollback()
                     return None
-            query = (
-                select(OutboxEvent)
-                .where(OutboxEvent.published_at.is_(None))  # type: ignore[union-attr]
-                .order_by(OutboxEvent.id)  # type: ignore[arg-type]
-                .limit(BATCH)
-            )
-            if self._postgres:
-                query = query.with_for_update(skip_locked=True)
-            rows = list((await session.execute(query)).scalars())
+            query = _UNPUBLISHED_LOCKED if self._postgres else _UNPUBLISHED
+            rows = list(await session.execute(query))
             if not rows:
                 await session.commit()
                 return 0
@@ -178,17 +182,16 @@ class Relay:
             finally:
                 if done:
                     await session.execute(
-                        update(OutboxEvent)
-                        .where(OutboxEvent.id.in_(done))  # type: ignore[union-attr]
-                        .values(published_at=datetime.now(UTC))
+                        _OUTBOX.update().where(_OUTBOX.c.id.in_(done)).values(published_at=datetime.now(UTC))
                     )
                 await session.commit()
             return len(rows)
 
-    async def _publish_rows(self, session: AsyncSession, rows: list[OutboxEvent], done: list[int]) -> None:
+    async def _publish_rows(self, session: AsyncSession, rows: Sequence[Any], done: list[int]) -> None:
+        """Publish ``rows`` (outbox rows: id, event, rooms, data, created_at) in one go."""
         counts: str | None = None
+        publications = []
         for row in rows:
-            assert row.id is not None
             data_json = dumps(row.data)
             if row.event == "inventory.changed":
                 if counts is None:
@@ -197,8 +200,9 @@ class Relay:
                         self._state.plugins.observe("inventory.pets", float(count), status=status)
                     counts = dumps(fresh)
                 data_json = counts
-            ts = format_ts(row.created_at)
-            await self._broker.publish(list(row.rooms), row.event, data_json, ts, row.id)
+            publications.append(Publication(list(row.rooms), row.event, data_json, format_ts(row.created_at), row.id))
+        await self._broker.publish_all(publications)
+        for row in rows:
             done.append(row.id)
             self._state.plugins.observe("event.published", event=row.event)
 
@@ -210,7 +214,7 @@ class Relay:
 
     async def pending(self) -> int:
         async with self._sessions() as session:
-            query = select(func.count()).select_from(OutboxEvent).where(OutboxEvent.published_at.is_(None))  # type: ignore[union-attr]
+            query = select(func.count()).select_from(_OUTBOX).where(_OUTBOX.c.published_at.is_(None))
             return int((await session.execute(query)).scalar_one())
 
     async def _report_pending(self) -> None:
@@ -223,9 +227,5 @@ class Relay:
             return
         self._last_prune = now
         async with self._sessions() as session:
-            await session.execute(
-                OutboxEvent.__table__.delete().where(  # type: ignore[attr-defined]
-                    OutboxEvent.published_at < datetime.now(UTC) - KEEP_PUBLISHED  # type: ignore[operator]
-                )
-            )
+            await session.execute(_OUTBOX.delete().where(_OUTBOX.c.published_at < datetime.now(UTC) - KEEP_PUBLISHED))
             await session.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from petstore.broker import Broker, BrokerUnavailable, Message, Since, create_broker, dumps
+from petstore.broker import Broker, BrokerUnavailable, Message, Publication, Since, create_broker, dumps
 from petstore.broker.memory import MemoryBroker
 from petstore.broker.redis import RedisBroker
 from petstore.config import Settings
@@ -85,6 +86,20 @@ async def test_one_event_goes_to_all_its_rooms_at_once(backend: Any) -> None:
     await until(lambda: len(recorder.delivered) == 2, "the event in both rooms")
     assert sorted(m.room for m in recorder.delivered) == ["pet:1", "pets"]
     assert all(m.offset == 1 and m.event == "pet.created" for m in recorder.delivered)
+
+
+async def test_a_batch_goes_out_in_order_and_publishing_it_again_changes_nothing(backend: Any) -> None:
+    """The relay publishes a batch at once (one pipeline on Redis); after a failure part way it
+    publishes the whole batch again, and the rows that did go out are not repeated."""
+    broker, recorder = backend
+    await broker.watch("pets")
+    start = await broker.history("pets", None)
+    batch = [Publication(["pets"], "pet.deleted", dumps({"id": n}), TS, n) for n in range(1, 5)]
+    await broker.publish_all(batch[:2])  # as if the broker failed after the first two
+    await broker.publish_all(batch)
+    await until(lambda: len(recorder.delivered) == 4, "the batch")
+    assert recorder.offsets("pets") == [start.offset + n for n in range(1, 5)]
+    assert [json.loads(m.frame)["data"]["id"] for m in recorder.delivered] == [1, 2, 3, 4]
 
 
 async def test_history_proves_continuity_or_says_it_cannot(backend: Any) -> None:

@@ -23,7 +23,7 @@ once by the publisher (offset and epoch inside) and sent unchanged to every subs
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -94,6 +94,18 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Publication:
+    """One outbox row on its way out: one event, to each of its rooms."""
+
+    rooms: list[str]
+    event: str
+    data_json: str
+    ts: str
+    #: The outbox id: publishing the same source to a room again is a no-op.
+    source: int
+
+
+@dataclass(frozen=True)
 class History:
     """A room's position, and the events after ``since`` when history proves them complete.
 
@@ -121,6 +133,12 @@ class Broker(Protocol):
     async def publish(self, room_names: list[str], event: str, data_json: str, ts: str, source: int) -> None:
         """Publish one event to all its rooms at once; ``source`` (the outbox id) makes a retried
         publish a no-op. Raises :class:`BrokerUnavailable` when the broker cannot take it now.
+        """
+
+    async def publish_all(self, publications: Sequence[Publication]) -> None:
+        """Publish several in order, in one round trip where the backend can. On
+        :class:`BrokerUnavailable` some may have gone out: the caller publishes them all again
+        later, and the repeated sources are ignored.
         """
 
     async def watch(self, room: str) -> None:

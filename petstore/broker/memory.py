@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 import uuid
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from petstore.broker import Deliver, History, Message, Since, encode_frame, frame_tail
+from petstore.broker import Deliver, History, Message, Publication, Since, encode_frame, frame_tail
 from petstore.config import Settings
 
 
@@ -20,6 +21,8 @@ from petstore.config import Settings
 class _Room:
     epoch: str
     history: deque[Message]
+    #: The outbox ids of the events in ``history``: a repeated one is not published again.
+    sources: deque[int]
     offset: int = 0
     touched: float = field(default_factory=time.monotonic)
 
@@ -44,7 +47,7 @@ class MemoryBroker:
         room = self._rooms.get(name)
         now = time.monotonic()
         if room is None or now - room.touched > self._ttl:
-            room = _Room(epoch=uuid.uuid4().hex, history=deque(maxlen=self._size))
+            room = _Room(epoch=uuid.uuid4().hex, history=deque(maxlen=self._size), sources=deque(maxlen=self._size))
             self._rooms[name] = room
         room.touched = now
         return room
@@ -53,11 +56,18 @@ class MemoryBroker:
         tail = frame_tail(event, data_json, ts)
         for room in room_names:
             state = self._room(room)
+            if source in state.sources:
+                continue  # published before (the Redis script does the same)
+            state.sources.append(source)
             state.offset += 1
             message = Message.parse(encode_frame(room, state.offset, state.epoch, tail))
             state.history.append(message)
             if room in self._watched:
                 self._deliver(message)
+
+    async def publish_all(self, publications: Sequence[Publication]) -> None:
+        for p in publications:
+            await self.publish(p.rooms, p.event, p.data_json, p.ts, p.source)
 
     async def watch(self, room: str) -> None:
         self._watched[room] = self._watched.get(room, 0) + 1

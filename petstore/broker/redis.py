@@ -30,13 +30,14 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from petstore.broker import BrokerUnavailable, Deliver, History, Message, Observe, Since, frame_tail
+from petstore.broker import BrokerUnavailable, Deliver, History, Message, Observe, Publication, Since, frame_tail
 from petstore.broker.memory import continuation
 from petstore.config import Settings
 
@@ -155,15 +156,34 @@ class RedisBroker:
     # -- publishing and history ---------------------------------------------------------------
 
     async def publish(self, room_names: list[str], event: str, data_json: str, ts: str, source: int) -> None:
-        args: list[str | int] = [frame_tail(event, data_json, ts), self._size, self._ttl, source]
-        all_keys: list[str] = []
-        for room in room_names:
-            all_keys += keys(room)
-            args += [json.dumps(room), channel(room), uuid.uuid4().hex]
+        await self.publish_all([Publication(room_names, event, data_json, ts, source)])
+
+    async def publish_all(self, publications: Sequence[Publication]) -> None:
+        """One script call per publication, all in one pipeline (one round trip)."""
         try:
-            await self._publish(keys=all_keys, args=args)
+            if len(publications) == 1:
+                await self._publish(*self._script_call(publications[0]))
+                return
+            async with self._client.pipeline(transaction=False) as pipe:
+                for publication in publications:
+                    await self._publish(*self._script_call(publication), client=pipe)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis publish failed: {type(exc).__name__}") from exc
+
+    def _script_call(self, publication: Publication) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of the publish script for one publication."""
+        args: list[str | int] = [
+            frame_tail(publication.event, publication.data_json, publication.ts),
+            self._size,
+            self._ttl,
+            publication.source,
+        ]
+        all_keys: list[str] = []
+        for room in publication.rooms:
+            all_keys += keys(room)
+            args += [json.dumps(room), channel(room), uuid.uuid4().hex]
+        return all_keys, args
 
     async def history(self, room: str, since: Since | None) -> History:
         after = since.offset if since is not None else -1
