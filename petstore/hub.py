@@ -6,9 +6,14 @@ queue with :meth:`Connection.put_nowait`. Nothing here awaits a client: one send
 connection (in the transport) drains its queue, and a connection whose queue is full is closed
 with 1013 instead of slowing the others down.
 
-The fast path: a transport that can write synchronously (``Connection.write_now``, see
-:mod:`petstore.uvicorn_ws`) gets an event written at once when nothing is queued or being sent
-for that connection, so order holds; everything else, and whatever it refuses, takes the queue.
+The direct path: a transport that can write synchronously (``Connection.write_now``, see
+:mod:`petstore.uvicorn_ws`) skips the queue and the sender task. An event for a connection with
+nothing queued or being sent is set aside, and once the events of this turn of the loop are
+delivered (``call_soon``) each connection gets what was set aside for it in one write: one event
+alone when the server keeps up, several back to back when it falls behind, so a busy server
+makes fewer, larger writes instead of queueing up. Order holds: anything queued later goes
+behind what was set aside, and what the writer refuses (a client that does not read) goes to
+the bounded queue like everything else.
 
 A new subscription starts *buffering*: live events are held aside while the transport reads
 history and the snapshot, then :meth:`Hub.go_live` releases the ones the history did not
@@ -43,7 +48,13 @@ Outgoing = Message | str
 class Connection:
     """One client of a transport: its bounded queue, its subscriptions, its principal."""
 
-    def __init__(self, connection_id: str, limit: int, observe: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        connection_id: str,
+        limit: int,
+        observe: Callable[..., None],
+        set_aside: Callable[[Connection], None] | None = None,
+    ) -> None:
         self.id = connection_id
         self.limit = limit
         self.principal: Principal | None = None
@@ -53,35 +64,54 @@ class Connection:
         self.close_after_sending: int | None = None
         #: Called once when the connection must close, so the transport can interrupt its tasks.
         self.on_close: Callable[[], None] | None = None
-        #: Set by a transport that can write an event synchronously: True when it did.
-        self.write_now: Callable[[Message], bool] | None = None
+        #: Set by a transport that can write events synchronously: True when it did.
+        self.write_now: Callable[[list[Message]], bool] | None = None
         #: The sender task holds a batch it has not finished sending (events must wait behind it).
         self.sending = False
         self._items: deque[Outgoing] = deque()
         self._ready = asyncio.Event()
         self._closing = asyncio.Event()
         self._observe = observe
+        #: Events for the direct path, written when the hub flushes (see the module docstring).
+        self.aside: list[Message] = []
+        self._set_aside = set_aside
 
     @property
     def closing(self) -> bool:
         return self.close_code is not None
 
-    def put_nowait(self, item: Outgoing) -> bool:
-        """Queue ``item`` for the sender task, or write an event at once when nothing is ahead of
-        it (see the module docstring). True when it was written here: the caller counts it as sent.
-        """
+    def put_nowait(self, item: Outgoing) -> None:
+        """Queue ``item`` for the sender task, or set an event aside for the direct path when
+        nothing is queued or being sent (see the module docstring)."""
         if self.close_code is not None or self.close_after_sending is not None:
-            return False
+            return
         items = self._items
-        write_now = self.write_now
-        if write_now is not None and not items and not self.sending and not isinstance(item, str) and write_now(item):
-            return True
+        aside = self.aside
+        if self.write_now is not None and not items and not self.sending and not isinstance(item, str):
+            if len(aside) >= self.limit:
+                self.overflow()
+                return
+            if not aside and self._set_aside is not None:
+                self._set_aside(self)
+            aside.append(item)
+            return
+        if aside:
+            self.requeue()  # what was set aside goes first
         if len(items) >= self.limit:
             self.overflow()
-            return False
+            return
         items.append(item)
         self._ready.set()
-        return False
+
+    def requeue(self) -> None:
+        """Move the events set aside to the queue, for the sender task (bounded like the rest)."""
+        aside, self.aside = self.aside, []
+        for message in aside:
+            if len(self._items) >= self.limit:
+                self.overflow()
+                return
+            self._items.append(message)
+        self._ready.set()
 
     def overflow(self) -> None:
         """The client does not keep up: close it with 1013 rather than wait for it."""
@@ -149,16 +179,15 @@ class Subscription:
         self.kind = room_names.room_kind(room) or "unknown"
         self.pending: list[Message] | None = []
 
-    def offer(self, message: Message) -> bool:
-        """Hand a live event to the connection (or hold it while buffering); True when written."""
+    def offer(self, message: Message) -> None:
+        """Hand a live event to the connection, or hold it while the subscription buffers."""
         pending = self.pending
         if pending is None:
-            return self.connection.put_nowait(message)
-        if len(pending) >= self.connection.limit:
+            self.connection.put_nowait(message)
+        elif len(pending) >= self.connection.limit:
             self.connection.overflow()
         else:
             pending.append(message)
-        return False
 
 
 class Hub:
@@ -169,9 +198,10 @@ class Hub:
         self.connections: set[Connection] = set()
         self._observe = observe
         self._empty = asyncio.Event()
+        self._aside: list[Connection] = []
 
     def connection(self, connection_id: str, limit: int) -> Connection:
-        conn = Connection(connection_id, limit, self._observe)
+        conn = Connection(connection_id, limit, self._observe, self._set_aside)
         self.connections.add(conn)
         self._empty.clear()
         return conn
@@ -181,19 +211,33 @@ class Hub:
         members = self._rooms.get(message.room)
         if not members:
             return
-        written = 0
         for subscription in tuple(members.values()):
-            if subscription.offer(message):
-                written += 1
-        if written:
-            self.sent(message, written)
+            subscription.offer(message)
 
-    def sent(self, message: Message, count: int) -> None:
-        """``message`` was written to ``count`` connections directly: what a sender task observes."""
-        if not message.lag_observed:
-            message.lag_observed = True
-            self._observe("event.delivery_lag", max(0.0, time.time() - message.committed_at))
-        self._observe("ws.message_sent", float(count), room_kind=message.kind)
+    def _set_aside(self, conn: Connection) -> None:
+        if not self._aside:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._aside.append(conn)
+
+    def flush(self) -> None:
+        """Write what each connection has set aside, in one write each (see the module docstring)."""
+        conns, self._aside = self._aside, []
+        written: dict[Message, int] = {}
+        for conn in conns:
+            messages = conn.aside
+            if not messages or conn.close_code is not None:
+                continue
+            if conn.write_now is not None and conn.write_now(messages):
+                conn.aside = []
+                for message in messages:
+                    written[message] = written.get(message, 0) + 1
+            else:
+                conn.requeue()
+        for message, count in written.items():
+            if not message.lag_observed:
+                message.lag_observed = True
+                self._observe("event.delivery_lag", max(0.0, time.time() - message.committed_at))
+            self._observe("ws.message_sent", float(count), room_kind=message.kind)
 
     def join(self, conn: Connection, room: str) -> Subscription:
         """Subscribe ``conn`` to ``room`` in buffering mode (see :meth:`go_live`)."""
@@ -208,8 +252,7 @@ class Hub:
         for message in pending:
             if message.epoch == epoch and message.offset <= offset:
                 continue  # covered by the history or the snapshot the client already has
-            if subscription.connection.put_nowait(message):
-                self.sent(message, 1)
+            subscription.connection.put_nowait(message)
 
     def leave(self, conn: Connection, room: str) -> bool:
         if conn.subscriptions.pop(room, None) is None:
@@ -226,6 +269,8 @@ class Hub:
         left = list(conn.subscriptions)
         for room in left:
             self.leave(conn, room)
+        conn.write_now = None
+        conn.aside = []
         self.connections.discard(conn)
         if not self.connections:
             self._empty.set()

@@ -3,17 +3,18 @@ one ASGI extension, ``petstore.websocket.write``, for the hub's fan-out.
 
 Through plain ASGI, every event to every subscriber costs a task switch and an ``await send()``
 through each middleware's wrapper, then a frame built for that one connection. The extension
-lets the hub write a shared event frame synchronously instead, right where it is delivered::
+lets the hub write shared event frames synchronously instead::
 
     write = scope["extensions"]["petstore.websocket.write"]["write"]
-    write(payload, frame)  # True: handed to the socket; False: use ``send`` as usual
+    write(messages)  # True: handed to the socket, in order, in one write; False: use ``send``
 
-``payload`` is the UTF-8 text of the message and ``frame`` the same text already framed as an
-unmasked, uncompressed text frame (RFC 6455 §5.2), built once per event. A connection that
-negotiated ``permessage-deflate`` frames (and compresses) ``payload`` itself; the others all get
-the same bytes. ``write`` refuses, and the caller queues for its sender task, whenever the plain
-path must decide: before the handshake, once closing, and while the transport's buffer is over
-its high-water mark (flow control, so a slow client's queue fills and it is closed with 1013).
+Each message has ``payload``, its UTF-8 text, and ``ws_frame``, the same text already framed as
+an unmasked, uncompressed text frame (RFC 6455 §5.2), built once per event and shared by every
+connection (:class:`petstore.broker.Message`). A connection that negotiated
+``permessage-deflate`` frames (and compresses) each payload itself. ``write`` refuses, and the
+caller queues for its sender task, whenever the plain path must decide: before the handshake,
+once closing, and while the transport's buffer is over its high-water mark (flow control, so a
+slow client's queue fills and it is closed with 1013).
 
 The app keeps working under any ASGI server; without the extension every send takes the usual
 path. ``uvicorn --ws petstore.uvicorn_ws:WebSocketProtocol`` gives plain uvicorn the same.
@@ -21,7 +22,8 @@ path. ``uvicorn --ws petstore.uvicorn_ws:WebSocketProtocol`` gives plain uvicorn
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
@@ -34,6 +36,16 @@ PROTOCOL = "petstore.uvicorn_ws:WebSocketProtocol"
 _USES = ("handshake_complete", "close_sent", "disconnected", "initial_response", "writable", "conn", "transport")
 
 
+class Framed(Protocol):
+    """A text message with its shared frame (see the module docstring)."""
+
+    @property
+    def payload(self) -> bytes: ...
+
+    @property
+    def ws_frame(self) -> bytes: ...
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol that offers :meth:`write` as an ASGI extension."""
 
@@ -43,8 +55,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if scope is not None and all(hasattr(self, name) for name in _USES):
             scope["extensions"][EXTENSION] = {"write": self.write}
 
-    def write(self, payload: bytes, frame: bytes) -> bool:
-        """Send one text message now if nothing stands in the way; see the module docstring."""
+    def write(self, messages: Sequence[Framed]) -> bool:
+        """Send text messages now, in one write, if nothing stands in the way (module docstring)."""
         if (
             not self.handshake_complete
             or self.close_sent
@@ -56,8 +68,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             return False
         if self.conn.extensions:
-            self.conn.send_text(payload)
+            for message in messages:
+                self.conn.send_text(message.payload)
             self.transport.write(b"".join(self.conn.data_to_send()))
+        elif len(messages) == 1:
+            self.transport.write(messages[0].ws_frame)
         else:
-            self.transport.write(frame)
+            self.transport.write(b"".join([message.ws_frame for message in messages]))
         return True

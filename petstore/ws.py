@@ -85,9 +85,8 @@ class Session:
         self.plugins = layer.state.plugins
         self.conn: Connection = layer.hub.connection(uuid.uuid4().hex[:16], self.settings.ws_queue_size)
         self.conn.principal = access.principal(websocket)
-        write = websocket.scope.get("extensions", {}).get(uvicorn_ws.EXTENSION, {}).get("write")
-        if write is not None:  # served by petstore.uvicorn_ws: events skip the queue when they can
-            self.conn.write_now = lambda message: bool(write(message.payload, message.ws_frame))
+        # Served by petstore.uvicorn_ws: events skip the queue when they can (petstore.hub).
+        self.conn.write_now = websocket.scope.get("extensions", {}).get(uvicorn_ws.EXTENSION, {}).get("write")
         self.active = False  # an auth or a subscription arrived: the auth deadline is met
         self.reader: asyncio.Task[Any] | None = None
         self.reading = False  # the reader is interrupted only inside read_loop, never while closing
@@ -343,8 +342,7 @@ class Session:
         })  # fmt: skip
         replay: list[Message] = result.replay
         for message in replay:
-            if conn.put_nowait(message):
-                self.layer.hub.sent(message, 1)
+            conn.put_nowait(message)
         self.layer.go_live(conn, result)
 
     async def on_unsubscribe(self, body: dict[str, Any], ident: Any) -> None:

@@ -117,17 +117,21 @@ async def test_close_all_gives_up_after_its_bound() -> None:
 
 
 class Writer:
-    """A transport's synchronous writer: records what it wrote, or refuses while ``refusing``."""
+    """A transport's synchronous writer: records each write, or refuses while ``refusing``."""
 
     def __init__(self) -> None:
-        self.written: list[Message] = []
+        self.writes: list[list[Message]] = []
         self.refusing = False
 
-    def __call__(self, item: Message) -> bool:
+    def __call__(self, messages: list[Message]) -> bool:
         if self.refusing:
             return False
-        self.written.append(item)
+        self.writes.append(list(messages))
         return True
+
+    @property
+    def offsets(self) -> list[list[int]]:
+        return [[m.offset for m in write] for write in self.writes]
 
 
 def direct(hub: Hub, name: str, room: str = "pets") -> tuple[Any, Writer]:
@@ -137,34 +141,50 @@ def direct(hub: Hub, name: str, room: str = "pets") -> tuple[Any, Writer]:
     return conn, writer
 
 
-async def test_an_idle_connection_gets_events_written_at_once_and_counted_as_sent() -> None:
+async def test_events_for_idle_connections_are_written_once_the_turn_ends_and_counted_as_sent() -> None:
     observed = Observed()
     hub = Hub(observed)
     (a, wa), (b, wb) = direct(hub, "a"), direct(hub, "b")
     event = message("pets", 1)
     hub.deliver(event)
-    assert wa.written == [event] and wb.written == [event]
-    assert not a._items and not b._items  # nothing queued, no sender task to wake
+    assert wa.writes == [] and wb.writes == []  # set aside until this turn of the loop is over
+    await asyncio.sleep(0)
+    assert wa.writes == [[event]] and wb.writes == [[event]]
+    assert not a._items and not b._items  # nothing queued, no sender task woken
     assert observed.counts["ws.message_sent"] == 2
     assert observed.calls["event.delivery_lag"] == 1  # once per event, not per connection
+
+
+async def test_events_delivered_in_one_turn_go_out_in_one_write_per_connection() -> None:
+    hub = Hub(Observed())
+    _, writer = direct(hub, "a")
+    for offset in (1, 2, 3):  # a relay pass publishing a backlog: all in one turn
+        hub.deliver(message("pets", offset))
+    await asyncio.sleep(0)
+    hub.deliver(message("pets", 4))
+    await asyncio.sleep(0)
+    assert writer.offsets == [[1, 2, 3], [4]]
 
 
 async def test_events_queue_behind_what_is_queued_or_being_sent_so_order_holds() -> None:
     hub = Hub(Observed())
     conn, writer = direct(hub, "a")
-    conn.put_nowait("subscribed")  # a control message waits for the sender task
-    hub.deliver(message("pets", 1))
-    assert writer.written == []
+    hub.deliver(message("pets", 1))  # set aside ...
+    conn.put_nowait("subscribed")  # ... so a later control message must not overtake it
+    await asyncio.sleep(0)
+    assert writer.writes == []
     batch = await conn.next_batch(10)
-    assert batch[0] == "subscribed" and [m.offset for m in batch[1:]] == [1]  # type: ignore[union-attr]
+    assert [m if isinstance(m, str) else m.offset for m in batch] == [1, "subscribed"]
     conn.sending = True  # the sender holds a batch it has not finished writing
     hub.deliver(message("pets", 2))
     conn.sending = False
     hub.deliver(message("pets", 3))  # the queue still holds 2: 3 goes behind it
-    assert writer.written == []
+    await asyncio.sleep(0)
+    assert writer.writes == []
     assert [m.offset for m in await conn.next_batch(10)] == [2, 3]  # type: ignore[union-attr]
     hub.deliver(message("pets", 4))
-    assert [m.offset for m in writer.written] == [4]
+    await asyncio.sleep(0)
+    assert writer.offsets == [[4]]
 
 
 async def test_what_the_writer_refuses_is_queued_and_still_bounded() -> None:
@@ -172,7 +192,11 @@ async def test_what_the_writer_refuses_is_queued_and_still_bounded() -> None:
     hub = Hub(observed)
     conn, writer = direct(hub, "a")
     writer.refusing = True  # say, the client's socket buffer is full
-    for offset in range(1, 12):
+    hub.deliver(message("pets", 1))
+    await asyncio.sleep(0)
+    assert [m.offset for m in await conn.next_batch(10)] == [1]  # type: ignore[union-attr]
+    conn.sending = True
+    for offset in range(2, 13):
         hub.deliver(message("pets", offset))
-    assert writer.written == [] and observed.counts["ws.message_sent"] == 0
+    assert writer.writes == [] and observed.counts["ws.message_sent"] == 0
     assert conn.close_code == 1013  # the eleventh did not fit a queue of 10

@@ -9,6 +9,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,9 +24,15 @@ from tests.services import free_port
 PLAIN = "websockets-sansio"
 
 
-def framed(text: str) -> tuple[bytes, bytes]:
-    payload = text.encode()
-    return payload, Frame(Opcode.TEXT, payload).serialize(mask=False)
+@dataclass
+class Framed:
+    payload: bytes
+    ws_frame: bytes
+
+
+def framed(*texts: str) -> list[Framed]:
+    """Messages as the hub hands them over: each with its text and its shared frame."""
+    return [Framed(text.encode(), Frame(Opcode.TEXT, text.encode()).serialize(mask=False)) for text in texts]
 
 
 class Probe:
@@ -46,22 +53,23 @@ class Probe:
             await send({"type": "websocket.close", "code": 1000})
             return
         write = extension["write"]
-        self.answers["before accept"] = write(*framed("too early"))
+        self.answers["before accept"] = write(framed("too early"))
         await send({"type": "websocket.accept"})
         await send({"type": "websocket.send", "text": "through ASGI"})
-        self.answers["open"] = write(*framed("direct é"))
+        self.answers["open"] = write(framed("direct é"))
+        self.answers["several"] = write(framed("one", "two", "three"))
         message = await receive()
         if message.get("text") == "flood":
             chunk = framed("x" * 65536)
             for _ in range(4000):  # about 256 MB at most; the socket buffers hold a few MB
-                if not write(*chunk):
+                if not write(chunk):
                     self.answers["flood refused"] = True
                     break
             self.flooded.set()
             await receive()
             return
         await send({"type": "websocket.close", "code": 1000})
-        self.answers["after close"] = write(*framed("too late"))
+        self.answers["after close"] = write(framed("too late"))
 
 
 @contextlib.asynccontextmanager
@@ -85,11 +93,11 @@ async def test_write_sends_a_text_message_once_open_and_refuses_before_and_after
     app = Probe()
     async with server(app, PROTOCOL) as port, connect(f"ws://127.0.0.1:{port}/", compression=compression) as ws:
         assert await ws.recv() == "through ASGI"
-        assert await ws.recv() == "direct é"
+        assert [await ws.recv() for _ in range(4)] == ["direct é", "one", "two", "three"]  # one frame each
         await ws.send("done")
         await until(lambda: "after close" in app.answers, "the app to close")
     assert app.offered is True
-    assert app.answers == {"before accept": False, "open": True, "after close": False}
+    assert app.answers == {"before accept": False, "open": True, "several": True, "after close": False}
 
 
 async def test_plain_uvicorn_offers_no_extension_and_the_app_uses_asgi() -> None:
