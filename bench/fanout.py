@@ -10,12 +10,14 @@ Each server is a real subprocess on a free loopback port (``tests.services``), o
 no compression (clients ask for none, so every server sends plain frames). For every target:
 
 1. N clients connect and join the room (petstore: ``inventory``; baseline: its only room).
-2. M events are produced at ``--rate`` per second. Petstore: ``POST /api/v3/pet`` (a committed
+2. M events are produced at ``--rate`` per second, an open loop (the producer does not wait
+   for one to be answered before the next). Petstore: ``POST /api/v3/pet`` (a committed
    change; its ``inventory.changed`` event carries the commit time as ``ts``). Baseline: a
    publisher connection sends a message stamped with the send time, and the server
    ``broadcast()``s it to everyone else.
 3. Measured: delivered events/s (N x M over the time from first send to last receipt), latency
-   from commit (or send) to receipt, p50/p99, over a sample of clients that parse every event,
+   from commit (or send) to receipt, p50/p99, over a sample of clients that parse every event
+   (spread evenly through the subscription order),
    and the server's CPU time (user+system from /proc) divided by the events delivered.
 4. Idle memory: the server's RSS after opening ``--idle`` more idle connections (subscribed, for
    petstore) minus before, per connection.
@@ -149,20 +151,30 @@ class Petstore(Target):
             pass
 
     async def produce(self, count: int, rate: float) -> None:
+        """POSTs at ``rate`` whether or not earlier ones are answered yet (an open loop, as many
+        REST clients would be): a server that falls behind has a backlog to deal with, instead
+        of a producer that politely slows down to its pace."""
         headers = {"X-Test-User": "bench:1:staff"}
-        async with httpx.AsyncClient(base_url=self.server.url, timeout=30) as http:
-            start = time.monotonic()
-            for n in range(count):
-                await pace(start, n, rate)
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=self.server.url, timeout=60, limits=limits) as http:
+
+            async def post(n: int) -> None:
                 response = await http.post("/api/v3/pet", json={"name": f"b{n}", "photoUrls": []}, headers=headers)
                 response.raise_for_status()
+
+            start = time.monotonic()
+            posts = []
+            for n in range(count):
+                await pace(start, n, rate)
+                posts.append(asyncio.create_task(post(n)))
+            await asyncio.gather(*posts)
 
     def stop(self) -> None:
         self.server.close()
 
 
 class Baseline(Target):
-    name = "websockets broadcast()"
+    name = "websockets broadcast() (baseline)"
 
     def __init__(self, workdir: Path) -> None:
         script = workdir / "baseline.py"  # a file: the command's items are str.format()ted with the port
@@ -335,8 +347,16 @@ async def open_clients(url: str, count: int, target: Target) -> list[ClientConne
 
 async def measure(target: Target, subscribers: int, events: int, rate: float, idle: int) -> Result:
     subscribe = isinstance(target, Petstore)
-    sampled = await open_clients(target.ws_url, min(SAMPLE, subscribers), target)
-    counting = await open_counting(target.ws_url, subscribers - len(sampled), subscribe)
+    # The sampled clients are spread through the subscription order, so the latencies cover the
+    # first subscribers served and the last alike (fan-out goes through them in that order).
+    samples = min(SAMPLE, subscribers)
+    between = (subscribers - samples) // samples
+    sampled: list[ClientConnection] = []
+    counting: list[CountingClient] = []
+    for _ in range(samples):
+        counting += await open_counting(target.ws_url, between, subscribe)
+        sampled += await open_clients(target.ws_url, 1, target)
+    counting += await open_counting(target.ws_url, subscribers - samples - len(counting), subscribe)
     await asyncio.sleep(1.0)  # let the subscriptions settle (a benchmark, not a test)
     latencies: list[float] = []
     done: list[float] = []
@@ -375,18 +395,28 @@ async def measure(target: Target, subscribers: int, events: int, rate: float, id
     )
 
 
-def table(results: list[Result], args: argparse.Namespace) -> str:
+def median_runs(runs: list[Result]) -> tuple[Result, float, float]:
+    """The run with the median CPU per event, and the lowest and highest CPU per event seen."""
+    ordered = sorted(runs, key=lambda r: r.cpu_us_per_event)
+    return ordered[len(ordered) // 2], ordered[0].cpu_us_per_event, ordered[-1].cpu_us_per_event
+
+
+def table(runs: dict[str, list[Result]], args: argparse.Namespace) -> str:
     lines = [
-        f"{args.subscribers} subscribers, {args.events} events at {args.rate:g}/s, idle RSS at {args.idle} connections",
+        f"{args.subscribers} subscribers, {args.events} events at {args.rate:g}/s, idle RSS at {args.idle} "
+        f"connections; each server run {args.repeat} times, interleaved: the run with the median CPU is shown",
         "",
-        "| server | delivered events/s | p50 ms | p99 ms | server CPU µs / delivered event | of it in the kernel "
-        "| RSS KB / idle conn. |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| server | delivered events/s | p50 ms | p99 ms | server CPU µs / delivered event (range) "
+        "| of it in the kernel | CPU x baseline | RSS KB / idle conn. |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
+    baseline = median_runs(runs[Baseline.name])[0]
+    for name, results in runs.items():
+        r, low, high = median_runs(results)
         lines.append(
-            f"| {r.name} | {r.delivered_per_s:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
-            f"{r.cpu_us_per_event:.2f} | {r.sys_share:.0%} | {r.rss_kb_per_idle:.1f} |"
+            f"| {name} | {r.delivered_per_s:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
+            f"{r.cpu_us_per_event:.2f} ({low:.2f} to {high:.2f}) | {r.sys_share:.0%} | "
+            f"{r.cpu_us_per_event / baseline.cpu_us_per_event:.2f} | {r.rss_kb_per_idle:.1f} |"
         )
     return "\n".join(lines)
 
@@ -404,23 +434,26 @@ def main() -> None:
         help="uvicorn WebSocket protocols to run petstore with, e.g. petstore,websockets-sansio "
         "(petstore: petstore.uvicorn_ws, what `petstore serve` runs; the others: plain ASGI sends)",
     )
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each server (CPU figures vary run to run)")
     args = parser.parse_args()
 
-    results: list[Result] = []
+    runs: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="petstore-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         targets: list[tuple[str, str | None, str]] = [("baseline", None, "")]
         for broker in args.brokers.split(","):
             redis_url = stack.enter_context(RedisServer()).url if broker == "redis" else None
             targets.extend(("petstore", redis_url, ws) for ws in args.ws.split(","))
-        for kind, redis_url, ws in targets:
-            target: Target = Baseline(workdir) if kind == "baseline" else Petstore(workdir, redis_url, ws)
-            try:
-                print(f"running {target.name} ...", file=sys.stderr)
-                results.append(asyncio.run(measure(target, args.subscribers, args.events, args.rate, args.idle)))
-            finally:
-                target.stop()
-    print(table(results, args))
+        for round_ in range(1, args.repeat + 1):
+            for kind, redis_url, ws in targets:
+                target: Target = Baseline(workdir) if kind == "baseline" else Petstore(workdir, redis_url, ws)
+                try:
+                    print(f"run {round_}/{args.repeat}: {target.name} ...", file=sys.stderr)
+                    result = asyncio.run(measure(target, args.subscribers, args.events, args.rate, args.idle))
+                    runs.setdefault(target.name, []).append(result)
+                finally:
+                    target.stop()
+    print(table(runs, args))
 
 
 if __name__ == "__main__":
