@@ -116,6 +116,11 @@ async def test_close_all_gives_up_after_its_bound() -> None:
 # ------------------------------------------------------------- the direct path (write_now)
 
 
+async def next_turn() -> None:
+    """Let the loop run what the hub scheduled for the end of this turn (its flush)."""
+    await asyncio.sleep(0)
+
+
 class Writer:
     """A transport's synchronous writer: records each write, or refuses while ``refusing``."""
 
@@ -148,7 +153,7 @@ async def test_events_for_idle_connections_are_written_once_the_turn_ends_and_co
     event = message("pets", 1)
     hub.deliver(event)
     assert wa.writes == [] and wb.writes == []  # set aside until this turn of the loop is over
-    await asyncio.sleep(0)
+    await next_turn()
     assert wa.writes == [[event]] and wb.writes == [[event]]
     assert not a._items and not b._items  # nothing queued, no sender task woken
     assert observed.counts["ws.message_sent"] == 2
@@ -160,9 +165,9 @@ async def test_events_delivered_in_one_turn_go_out_in_one_write_per_connection()
     _, writer = direct(hub, "a")
     for offset in (1, 2, 3):  # a relay pass publishing a backlog: all in one turn
         hub.deliver(message("pets", offset))
-    await asyncio.sleep(0)
+    await next_turn()
     hub.deliver(message("pets", 4))
-    await asyncio.sleep(0)
+    await next_turn()
     assert writer.offsets == [[1, 2, 3], [4]]
 
 
@@ -171,7 +176,7 @@ async def test_events_queue_behind_what_is_queued_or_being_sent_so_order_holds()
     conn, writer = direct(hub, "a")
     hub.deliver(message("pets", 1))  # set aside ...
     conn.put_nowait("subscribed")  # ... so a later control message must not overtake it
-    await asyncio.sleep(0)
+    await next_turn()
     assert writer.writes == []
     batch = await conn.next_batch(10)
     assert [m if isinstance(m, str) else m.offset for m in batch] == [1, "subscribed"]
@@ -179,11 +184,11 @@ async def test_events_queue_behind_what_is_queued_or_being_sent_so_order_holds()
     hub.deliver(message("pets", 2))
     conn.sending = False
     hub.deliver(message("pets", 3))  # the queue still holds 2: 3 goes behind it
-    await asyncio.sleep(0)
+    await next_turn()
     assert writer.writes == []
     assert [m.offset for m in await conn.next_batch(10)] == [2, 3]  # type: ignore[union-attr]
     hub.deliver(message("pets", 4))
-    await asyncio.sleep(0)
+    await next_turn()
     assert writer.offsets == [[4]]
 
 
@@ -193,7 +198,7 @@ async def test_what_the_writer_refuses_is_queued_and_still_bounded() -> None:
     conn, writer = direct(hub, "a")
     writer.refusing = True  # say, the client's socket buffer is full
     hub.deliver(message("pets", 1))
-    await asyncio.sleep(0)
+    await next_turn()
     assert [m.offset for m in await conn.next_batch(10)] == [1]  # type: ignore[union-attr]
     conn.sending = True
     for offset in range(2, 13):
