@@ -164,6 +164,14 @@ class Connection:
         return batch
 
 
+def observe_lag(observe: Callable[..., None], message: Message) -> None:
+    """The commit-to-send lag of ``message``, observed by whichever path sends it first (once per
+    event and instance)."""
+    if not message.lag_observed:
+        message.lag_observed = True
+        observe("event.delivery_lag", max(0.0, time.time() - message.committed_at))
+
+
 def _size(item: Outgoing) -> int:
     return len(item) if isinstance(item, str) else len(item.frame)
 
@@ -234,9 +242,7 @@ class Hub:
             else:
                 conn.requeue()
         for message, count in written.items():
-            if not message.lag_observed:
-                message.lag_observed = True
-                self._observe("event.delivery_lag", max(0.0, time.time() - message.committed_at))
+            observe_lag(self._observe, message)
             self._observe("ws.message_sent", float(count), room_kind=message.kind)
 
     def join(self, conn: Connection, room: str) -> Subscription:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -25,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 from petstore import access, rooms
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.errors import BadRequest, Forbidden, NotFound, Unauthorized, error_response
-from petstore.hub import Connection, Outgoing
+from petstore.hub import Connection, Outgoing, observe_lag
 from petstore.realtime import Realtime, Subscribed, realtime
 from petstore.state import app_state
 
@@ -124,9 +123,7 @@ async def stream(layer: Realtime, conn: Connection) -> AsyncIterator[str]:
                     chunks.append(item)
                     continue
                 chunks.append(format_event(item))
-                if not item.lag_observed:
-                    item.lag_observed = True
-                    observe("event.delivery_lag", max(0.0, time.time() - item.committed_at))
+                observe_lag(observe, item)
             yield "".join(chunks)
     finally:
         release(layer, conn)

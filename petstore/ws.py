@@ -35,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from petstore import access, rooms, uvicorn_ws
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
-from petstore.hub import RESTARTING, Connection
+from petstore.hub import RESTARTING, Connection, observe_lag
 from petstore.realtime import Realtime, realtime
 from petstore.state import app_state
 
@@ -194,9 +194,7 @@ class Session:
                     continue
                 frames.append(item.frame)
                 sent[item.kind] = sent.get(item.kind, 0) + 1
-                if not item.lag_observed:
-                    item.lag_observed = True
-                    observe("event.delivery_lag", max(0.0, time.time() - item.committed_at))
+                observe_lag(observe, item)
             conn.sending = True
             try:
                 await self.websocket.send_text(encode_batch(frames))
