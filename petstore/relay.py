@@ -176,18 +176,13 @@ class Relay:
                 # SQLite: end the read transaction now, so marking rows later cannot hit a stale
                 # snapshot (one process owns the relay, so nobody else takes these rows).
                 await session.commit()
-            done: list[int] = []
-            try:
-                await self._publish_rows(session, rows, done)
-            finally:
-                if done:
-                    await session.execute(
-                        _OUTBOX.update().where(_OUTBOX.c.id.in_(done)).values(published_at=datetime.now(UTC))
-                    )
-                await session.commit()
+            await self._publish_rows(session, rows)  # all or none: on BrokerUnavailable nothing is marked
+            ids = [row.id for row in rows]
+            await session.execute(_OUTBOX.update().where(_OUTBOX.c.id.in_(ids)).values(published_at=datetime.now(UTC)))
+            await session.commit()
             return len(rows)
 
-    async def _publish_rows(self, session: AsyncSession, rows: Sequence[Any], done: list[int]) -> None:
+    async def _publish_rows(self, session: AsyncSession, rows: Sequence[Any]) -> None:
         """Publish ``rows`` (outbox rows: id, event, rooms, data, created_at) in one go."""
         counts: str | None = None
         publications = []
@@ -203,7 +198,6 @@ class Relay:
             publications.append(Publication(list(row.rooms), row.event, data_json, format_ts(row.created_at), row.id))
         await self._broker.publish_all(publications)
         for row in rows:
-            done.append(row.id)
             self._state.plugins.observe("event.published", event=row.event)
 
     async def _report_inventory(self) -> None:
