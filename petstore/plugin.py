@@ -37,6 +37,14 @@ Hooks
     A client message arrived. Return an error code (``"rate_limited"``) to refuse it, else None.
 ``observe(name, value, labels)``
     Something happened in the core or another plugin (see :data:`HAPPENINGS`).
+``migrations()``
+    The plugin's own tables, as a :class:`PluginMigrations` (an Alembic version folder and the
+    ``MetaData`` its revisions create), or None. ``petstore migrate`` runs every loaded plugin's
+    branch beside the core's (``upgrade heads``), so a plugin never puts tables in the core's
+    schema. The branch's first revision has ``down_revision = None``, ``branch_labels`` set to
+    the plugin's name, and ``depends_on`` a core revision only if its tables refer to the core's;
+    revision ids are unique across every branch (prefix them with the plugin's name). Tests that
+    build tables from models rather than migrations call ``metadata.create_all`` for it too.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from starlette.middleware import Middleware
@@ -53,6 +63,8 @@ from starlette.websockets import WebSocket
 from petstore.errors import PluginError
 
 if TYPE_CHECKING:
+    from sqlalchemy import MetaData
+
     from petstore.access import Principal
     from petstore.config import Settings
     from petstore.state import AppState
@@ -73,12 +85,24 @@ HAPPENINGS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "event.published": ("count", ("event",)),
     "event.delivery_lag": ("seconds", ()),
     "broker.reconnected": ("count", ()),
+    "broker.connected": ("gauge", ()),
+    "realtime.task_restarted": ("count", ("task",)),
     "outbox.pending": ("gauge", ()),
     "inventory.pets": ("gauge", ("status",)),
     "auth.failure": ("count", ("reason",)),
     "ratelimit.rejected": ("count", ("scope",)),
     "ratelimit.backend_error": ("count", ()),
 }
+
+
+@dataclass(frozen=True)
+class PluginMigrations:
+    """A plugin's Alembic branch (see ``migrations()`` above)."""
+
+    #: The folder of the branch's revision files, given to Alembic as one more version location.
+    versions: Path
+    #: The tables those revisions create: for autogenerate, and for tests that skip migrations.
+    metadata: MetaData
 
 
 @runtime_checkable
@@ -106,6 +130,8 @@ class Plugin(Protocol):
     async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None: ...
 
     def observe(self, name: str, value: float, labels: Mapping[str, str]) -> None: ...
+
+    def migrations(self) -> PluginMigrations | None: ...
 
 
 class PluginBase:
@@ -145,6 +171,9 @@ class PluginBase:
     def observe(self, name: str, value: float, labels: Mapping[str, str]) -> None:
         return None
 
+    def migrations(self) -> PluginMigrations | None:
+        return None
+
 
 class Plugins:
     """The loaded plugins, in order, and the core's way of calling their hooks."""
@@ -167,6 +196,10 @@ class Plugins:
     def observe(self, name: str, value: float = 1.0, **labels: str) -> None:
         for plugin in self.items:
             plugin.observe(name, value, labels)
+
+    def migrations(self) -> list[PluginMigrations]:
+        """Every plugin's own Alembic branch, in plugin order."""
+        return [found for plugin in self.items if (found := plugin.migrations()) is not None]
 
     async def ws_connect(self, websocket: WebSocket) -> int | None:
         for plugin in self.items:

@@ -1,9 +1,10 @@
 """The real-time layer of one app: broker, hub and outbox relay, started and stopped in the lifespan.
 
 :func:`register` is called by ``create_app``'s lifespan; it adds start-up and shut-down work and
-the ``redis`` readiness check to ``state.extras``. Both transports (``/ws`` and SSE) reach the
-layer as ``state.extras["realtime"]`` and share :meth:`Realtime.subscribe`, the one place where
-a subscription's history, snapshot and live events are put together without gap or duplicate.
+the ``broker`` readiness check (is the broker delivering?) to ``state.extras``. Both transports
+(``/ws`` and SSE) reach the layer as ``state.extras["realtime"]`` and share
+:meth:`Realtime.subscribe`, the one place where a subscription's history, snapshot and live
+events are put together without gap or duplicate.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from petstore import events, rooms
 from petstore.access import Principal
-from petstore.broker import Broker, Message, Since, create_broker
+from petstore.broker import Broker, BrokerUnavailable, Message, Since, create_broker
 from petstore.errors import NotFound
 from petstore.hub import RESTARTING, Connection, Hub
 from petstore.models import PetPublic
@@ -145,10 +146,11 @@ def register(state: AppState) -> None:
         if isinstance(layer, Realtime):
             await layer.stop()
 
-    async def redis_ready() -> None:
-        await realtime(state).broker.ping()
+    async def broker_ready() -> None:
+        layer = state.extras.get("realtime")
+        if not isinstance(layer, Realtime) or not layer.broker.connected:
+            raise BrokerUnavailable("the broker is not delivering")
 
     state.extras.setdefault("on_startup", []).append(start)
     state.extras.setdefault("on_shutdown", []).append(stop)
-    if state.settings.redis_url:
-        state.extras.setdefault("readiness", {})["redis"] = redis_ready
+    state.extras.setdefault("readiness", {})["broker"] = broker_ready

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from petstore import events
 from petstore.broker import Broker, BrokerUnavailable, Publication, dumps, format_ts
 from petstore.models import OutboxEvent
+from petstore.supervisor import supervise
 
 if TYPE_CHECKING:
     from petstore.state import AppState
@@ -74,7 +75,7 @@ class Relay:
         self._stopping = asyncio.Event()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="outbox-relay")
+        self._task = supervise("outbox-relay", self.run, self._state.plugins.observe, stopping=self._stopping.is_set)
 
     async def stop(self, wait_seconds: float = 5.0) -> None:
         """Let the relay finish the pass it is in, then stop; cancel it only if that takes too long.

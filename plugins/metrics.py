@@ -68,6 +68,7 @@ OTHER = "other"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 ROOM_KINDS = frozenset(rooms.ROOM_KINDS)
 CLIENT_MESSAGE_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
+TASKS = frozenset({"redis-broker-listener", "outbox-relay"})
 
 # From a cache hit (sub-millisecond) to a slow publish through a reconnecting broker.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -134,6 +135,18 @@ class Instruments:
         self.broker_reconnects = Counter(
             "petstore_broker_reconnects_total", "Times the broker connection was re-established.", registry=r
         )
+        self.broker_connected = Gauge(
+            "petstore_broker_connected",
+            "1 while this instance's broker listener is connected and delivering, else 0.",
+            registry=r,
+            multiprocess_mode="livemin",  # with several workers: 0 as soon as one of them is cut off
+        )
+        self.task_restarts = Counter(
+            "petstore_realtime_task_restarts_total",
+            "Background tasks of the real-time layer (listener, relay) that failed and were restarted.",
+            ("task",),
+            registry=r,
+        )
         self.outbox_pending = Gauge(
             "petstore_outbox_pending",
             "Events committed but not yet published.",
@@ -187,6 +200,10 @@ class Instruments:
                 self.delivery_lag.observe(value)
             case "broker.reconnected":
                 self.broker_reconnects.inc(value)
+            case "broker.connected":
+                self.broker_connected.set(value)
+            case "realtime.task_restarted":
+                self.task_restarts.labels(_bounded(labels.get("task"), TASKS)).inc(value)
             case "outbox.pending":
                 self.outbox_pending.set(value)
             case "inventory.pets":

@@ -41,7 +41,7 @@ def test_healthz_and_readyz(tmp_path: Path) -> None:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
         assert ready.status_code == 200
-        assert ready.json()["checks"] == {"database": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
 
 
 def test_readyz_names_the_failing_part(tmp_path: Path) -> None:

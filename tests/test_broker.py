@@ -242,3 +242,63 @@ async def test_the_watchdog_reconnects_a_listener_that_went_silent(redis_server:
     finally:
         await broker.stop()
         server.close()
+
+
+async def test_a_fast_redis_restart_does_not_end_delivery(redis_server: RedisServer) -> None:
+    """Redis restarted empty at once: the listener's gap fill meets the pool's dead connections
+    (BrokerUnavailable). That used to end the listener task for good; now it reconnects, and the
+    rooms go on in a new epoch, with subscribing working again."""
+    server = RedisServer()
+    server.start()
+    recorder = Recorder()
+    broker = RedisBroker(Settings(redis_url=server.url), recorder.deliver, recorder.observe)
+    await broker.start()
+    try:
+        await broker.watch("pets")
+        await publish(broker, "pets", 1)
+        await until(lambda: len(recorder.delivered) == 1, "the first event")
+        await broker.history("pets", None)  # a pooled connection that the restart will break
+        for _ in range(3):
+            server.stop()
+            server.start()
+            await until(lambda: not broker.connected or broker.reconnects > 0, "the listener to see the restart")
+            await until(lambda: broker.connected, "the listener to deliver again")
+        await publish(broker, "pets", 2)
+        await until(lambda: len(recorder.delivered) == 2, "an event after the restarts")
+        await broker.watch("inventory")  # subscribing works again
+        await publish(broker, "inventory", 3)
+        await until(lambda: len(recorder.delivered) == 3, "an event of a room watched after the restarts")
+    finally:
+        await broker.stop()
+        server.close()
+    first, second = recorder.delivered[0], recorder.delivered[1]
+    assert second.epoch != first.epoch and second.offset == 1  # history was lost: a new epoch says so
+
+
+async def test_any_failure_of_the_gap_fill_ends_in_a_reconnect(
+    redis_broker: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker, recorder = redis_broker
+    await broker.watch("pets")
+    await publish(broker, "pets", 1)
+    await until(lambda: broker.connected and len(recorder.delivered) == 1, "the first event")
+    real_read = broker._read_room
+    failures = [BrokerUnavailable("redis read failed"), RuntimeError("a bug nobody expected")]
+
+    async def flaky_read(*args: Any) -> Any:
+        if failures:
+            raise failures.pop(0)
+        return await real_read(*args)
+
+    monkeypatch.setattr(broker, "_read_room", flaky_read)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await client.client_kill_filter(_type="pubsub")
+        for n in range(2, 5):
+            await publish(broker, "pets", n)
+        await until(lambda: not failures and broker.connected, "the listener to get past two failed gap fills")
+        await until(lambda: len(recorder.delivered) == 4, "the missed events")
+    finally:
+        await client.aclose()
+    assert recorder.offsets("pets") == [1, 2, 3, 4]
+    assert "broker.connected" in recorder.observed

@@ -125,6 +125,10 @@ Observe = Callable[..., None]
 class Broker(Protocol):
     """What the relay, the hub and the transports need of a broker."""
 
+    #: True while the broker delivers the events of watched rooms (a Redis listener that is
+    #: subscribed and caught up); False during an outage. Readiness and metrics report it.
+    connected: bool
+
     async def start(self) -> None:
         """Connect; a backend whose server is down keeps retrying in the background."""
 

@@ -17,7 +17,10 @@ several rooms in one script: a single Redis server or a replicated one, not Redi
 Each instance holds ONE pub/sub connection for the rooms its local clients watch, read by one
 listener task. When it breaks (or goes silent: the watchdog pings it and gives up when no
 answer comes), the listener reconnects with backoff and jitter, resubscribes, and fills every
-watched room's gap from its stream, so a client that stays connected misses nothing. The
+watched room's gap from its stream, so a client that stays connected misses nothing. Any
+failure on the way, the gap fill's included, ends in a reconnect, never in the end of the
+listener; :func:`~petstore.supervisor.supervise` restarts it should it end all the same.
+``connected`` is True from the moment the gaps are filled until the connection is lost. The
 listener speaks to its connection directly (redis-py's ``Connection``), because redis-py's
 ``PubSub`` reconnects and resubscribes on its own, which would hide exactly the gap to fill.
 """
@@ -34,12 +37,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio
+import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from petstore.broker import BrokerUnavailable, Deliver, History, Message, Observe, Publication, Since, frame_tail
 from petstore.broker.memory import continuation
 from petstore.config import Settings
+from petstore.supervisor import supervise
 
 logger = logging.getLogger("petstore.broker.redis")
 
@@ -95,6 +102,8 @@ return {epoch, offset, frames}
 CHANNEL_PREFIX = "petstore:room:"
 SUBSCRIBE_TIMEOUT = 5.0
 MAX_BACKOFF = 2.0
+#: Tries again of a command whose connection broke (a restart): not an outage yet.
+RETRIES = 2
 
 
 def keys(room: str) -> list[str]:
@@ -107,6 +116,10 @@ def channel(room: str) -> str:
 
 class ListenerSilent(Exception):
     """The pub/sub connection did not answer the watchdog's ping in time."""
+
+
+#: What a Redis or network fault looks like to the listener: logged in one line, then reconnect.
+EXPECTED_FAULTS = (RedisError, OSError, TimeoutError, ListenerSilent, BrokerUnavailable)
 
 
 class RedisBroker:
@@ -123,8 +136,16 @@ class RedisBroker:
         self._watchdog = watchdog_seconds
         # A bounded pool that makes callers wait for a free connection (the default one raises
         # when a burst of subscriptions wants more connections than it allows).
+        # A command that meets a connection broken by a Redis restart is tried again on a fresh
+        # one: every command here is safe to repeat (publishing a source twice is a no-op).
         self._pool = redis.asyncio.BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=32, timeout=5.0, socket_timeout=5.0, socket_connect_timeout=2.0
+            settings.redis_url,
+            max_connections=32,
+            timeout=5.0,
+            socket_timeout=5.0,
+            socket_connect_timeout=2.0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES),
+            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         )
         self._client = redis.asyncio.Redis(connection_pool=self._pool)
         self._publish = self._client.register_script(PUBLISH)
@@ -135,17 +156,20 @@ class RedisBroker:
         self._conn: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self.reconnects = 0
+        #: True while the listener is subscribed and delivering (readiness, ``petstore_broker_connected``).
+        self.connected = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="redis-broker-listener")
+        self._observe("broker.connected", 0.0)
+        self._task = supervise("redis-broker-listener", self._run, self._observe)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Whatever the task ends with, shutdown goes on (the supervisor lets nothing else out).
+            await asyncio.wait({self._task})
             self._task = None
         await self._client.aclose()
         await self._pool.aclose()
@@ -239,6 +263,12 @@ class RedisBroker:
     # -- the listener -------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        """Connect, listen, and on ANY failure reconnect: this loop ends only when cancelled.
+
+        A fault of Redis or of the network shows up in many forms (a reset, a timeout, a
+        ``BrokerUnavailable`` from the gap fill, an error reply, a frame that does not parse);
+        none of them may end the loop, or delivery stops for good while REST goes on.
+        """
         attempt = 0
         connected_before = False
         while True:
@@ -253,10 +283,15 @@ class RedisBroker:
                 connected_before = True
                 attempt = 0
                 await self._listen(conn)
-            except (RedisError, OSError, ListenerSilent) as exc:
+            except asyncio.CancelledError:
+                raise
+            except EXPECTED_FAULTS as exc:
                 if attempt == 0:
                     logger.warning("redis pub/sub connection lost: %s", type(exc).__name__)
+            except Exception:
+                logger.exception("redis pub/sub listener failed; reconnecting")
             finally:
+                self._set_connected(False)
                 self._conn = None
                 for room, future in list(self._confirmed.items()):
                     if future.done():  # confirmed on the old connection: must be confirmed again
@@ -264,7 +299,12 @@ class RedisBroker:
                 with contextlib.suppress(Exception):
                     await conn.disconnect(nowait=True)
             attempt += 1
-            await asyncio.sleep(min(MAX_BACKOFF, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))  # noqa: S311
+            await asyncio.sleep(min(MAX_BACKOFF, 0.05 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))  # noqa: S311
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self._observe("broker.connected", float(connected))
 
     async def _listen(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
@@ -303,11 +343,17 @@ class RedisBroker:
                     gaps_filled = True
                     for room in list(self._cursors):
                         await self._fill(room)
+                    self._set_connected(True)
 
     async def _on_frame(self, room: str, frame: bytes) -> None:
         if room not in self._watched:
             return
-        message = Message.parse(frame)
+        try:
+            message = Message.parse(frame)
+        except (ValueError, KeyError, TypeError):
+            # Not one of ours (someone else published on the channel): skip it, keep listening.
+            logger.warning("room %s: ignoring a frame that is not an event message", room)
+            return
         cursor = self._cursors.get(room)
         if cursor is None or (message.epoch == cursor.epoch and message.offset == cursor.offset + 1):
             self._hand_over(message)
