@@ -224,11 +224,18 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def migrate_command(args: argparse.Namespace) -> int:
-    """Upgrade the database schema to the newest revision."""
+    """Upgrade the database schema to the newest revision: the core's and each loaded plugin's own tables."""
+    from alembic.util import CommandError
+
     from petstore.migrations import migrate
+    from petstore.plugin import load_plugins
 
     settings = _settings()
-    migrate(settings.database_url)
+    try:
+        migrate(settings.database_url, plugins=load_plugins(settings).migrations())
+    except CommandError as exc:
+        # E.g. the database holds the branch of a plugin that is no longer in PETSTORE_PLUGINS.
+        raise ConfigurationError(f"cannot migrate: {exc} (is every plugin that created tables loaded?)") from None
     print(f"database {_shown_url(settings.database_url)} is up to date")
     return 0
 

@@ -1,13 +1,21 @@
 """Schema migrations (Alembic), run by ``petstore migrate`` or :func:`migrate`.
 
-Configured in code so that an installed package needs no ``alembic.ini`` on disk;
-``petstore/alembic.ini`` exists only for developers writing a new revision::
+The core's revisions live in ``versions/``; each plugin may own a branch of its own (the
+``migrations()`` hook of :mod:`petstore.plugin`), given to Alembic as one more version location,
+and :func:`migrate` upgrades every branch (``heads``). Configured in code so that an installed
+package needs no ``alembic.ini`` on disk; ``petstore/alembic.ini`` exists only for developers
+writing a new core revision, against a fresh database::
 
     alembic -c petstore/alembic.ini revision --autogenerate -m "what changed"
+
+A plugin's revision is written the same way through this module's configuration, e.g.
+``command.revision(alembic_config(url, [auth_migrations]), autogenerate=True, head="auth@head", message=...)``.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from alembic import command
@@ -16,32 +24,41 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from petstore.plugin import PluginMigrations
+
 HERE = Path(__file__).parent
+#: Every branch's newest revision: the core's and each plugin's.
+HEADS = "heads"
 
 
-def alembic_config(database_url: str) -> Config:
+def alembic_config(database_url: str, plugins: Sequence[PluginMigrations] = ()) -> Config:
+    """Alembic's configuration for the core's revisions and those of ``plugins``."""
     config = Config()
     config.set_main_option("script_location", str(HERE))
-    # Through attributes, not set_main_option: a password in the URL may contain "%", which
-    # ConfigParser would try to interpolate.
+    locations = [HERE / "versions", *(branch.versions for branch in plugins)]
+    config.set_main_option("path_separator", "os")
+    # "%" doubled: ConfigParser would read it as interpolation.
+    config.set_main_option("version_locations", os.pathsep.join(str(p).replace("%", "%%") for p in locations))
+    # Through attributes, not set_main_option: a password in the URL may contain "%" too.
     config.attributes["database_url"] = database_url
+    config.attributes["plugin_metadata"] = [branch.metadata for branch in plugins]
     return config
 
 
-def migrate(database_url: str, revision: str = "head") -> None:
-    """Bring the database at ``database_url`` up to ``revision`` (the newest by default).
+def migrate(database_url: str, revision: str = HEADS, plugins: Sequence[PluginMigrations] = ()) -> None:
+    """Bring the database at ``database_url`` up to ``revision`` (every branch's newest by default).
 
     Synchronous: the async work runs in its own event loop inside Alembic's env.py, so call it
     from a command or a thread; inside a running event loop, await :func:`migrate_async`.
     """
-    command.upgrade(alembic_config(database_url), revision)
+    command.upgrade(alembic_config(database_url, plugins), revision)
 
 
-async def migrate_async(database_url: str, revision: str = "head") -> None:
+async def migrate_async(database_url: str, revision: str = HEADS, plugins: Sequence[PluginMigrations] = ()) -> None:
     """:func:`migrate` for code already in an event loop (async fixtures, start-up hooks)."""
 
     def upgrade(connection: Connection) -> None:
-        config = alembic_config(database_url)
+        config = alembic_config(database_url, plugins)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

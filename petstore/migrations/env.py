@@ -4,6 +4,8 @@
 otherwise the URL comes from ``config.attributes["database_url"]`` (set by :func:`petstore.migrations.migrate`),
 else from ``sqlalchemy.url`` in ``alembic.ini``, else from ``PETSTORE_DATABASE_URL``, so the same
 file serves ``petstore migrate`` and a developer's ``alembic -c petstore/alembic.ini revision --autogenerate``.
+The tables compared by autogenerate are the core's models plus those of every plugin branch
+that :func:`petstore.migrations.alembic_config` was given (``config.attributes["plugin_metadata"]``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import petstore.models  # noqa: F401  (registers every table on SQLModel.metadat
 from petstore.config import Settings
 
 config = context.config
-target_metadata = SQLModel.metadata
+target_metadata = [SQLModel.metadata, *config.attributes.get("plugin_metadata", ())]
 
 
 def _database_url() -> str:
