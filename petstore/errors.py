@@ -14,7 +14,12 @@ The tree::
         ├── PayloadTooLarge         413
         ├── UnsupportedMediaType    415
         ├── ValidationFailed        422
-        └── RateLimited             429, with Retry-After
+        ├── RateLimited             429, with Retry-After
+        └── ServiceUnavailable      503, with Retry-After (the database cannot answer right now)
+
+Errors of the database driver that mean "unreachable or busy right now" (a restart, a network
+cut, a lock held too long, an exhausted pool) are answered as :class:`ServiceUnavailable`, not
+500: the request changed nothing and a retry will do once the database is back.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import exc as sa
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -104,6 +110,22 @@ class RateLimited(ApiError):
     status, type = 429, "rate_limited"
 
 
+class ServiceUnavailable(ApiError):
+    status = 503
+    type = "service_unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot answer now (as opposed to a bad statement or a
+    constraint, which are ours or the client's to fix)."""
+    if isinstance(exc, sa.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, sa.OperationalError | sa.InterfaceError)
+    return isinstance(exc, sa.TimeoutError | ConnectionError | TimeoutError)
+
+
 _HTTP_TYPES = {
     400: "bad_request",
     401: "unauthorized",
@@ -158,6 +180,13 @@ async def _client_disconnect(request: Request, exc: Exception) -> Response:
     return error_response(400, "client_disconnected", "the client disconnected before the body was read")
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    if database_unavailable(exc):
+        logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        return await _api_error(request, ServiceUnavailable("the database is unavailable right now; retry shortly"))
+    return await _unexpected(request, exc)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -169,5 +198,11 @@ EXCEPTION_HANDLERS = {
     HTTPException: _http_exception,
     ValidationError: _validation_error,
     ClientDisconnect: _client_disconnect,
+    # Handled by class (not as the catch-all below), so that an outage is answered and logged in
+    # one line: Starlette re-raises what reaches the catch-all, and the server logs its traceback.
+    sa.DBAPIError: _database_error,
+    sa.TimeoutError: _database_error,
+    ConnectionError: _database_error,  # a driver's connect failing (asyncpg raises these unwrapped)
+    TimeoutError: _database_error,
     Exception: _unexpected,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,32 @@ def test_a_client_that_hangs_up_mid_body_is_not_logged_as_an_error(
         asyncio.run(hang_up())
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("client disconnected" in r.getMessage() for r in caplog.records)
+
+
+def test_a_database_that_cannot_answer_is_a_503_that_changes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write lock held past the timeout (or a database restarting) is no server bug: 503 with
+    Retry-After and the JSON error shape, one log line, no traceback, and nothing written."""
+    settings = make_settings(tmp_path, "locked", plugins=("tests.fakes",))
+    settings = settings.model_copy(update={"database_url": settings.database_url + "?timeout=0.2"})
+    holder = sqlite3.connect(tmp_path / "locked.db")
+    staff = {"X-Test-User": "stan:2:staff"}
+    with TestClient(create_app(settings)) as client, caplog.at_level(logging.WARNING):
+        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            response = client.post("/api/v3/pet", json={"name": "Rex", "photoUrls": []}, headers=staff)
+        finally:
+            holder.rollback()
+        assert response.status_code == 503
+        assert response.json() == {
+            "code": 503,
+            "type": "service_unavailable",
+            "message": "the database is unavailable right now; retry shortly",
+        }
+        assert response.headers["Retry-After"] == "1"
+        assert client.get("/api/v3/pet/findByStatus", params={"status": "available"}).json() == []
+        assert client.post("/api/v3/pet", json={"name": "Rex", "photoUrls": []}, headers=staff).status_code == 200
+    holder.close()
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for an outage"
+    assert any("database unavailable on POST /api/v3/pet" in r.getMessage() for r in caplog.records)
