@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from petstore.access import ALL_ORDERS, ALL_USERS, Principal
+from petstore.models import INT64_MAX
 
 INVENTORY = "inventory"
 PETS = "pets"
@@ -28,7 +29,7 @@ def room_kind(room: str) -> str | None:
     """``inventory``, ``pets``, ``pet``, ``orders`` or ``user``; None for a name that is no room."""
     if room in (INVENTORY, PETS, ORDERS):
         return room
-    if _PET.match(room):
+    if pet_id_of(room) is not None:
         return "pet"
     if _USER.match(room):
         return "user"
@@ -36,8 +37,13 @@ def room_kind(room: str) -> str | None:
 
 
 def pet_id_of(room: str) -> int | None:
+    """The pet of a ``pet:{id}`` room; None when the name is no pet room, or names an id no pet
+    can have (past the database's 64-bit ids, where a query would overflow)."""
     match = _PET.match(room)
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    pet_id = int(match.group(1))
+    return pet_id if pet_id <= INT64_MAX else None
 
 
 def may_join(principal: Principal | None, room: str) -> bool:

@@ -97,6 +97,9 @@ async def events_endpoint(request: Request) -> Response:
         return error_response(
             503, "unavailable", "events are unavailable right now; retry shortly", {"Retry-After": "2"}
         )
+    except BaseException:
+        release(layer, conn)  # a stream that fails half-open gives back every room it took
+        raise
     return StreamingResponse(
         stream(layer, conn),
         media_type="text/event-stream",

@@ -101,6 +101,7 @@ async def test_last_event_id_recovers_what_was_missed(app: AppServer) -> None:
     [
         ("", {}, 400),
         ("room=kennel", {}, 404),
+        ("room=pets&room=pet:9999999999999999999", {}, 404),  # no pet can have it: past 64-bit ids
         ("room=orders", {}, 401),
         ("room=orders", {"X-Test-User": "c:3:customer"}, 403),
         ("room=pets", {"Last-Event-ID": "garbage"}, 400),
@@ -119,3 +120,22 @@ async def test_bad_requests_get_a_json_error_before_any_stream(
 async def test_staff_may_stream_the_orders_room(app: AppServer) -> None:
     async with stream(app, "room=orders", {"X-Test-User": "s:2:staff"}) as events:
         assert (await events.next())["data"]["room"] == "orders"
+
+
+async def test_a_stream_that_fails_half_open_gives_back_every_room(
+    app: AppServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from petstore.realtime import realtime
+
+    layer = realtime(app.state)
+
+    async def broken_snapshot(room: str) -> Any:
+        raise RuntimeError("the snapshot query failed")
+
+    monkeypatch.setattr(layer, "snapshot", broken_snapshot)
+    async with httpx.AsyncClient(base_url=app.url, timeout=DEADLINE) as http:
+        response = await http.get("/api/v3/events?room=pets&room=inventory")  # pets has no snapshot; inventory fails
+    assert response.status_code == 500 and response.json()["type"] == "internal_error"
+    assert layer.hub.connections == set()
+    assert layer.hub.subscribers("pets") == 0
+    await until(lambda: not layer.background, "the broker to stop watching the rooms")

@@ -248,6 +248,7 @@ async def test_every_bad_message_gets_an_error_and_the_connection_stays(make_set
         await assert_error(client, {"type": "subscribe", "room": 5, "id": 3}, "bad_request", 3)
         await assert_error(client, {"type": "subscribe", "room": "kennel", "id": 4}, "not_found", 4)
         await assert_error(client, {"type": "subscribe", "room": "pet:abc", "id": 5}, "not_found", 5)
+        await assert_error(client, {"type": "subscribe", "room": "pet:9999999999999999999", "id": 5}, "not_found", 5)
         for since in ([1], {"offset": -1, "epoch": "e"}, {"offset": 1}, {"offset": "1", "epoch": "e"}, {"epoch": ""}):
             await assert_error(client, {"type": "subscribe", "room": "pets", "since": since, "id": 6}, "bad_request", 6)
         await assert_error(client, {"type": "unsubscribe", "room": "pets", "id": 7}, "not_found", 7)
