@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from petstore import docs, openapi, pets, realtime, sse, store, users, ws
 from petstore.config import Settings
@@ -86,8 +87,33 @@ def core_routes(settings: Settings) -> list[BaseRoute]:
         *users.routes(API),
         Route("/", index, methods=["GET"], name="dashboard"),
         Mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
-        Mount("/media", StaticFiles(directory=settings.media_dir, check_dir=False), name="media"),
+        Mount(
+            "/media",
+            with_headers(StaticFiles(directory=settings.media_dir, check_dir=False), MEDIA_HEADERS),
+            name="media",
+        ),
     ]
+
+
+#: Uploads are whatever a client sent: a PNG that is also HTML must never run as a page here.
+MEDIA_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; img-src 'self'; sandbox"),
+)
+
+
+def with_headers(app: ASGIApp, headers: tuple[tuple[bytes, bytes], ...]) -> ASGIApp:
+    """``app`` with ``headers`` added to every HTTP response it starts."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *headers]
+            await send(message)
+
+        await app(scope, receive, send_with_headers)
+
+    return wrapped
 
 
 async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:

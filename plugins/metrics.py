@@ -78,6 +78,14 @@ def _bounded(value: str | None, allowed: frozenset[str]) -> str:
     return value if value in allowed else OTHER
 
 
+def _close_code(code: str) -> str:
+    """A close code as a label: the codes of RFC 6455 and IANA (1000-3999) as they are; the
+    private range 4000-4999, which any client may choose, as one ``4xxx`` series."""
+    if not (code.isascii() and code.isdigit() and len(code) == 4):
+        return OTHER
+    return "4xxx" if code.startswith("4") else code
+
+
 class Instruments:
     """The metrics of SPEC §5, registered in one registry."""
 
@@ -183,7 +191,7 @@ class Instruments:
             case "ws.disconnected":
                 self.ws_connections.dec(value)
                 code = labels.get("code", "")
-                self.ws_disconnects.labels(code if code.isdigit() and len(code) == 4 else OTHER).inc(value)
+                self.ws_disconnects.labels(_close_code(code)).inc(value)
             case "ws.subscribed":
                 self.ws_subscriptions.labels(_bounded(labels.get("room_kind"), ROOM_KINDS)).inc(value)
             case "ws.unsubscribed":

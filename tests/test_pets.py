@@ -443,6 +443,10 @@ def test_upload_image_as_octet_stream_stores_it_and_appends_its_url(api: ApiHarn
     assert urls[1].startswith(f"/media/pets/{pet['id']}/") and urls[1].endswith(".png")
     served = api.client.get(urls[1])
     assert served.status_code == 200 and served.content == PNG
+    # An upload may be a PNG that is also HTML: never sniffed, never run as a page of this origin.
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert "sandbox" in served.headers["content-security-policy"]
+    assert "default-src 'none'" in served.headers["content-security-policy"]
     assert events(api)[-1] == ("pet.updated", ["pets", f"pet:{pet['id']}"])
     assert api.rows(OutboxEvent)[-1].data["photoUrls"] == urls
 

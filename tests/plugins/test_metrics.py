@@ -281,8 +281,12 @@ def test_happenings_feed_their_metrics(client: TestClient) -> None:
         ("ws.connected", 1, {}),
         ("ws.connected", 1, {}),
         ("ws.connected", 1, {}),
+        ("ws.connected", 1, {}),
+        ("ws.connected", 1, {}),
         ("ws.disconnected", 1, {"code": "1000"}),
         ("ws.disconnected", 1, {"code": "1013"}),
+        ("ws.disconnected", 1, {"code": "4000"}),  # client-chosen codes: one series, not a thousand
+        ("ws.disconnected", 1, {"code": "4999"}),
         ("ws.subscribed", 1, {"room_kind": "pet"}),
         ("ws.subscribed", 1, {"room_kind": "pet"}),
         ("ws.unsubscribed", 1, {"room_kind": "pet"}),
@@ -306,6 +310,9 @@ def test_happenings_feed_their_metrics(client: TestClient) -> None:
     assert value(samples, "petstore_ws_connections") == 1
     assert value(samples, "petstore_ws_disconnects_total", code="1000") == 1
     assert value(samples, "petstore_ws_disconnects_total", code="1013") == 1
+    assert value(samples, "petstore_ws_disconnects_total", code="4xxx") == 2
+    codes = {dict(labels)["code"] for (name, labels) in samples if name == "petstore_ws_disconnects_total"}
+    assert codes == {"1000", "1013", "4xxx"}
     assert value(samples, "petstore_ws_subscriptions", room_kind="pet") == 1
     assert value(samples, "petstore_ws_messages_sent_total", room_kind="inventory") == 5
     assert value(samples, "petstore_ws_messages_received_total", type="ping") == 1
