@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event, make_url, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Mapper
 from sqlmodel import SQLModel
 
 from petstore import sqlite
 from petstore.config import Settings
+from petstore.models import Order, Pet, User
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -62,15 +65,63 @@ SEQUENCE_CEILING = 2**62
 
 
 async def sync_id_sequence(session: AsyncSession, table: str) -> None:
-    """After a row was inserted with a client-chosen id, move PostgreSQL's sequence past it."""
+    """After a row was inserted with a client-chosen id, move PostgreSQL's sequence past it, never back.
+
+    Never back: setting it to the largest id in use would hand out again the ids of the newest
+    rows deleted since, which clients may still hold (``pet:{id}`` rooms, an order's ``petId``).
+    """
     if session.bind is not None and session.bind.dialect.name == "postgresql":
         await session.execute(
             text(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "  # noqa: S608 (table is ours)
-                f'GREATEST((SELECT COALESCE(MAX(id), 0) FROM "{table}" WHERE id < :ceiling), 1))'
+                "SELECT setval(seq, GREATEST(COALESCE(pg_sequence_last_value(seq), 0), "  # noqa: S608 (table is ours)
+                f'(SELECT COALESCE(MAX(id), 0) FROM "{table}" WHERE id < :ceiling), 1)) '
+                f"FROM CAST(pg_get_serial_sequence('{table}', 'id') AS regclass) AS seq"
             ),
             {"ceiling": SEQUENCE_CEILING},
         )
+
+
+# SQLite: the tables of models.NEVER_REUSE_IDS are AUTOINCREMENT, so sqlite_sequence keeps the
+# largest id each ever had. SQLite itself would give a new row max(that, largest id in use) + 1:
+# one client-chosen id of 2**63 - 1 and every later insert fails ("database or disk is full"),
+# one of 2**62 and the generated ids run on among the clients' own. So a new row's id is chosen
+# in its INSERT (one statement, under SQLite's write lock, as SQLite would) from the ids below the
+# ceiling, and a client-chosen id at or above it leaves sqlite_sequence as it found it.
+_NEXT_SQLITE_ID = (
+    "(SELECT max("
+    "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}' AND seq < {ceiling}), 0), "
+    'COALESCE((SELECT max(id) FROM "{table}" WHERE id < {ceiling}), 0)) + 1)'
+)
+_SAVED_SEQUENCES = "petstore.sqlite_sequence"
+
+
+def _before_insert(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    if connection.dialect.name != "sqlite":
+        return
+    table = mapper.local_table.name  # type: ignore[attr-defined]
+    if target.id is None:
+        target.id = text(_NEXT_SQLITE_ID.format(table=table, ceiling=SEQUENCE_CEILING))
+    elif target.id >= SEQUENCE_CEILING:
+        seq = connection.execute(text("SELECT seq FROM sqlite_sequence WHERE name = :t"), {"t": table}).scalar()
+        connection.info.setdefault(_SAVED_SEQUENCES, {}).setdefault(table, seq or 0)
+
+
+def _after_insert(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    table = mapper.local_table.name  # type: ignore[attr-defined]
+    saved = connection.info.get(_SAVED_SEQUENCES, {}).pop(table, None)
+    if saved is not None:
+        connection.execute(
+            text(
+                "UPDATE sqlite_sequence SET seq = max(:saved, "  # noqa: S608 (table is ours)
+                f'(SELECT COALESCE(max(id), 0) FROM "{table}" WHERE id < :ceiling)) WHERE name = :t'
+            ),
+            {"saved": saved, "ceiling": SEQUENCE_CEILING, "t": table},
+        )
+
+
+for _model in (Pet, Order, User):
+    event.listen(_model, "before_insert", _before_insert)
+    event.listen(_model, "after_insert", _after_insert)
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -26,6 +26,10 @@ INT64_MAX = 2**63 - 1
 # 64-bit ids everywhere, but SQLite only autoincrements an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer, "sqlite")
 INT32_MAX = 2**31 - 1
+#: SQLite's AUTOINCREMENT on the tables whose rows are deleted while clients may still know their
+#: ids (a pet, an order, a user; the outbox id is the broker's duplicate filter): without it SQLite
+#: gives the next row the largest id in use plus one, so deleting the newest row hands its id on.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
 
 
 def _clean_text(value: str) -> str:
@@ -131,6 +135,8 @@ class Tag(SQLModel, table=True):
 
 
 class Pet(SQLModel, table=True):
+    __table_args__ = NEVER_REUSE_IDS
+
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     name: str = Field(sa_column=Column(String(255), nullable=False))
     status: str = Field(default=PetStatus.available, sa_column=Column(String(16), nullable=False, index=True))
@@ -149,6 +155,7 @@ class Pet(SQLModel, table=True):
 
 class User(SQLModel, table=True):
     __tablename__ = "users"  # "user" is reserved in PostgreSQL
+    __table_args__ = NEVER_REUSE_IDS
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     username: str = Field(sa_column=Column(String(255), nullable=False, unique=True))
@@ -163,6 +170,7 @@ class User(SQLModel, table=True):
 
 class Order(SQLModel, table=True):
     __tablename__ = "purchase_order"  # "order" is a reserved word in SQL
+    __table_args__ = NEVER_REUSE_IDS
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     # Not a foreign key: an order outlives the pet it was for, as a record of the sale.
@@ -180,7 +188,7 @@ class OutboxEvent(SQLModel, table=True):
     """An event written in the transaction of the change it describes; the relay publishes it after commit."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"),)
+    __table_args__ = (Index("ix_outbox_unpublished", "published_at", "id"), NEVER_REUSE_IDS)
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     event: str = Field(sa_column=Column(String(64), nullable=False))

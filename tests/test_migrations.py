@@ -59,7 +59,7 @@ def _assert_matches_models(url: str) -> None:
         "ix_purchase_order_user_id",
         "ix_outbox_unpublished",
     } <= schema["indexes"]
-    assert schema["revision"] == "0001"
+    assert schema["revision"] == "0002"
 
 
 def test_fresh_sqlite_upgraded_to_head_matches_the_models(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ async def test_migrate_async_runs_inside_a_running_event_loop(tmp_path: Path) ->
     await migrate_async(url)
     schema = await asyncio.to_thread(_inspect, url)  # _inspect runs its own loop: keep it off this one
     assert schema["diff"] == []
-    assert schema["revision"] == "0001"
+    assert schema["revision"] == "0002"
 
 
 @pytest.mark.postgres
@@ -104,4 +104,4 @@ async def test_migrate_async_on_postgresql(pg_url: str) -> None:
     await migrate_async(pg_url)
     schema = await asyncio.to_thread(_inspect, pg_url)
     assert schema["diff"] == []
-    assert schema["revision"] == "0001"
+    assert schema["revision"] == "0002"
