@@ -1,6 +1,6 @@
 """A client generated from the canonical Petstore document works unchanged against this server.
 
-``openapi-python-client`` generates a client from ``shared/petstore/openapi-v3.yaml`` into a temp
+``openapi-python-client`` generates a client from ``tests/data/openapi-v3.yaml`` into a temp
 directory during the test (no network). The client then does every one of the document's 19
 operations against a real uvicorn running the default plugins (JWT auth, rate limits, metrics),
 with base URL ``http://127.0.0.1:PORT/api/v3`` and bearer tokens from ``GET /user/login``, the
@@ -30,7 +30,7 @@ import pytest
 
 from tests.services import PostgresServer, UvicornServer
 
-CANONICAL = Path(__file__).resolve().parents[2] / "shared/petstore/openapi-v3.yaml"
+CANONICAL = Path(__file__).resolve().parent / "data" / "openapi-v3.yaml"  # its origin: tests/data/README.md
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 PETSTORE = Path(sys.executable).with_name("petstore")
 PACKAGE = "swagger_petstore_open_api_3_0_client"
