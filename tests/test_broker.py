@@ -302,3 +302,43 @@ async def test_any_failure_of_the_gap_fill_ends_in_a_reconnect(
         await client.aclose()
     assert recorder.offsets("pets") == [1, 2, 3, 4]
     assert "broker.connected" in recorder.observed
+
+
+async def test_the_memory_broker_forgets_rooms_that_hold_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crawl through 5,000 pet rooms (subscribe, leave) must not leave 5,000 rooms in memory;
+    rooms with history are kept until it expires, then swept."""
+    from petstore.broker import memory
+
+    clock = [1000.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    recorder = Recorder()
+    broker = MemoryBroker(Settings(history_size=5, history_ttl_seconds=60), recorder.deliver)
+    await broker.watch("pets")  # watched all along: kept, though empty
+    await broker.history("pets", None)
+    await publish(broker, "pet:1", 1)
+    kept = await broker.history("pet:1", None)
+    for n in range(2, 5000):
+        room = f"pet:{n}"
+        await broker.watch(room)
+        await broker.history(room, None)
+        await broker.unwatch(room)
+    assert len(broker._rooms) <= memory.SWEEP_EVERY
+    assert "pet:1" in broker._rooms and "pets" in broker._rooms  # history is worth keeping while it lasts
+    clock[0] += 61
+    for n in range(memory.SWEEP_EVERY):
+        await publish(broker, f"pet:{10_000 + n}", n)
+    assert "pet:1" not in broker._rooms
+    assert len(broker._rooms) <= memory.SWEEP_EVERY
+    assert (await broker.history("pet:1", None)).epoch != kept.epoch  # expired: a new epoch says so
+
+
+async def test_a_room_nobody_publishes_to_expires_from_redis_sooner(redis_broker: Any, redis_url: str) -> None:
+    broker, _ = redis_broker
+    await broker.history("pet:424242", None)
+    await publish(broker, "pet:7", 1)
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        assert 0 < await client.ttl("petstore:{pet:424242}:meta") <= 3600
+        assert await client.ttl("petstore:{pet:7}:meta") > 3600
+    finally:
+        await client.aclose()

@@ -27,6 +27,11 @@ class _Room:
     touched: float = field(default_factory=time.monotonic)
 
 
+#: Every this many new rooms, empty and expired ones are swept (amortised: no timer task to run
+#: and stop), so rooms that hold nothing stay fewer than this.
+SWEEP_EVERY = 1024
+
+
 class MemoryBroker:
     name = "memory"
     connected = True  # nothing to lose: delivery is a function call
@@ -37,6 +42,7 @@ class MemoryBroker:
         self._ttl = settings.history_ttl_seconds
         self._rooms: dict[str, _Room] = {}
         self._watched: dict[str, int] = {}
+        self._created = 0
 
     async def start(self) -> None:
         return None
@@ -50,8 +56,24 @@ class MemoryBroker:
         if room is None or now - room.touched > self._ttl:
             room = _Room(epoch=uuid.uuid4().hex, history=deque(maxlen=self._size), sources=deque(maxlen=self._size))
             self._rooms[name] = room
+            self._created += 1
+            if self._created % SWEEP_EVERY == 0:
+                self._sweep(now)
         room.touched = now
         return room
+
+    def _sweep(self, now: float) -> None:
+        """Forget the rooms nobody watches that hold nothing (no history) or whose history has
+        expired, as Redis expires their keys: one room per pet ever seen would otherwise stay in
+        memory for the life of the process. An empty room's next reader starts a new epoch,
+        which costs a client nothing it could have recovered."""
+        gone = [
+            name
+            for name, room in self._rooms.items()
+            if name not in self._watched and (not room.history or now - room.touched > self._ttl)
+        ]
+        for name in gone:
+            del self._rooms[name]
 
     async def publish(self, room_names: list[str], event: str, data_json: str, ts: str, source: int) -> None:
         tail = frame_tail(event, data_json, ts)

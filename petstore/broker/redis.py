@@ -100,6 +100,7 @@ return {epoch, offset, frames}
 """
 
 CHANNEL_PREFIX = "petstore:room:"
+EMPTY_ROOM_TTL_SECONDS = 3600
 SUBSCRIBE_TIMEOUT = 5.0
 MAX_BACKOFF = 2.0
 #: Tries again of a command whose connection broke (a restart): not an outage yet.
@@ -133,6 +134,9 @@ class RedisBroker:
         self._observe = observe
         self._size = settings.history_size
         self._ttl = settings.history_ttl_seconds
+        # A room read but never published to (a subscriber to a pet nobody changes) has nothing to
+        # keep: its position expires sooner, so a crawl through pet ids cannot fill Redis for a day.
+        self._empty_ttl = min(self._ttl, EMPTY_ROOM_TTL_SECONDS)
         self._watchdog = watchdog_seconds
         # A bounded pool that makes callers wait for a free connection (the default one raises
         # when a burst of subscriptions wants more connections than it allows).
@@ -219,7 +223,7 @@ class RedisBroker:
 
     async def _read_room(self, room: str, after: int, epoch: str) -> tuple[str, int, list[bytes]]:
         try:
-            reply: Any = await self._read(keys=keys(room), args=[uuid.uuid4().hex, self._ttl, after, epoch])
+            reply: Any = await self._read(keys=keys(room), args=[uuid.uuid4().hex, self._empty_ttl, after, epoch])
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
         return reply[0].decode(), int(reply[1]), list(reply[2])
