@@ -35,6 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from petstore import access, rooms, uvicorn_ws
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
+from petstore.errors import database_unavailable
 from petstore.hub import RESTARTING, Connection, observe_lag
 from petstore.realtime import Realtime, realtime
 from petstore.state import app_state
@@ -44,6 +45,7 @@ logger = logging.getLogger("petstore.ws")
 POLICY_VIOLATION = 1008
 TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013  # too many messages (and, in the hub, too slow to keep up)
+INTERNAL_ERROR = 1011
 MAX_BATCH = 64
 CLOSE_SECONDS = 5.0
 MESSAGE_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
@@ -175,11 +177,24 @@ class Session:
             if text is None:
                 await self.refuse("invalid", None, "bad_request", "send text frames of JSON")
                 continue
-            await self.handle(text)
+            try:
+                await self.handle(text)
+            except Exception:
+                # A bug must not leave a socket open and mute: say it in the log, close with 1011.
+                logger.exception("connection %s: failed handling a message, closing with 1011", self.conn.id)
+                self.conn.close(INTERNAL_ERROR)
             if self.conn.close_code is not None:
                 return self.conn.close_code
 
     async def send_loop(self) -> None:
+        try:
+            await self._send_loop()
+        except Exception:
+            # Same as the reader: a sender that died would leave the connection open and mute.
+            logger.exception("connection %s: the sender failed, closing with 1011", self.conn.id)
+            self.conn.close(INTERNAL_ERROR)
+
+    async def _send_loop(self) -> None:
         conn = self.conn
         observe = self.plugins.observe
         while True:
@@ -249,7 +264,7 @@ class Session:
     async def handle(self, text: str) -> None:
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             await self.refuse("invalid", None, "bad_request", "not valid JSON")
             return
         if not isinstance(body, dict) or not isinstance(body.get("type"), str):
@@ -260,6 +275,10 @@ class Session:
         ident = body.get("id")
         if ident is not None and (isinstance(ident, bool) or not isinstance(ident, int | str)):
             await self.refuse(label, None, "bad_request", "id must be a number or a string")
+            return
+        if isinstance(ident, str) and not _encodable(ident):
+            # A lone surrogate ("\ud800") parses but cannot be sent back as UTF-8: no echo of it.
+            await self.refuse(label, None, "bad_request", "id must be text that UTF-8 can encode")
             return
         self.plugins.observe("ws.message_received", type=label)
         refusal = await self.plugins.ws_message(self.conn.id, self.conn.principal, label)
@@ -274,6 +293,14 @@ class Session:
             await handler(body, ident)
         except Refused as exc:
             self.send({"type": "error", "id": ident, "code": exc.code, "message": exc.message})
+        except Exception as exc:
+            if not database_unavailable(exc):
+                raise
+            # Like a broker outage: nothing to do here but reconnect later (elsewhere) and recover.
+            logger.warning(
+                "connection %s: database unavailable (%s), closing with 1012", self.conn.id, type(exc).__name__
+            )
+            self.conn.close(RESTARTING)
 
     async def on_ping(self, body: dict[str, Any], ident: Any) -> None:
         self.send({"type": "pong", "id": ident})
@@ -365,6 +392,14 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     await Session(websocket, realtime(state)).run()
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def routes() -> list[BaseRoute]:

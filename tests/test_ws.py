@@ -365,3 +365,56 @@ async def test_plugins_take_part_in_connect_messages_and_room_authorization(make
             assert await client.closed() == 1013  # told why, then closed: too many messages
         async with ws_client(app.ws_url, headers={"X-Test-User": ADMIN}) as admin:
             await assert_error(admin, {"type": "subscribe", "room": "pet:13", "id": 3}, "forbidden", 3)
+
+
+# ----------------------------------------------------------------- messages that used to kill it
+
+
+async def test_json_nested_too_deep_is_a_bad_request_not_a_dead_connection(app: AppServer) -> None:
+    async with ws_client(app.ws_url) as client:
+        await client.send("[" * 20_000 + "]" * 20_000)  # 40 KB: within the message limit
+        error = await client.expect("error")
+        assert error["code"] == "bad_request"
+        assert await client.request({"type": "ping", "id": 1}, "pong") == {"type": "pong", "id": 1}
+
+
+async def test_an_id_that_cannot_be_echoed_is_refused_and_the_connection_keeps_speaking(app: AppServer) -> None:
+    """A lone surrogate parses as JSON but has no UTF-8 form: echoing it killed the sender task
+    and left the socket open and mute for ever."""
+    async with ws_client(app.ws_url) as client:
+        await client.send('{"type": "ping", "id": "\\ud800"}')
+        error = await client.expect("error")
+        assert error["code"] == "bad_request" and error["id"] is None
+        assert await client.request({"type": "ping", "id": "ok"}, "pong") == {"type": "pong", "id": "ok"}
+
+
+async def test_a_failing_handler_closes_with_1011_and_a_log_line(
+    app: AppServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from petstore.ws import Session
+
+    async def broken(self: Session, body: dict[str, Any], ident: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Session, "on_ping", broken)
+    async with ws_client(app.ws_url) as client:
+        await client.send({"type": "ping", "id": 1})
+        assert await client.closed() == 1011
+    assert any("closing with 1011" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_a_database_outage_during_subscribe_closes_with_1012_to_reconnect(
+    app: AppServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    layer = realtime.realtime(app.state)
+
+    async def unreachable(room: str) -> Any:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(layer, "snapshot", unreachable)
+    async with ws_client(app.ws_url) as client:
+        await client.send({"type": "subscribe", "room": "inventory", "id": 1})
+        assert await client.closed() == 1012
+    await until(lambda: layer.hub.subscribers("inventory") == 0, "the subscription to be released")
