@@ -124,6 +124,11 @@ class Connection:
         """Ask the transport to close this connection with ``code`` (the first request wins)."""
         if self.close_code is None:
             self.close_code = code
+            # Nothing queued will be sent now: let it go at once. A slow consumer's queue can be
+            # hundreds of large events, and the connection itself may live on in a reference
+            # cycle (its transport's tasks) until a full garbage collection.
+            self._items.clear()
+            self.aside = []
             self._closing.set()
             self._ready.set()
             if self.on_close is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -67,6 +68,22 @@ async def test_a_full_queue_closes_that_connection_with_1013_and_the_others_keep
     assert observed.counts["ws.slow_consumer"] == 1
     assert [m.offset for m in await fast.next_batch(100)] == list(range(1, 11))  # type: ignore[union-attr]
     assert fast.close_code is None
+
+
+async def test_a_closed_connection_lets_go_of_its_queue_at_once() -> None:
+    """Its queue held the slow consumer's events until a full GC collected the connection's
+    reference cycle: RSS 88 to 739 MB over four rounds of slow consumers."""
+    hub = Hub(Observed())
+    slow = hub.connection("slow", 3)
+    hub.go_live(hub.join(slow, "pets"), "e1", 0)
+    held = [message("pets", offset) for offset in range(1, 5)]
+    refs = [weakref.ref(m) for m in held]
+    for m in held:
+        hub.deliver(m)
+    assert slow.close_code == 1013
+    del held, m
+    assert [r() for r in refs] == [None] * 4  # nothing keeps them: the connection itself is still alive
+    assert slow.close_code == 1013
 
 
 async def test_a_subscription_that_buffers_too_much_is_a_slow_consumer_too() -> None:
