@@ -9,6 +9,8 @@ Policies (each a rate such as ``100/minute``, or several joined by ``;``):
 - ``default``: ``PETSTORE_RATE_LIMIT``, for every request not matched below;
 - ``login``: ``PETSTORE_RATELIMIT_LOGIN_PER_USER`` per username *and*
   ``PETSTORE_RATELIMIT_LOGIN_PER_IP`` per IP, for ``POST /auth/token`` and ``GET /user/login``;
+  while Redis is unreachable, ``PETSTORE_RATELIMIT_LOGIN_FALLBACK_PER_USER`` and
+  ``PETSTORE_RATELIMIT_LOGIN_FALLBACK_PER_IP`` instead, counted in this process only;
 - per-route overrides: ``PETSTORE_RATELIMIT_ROUTES="POST /api/v3/pet/*/uploadImage=10/minute, ..."``
   (the first matching ``METHOD glob`` wins; ``*`` matches any method);
 - WebSocket: ``PETSTORE_RATELIMIT_WS_CONNECT`` connection attempts per client (refused with
@@ -18,8 +20,10 @@ The algorithm is GCRA (a token bucket kept as one timestamp per key): up to ``q`
 once, then one every ``w/q`` seconds. With Redis, one Lua script checks and updates every key
 of a request in one atomic round trip, on Redis's clock, so all instances share one budget.
 Responses carry the IETF ``RateLimit-Policy`` and ``RateLimit`` headers; a refusal is 429 with
-``Retry-After``. When Redis fails, ordinary traffic is let through (fail open) and logins are
-refused with 503 (fail closed); each failure is observed as ``ratelimit.backend_error``.
+``Retry-After``. When Redis fails, ordinary traffic is let through (fail open), and logins are
+held to the fallback budget of this instance: stricter than the shared one, since each instance
+counts its own (with N instances an attacker gets N of them), yet logins go on; each failure is
+observed as ``ratelimit.backend_error``.
 """
 
 from __future__ import annotations
@@ -290,6 +294,9 @@ class RateLimitSettings(BaseSettings):
 
     login_per_user: str = "5/minute;30/hour"
     login_per_ip: str = "20/minute"
+    # Per instance while Redis is away: the shared budget, roughly halved.
+    login_fallback_per_user: str = "3/minute;15/hour"
+    login_fallback_per_ip: str = "10/minute"
     routes: Annotated[tuple[str, ...], NoDecode] = ()
     ws_connect: str = "30/minute"
     ws_messages: str = "50/10 seconds"
@@ -361,6 +368,8 @@ class RateLimitPlugin(PluginBase):
             self.default = Policy("default", parse_rates(settings.rate_limit))
             self.login_user = Policy("login-user", parse_rates(config.login_per_user))
             self.login_ip = Policy("login-ip", parse_rates(config.login_per_ip))
+            self.login_user_fallback = Policy("login-user-fallback", parse_rates(config.login_fallback_per_user))
+            self.login_ip_fallback = Policy("login-ip-fallback", parse_rates(config.login_fallback_per_ip))
             self.ws_connect_policy = Policy("ws-connect", parse_rates(config.ws_connect))
             self.ws_messages_policy = Policy("ws-messages", parse_rates(config.ws_messages))
             self.overrides = [_override(entry, i) for i, entry in enumerate(config.routes)]
@@ -371,6 +380,8 @@ class RateLimitPlugin(PluginBase):
         self.limiter: Limiter = MemoryLimiter()
         # Per connection and per process on purpose: a message costs no network round trip.
         self.messages = MemoryLimiter(clock=time.monotonic)
+        #: The login budget of this instance alone, for while the shared one cannot be reached.
+        self.fallback = MemoryLimiter()
         self._state: AppState | None = None
         self._last_log = -math.inf
 
@@ -432,7 +443,11 @@ class RateLimitPlugin(PluginBase):
             now = time.monotonic()
             if now - self._last_log >= LOG_INTERVAL_SECONDS:
                 self._last_log = now
-                logger.warning("rate limit backend unreachable (%s): open for reads, closed for login", exc)
+                logger.warning(
+                    "rate limit backend unreachable (%s): requests unlimited, logins held to this instance's "
+                    "fallback budget",
+                    exc,
+                )
             return None
 
     # -- WebSocket hooks
@@ -465,27 +480,26 @@ class RateLimitMiddleware:
             return
         method, path = scope["method"], scope["path"]
         plugin = self.plugin
-        if (method, path) in LOGIN_ROUTES:
+        login = (method, path) in LOGIN_ROUTES
+        username: str | None = None
+        if login:
             receive, username = await _login_username(scope, receive)
-            ip = f"ip:{client_ip(scope, plugin.trusted)}"
-            policies = [plugin.login_user, plugin.login_ip]
-            checks = budgets(plugin.login_ip, ip)
-            if username:
-                checks = budgets(plugin.login_user, f"name:{_digest(username)}") + checks
+            policies, checks = _login_checks(plugin.login_user, plugin.login_ip, scope, username, plugin.trusted)
             label = "login"
         else:
             policy = next((o.policy for o in plugin.overrides if o.matches(method, path)), plugin.default)
             policies, checks, label = [policy], budgets(policy, plugin.client(scope)), "http"
         decision = await plugin.check(checks)
         if decision is None:
-            if label == "login":  # fail closed: an unlimited login is an open door to guessing
-                response = error_response(
-                    503, "unavailable", "login is unavailable right now, try again shortly", {"Retry-After": "5"}
-                )
-                await response(scope, receive, send)
+            if not login:
+                await self.app(scope, receive, send)  # fail open: reads and writes carry on unlimited
                 return
-            await self.app(scope, receive, send)  # fail open: reads and writes carry on unlimited
-            return
+            # An unlimited login is an open door to guessing, and no login at all stops the store:
+            # this instance's own, stricter budget instead.
+            policies, checks = _login_checks(
+                plugin.login_user_fallback, plugin.login_ip_fallback, scope, username, plugin.trusted
+            )
+            decision = plugin.fallback.check_now(checks)
         headers = decision.headers(policies)
         if not decision.allowed:
             plugin.report("ratelimit.rejected", scope=label)
@@ -493,6 +507,19 @@ class RateLimitMiddleware:
             await error_response(429, "rate_limited", message, headers)(scope, receive, send)
             return
         await self.app(scope, receive, _with_headers(send, headers))
+
+
+def _login_checks(
+    per_user: Policy,
+    per_ip: Policy,
+    scope: Scope,
+    username: str | None,
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> tuple[list[Policy], list[Budget]]:
+    checks = budgets(per_ip, f"ip:{client_ip(scope, trusted)}")
+    if username:
+        checks = budgets(per_user, f"name:{_digest(username)}") + checks
+    return [per_user, per_ip], checks
 
 
 def _with_headers(send: Send, headers: Mapping[str, str]) -> Send:

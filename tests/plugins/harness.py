@@ -1,6 +1,7 @@
 """The real app with the real auth and rate-limit plugins, for tests/plugins/test_{auth,ratelimit}.py.
 
-``running_app(tmp_path, ...)`` starts ``create_app`` on a SQLite file (tables from the models),
+``running_app(tmp_path, ...)`` starts ``create_app`` on a SQLite file (tables from the models, the
+auth plugin's included, made before the app starts),
 with ``plugins.auth``, ``plugins.ratelimit`` and :class:`Recorder`, a plugin that remembers every
 ``observe`` call and serves ``/test/whoami`` over HTTP and WebSocket so the tests can see what
 the auth middleware put in ``scope["user"]``.
@@ -8,12 +9,14 @@ the auth middleware put in ``scope["user"]``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -28,6 +31,7 @@ from petstore.models import Role, User, UserBody
 from petstore.plugin import Plugin, PluginBase
 from petstore.state import AppState
 from petstore.users import create_user_row
+from plugins.auth import schema as auth_schema
 
 T = TypeVar("T")
 
@@ -94,10 +98,13 @@ class App:
         assert self.client.portal is not None
         return self.client.portal.call(fn, *args)
 
-    def add_user(self, username: str, role: Role = Role.customer, password: str = PASSWORD) -> int:
+    def add_user(
+        self, username: str, role: Role = Role.customer, password: str = PASSWORD, user_id: int | None = None
+    ) -> int:
         async def add() -> int:
             async with self.state.sessions() as session:
-                user = await create_user_row(session, UserBody(username=username, password=password), role)
+                body = UserBody(id=user_id, username=username, password=password)
+                user = await create_user_row(session, body, role)
                 await session.commit()
                 assert user.id is not None
                 return user.id
@@ -137,14 +144,33 @@ def make_settings(tmp_path: Path, **settings: Any) -> Settings:
     return Settings(**(fields | settings))
 
 
+async def create_tables(engine: AsyncEngine) -> None:
+    """The core's tables and the auth plugin's, from their models (what ``petstore migrate`` makes)."""
+    await db.create_all(engine)
+    async with engine.begin() as connection:
+        await connection.run_sync(auth_schema.metadata.create_all)
+
+
+def prepare_tables(settings: Settings) -> None:
+    """:func:`create_tables` on ``settings.database_url``, before any app opens it."""
+
+    async def prepare() -> None:
+        engine = db.create_engine(settings)
+        try:
+            await create_tables(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(prepare())
+
+
 @contextlib.contextmanager
 def running_app(tmp_path: Path, client: tuple[str, int] = ("127.0.0.1", 50000), **settings: Any) -> Iterator[App]:
-    """The started app on a SQLite file in ``tmp_path`` (tables created once); keyword arguments are Settings."""
-    app = create_app(make_settings(tmp_path, **settings))
-    with TestClient(app, client=client) as test_client:
-        harness = App(test_client)
-        harness.run(db.create_all, harness.state.engine)
-        yield harness
+    """The started app on a SQLite file in ``tmp_path`` (tables created first); keyword arguments are Settings."""
+    full = make_settings(tmp_path, **settings)
+    prepare_tables(full)
+    with TestClient(create_app(full), client=client) as test_client:
+        yield App(test_client)
 
 
 def assert_error(response: Any, status: int, type: str | None = None) -> None:
