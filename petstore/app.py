@@ -36,6 +36,7 @@ logger = logging.getLogger("petstore")
 
 API = "/api/v3"
 SHUTDOWN_STEP_SECONDS = 10.0
+MIN_STEP_SECONDS = 0.25
 STATIC_DIR = Path(__file__).parent / "static"
 
 
@@ -65,6 +66,12 @@ async def readyz(request: Request) -> Response:
         except Exception as exc:  # any failure of a part means "unavailable", named
             logger.debug("readiness: %s unavailable: %s", name, type(exc).__name__)
             checks[name] = "unavailable"
+    if state.draining:
+        # Stopping (SIGTERM): a load balancer still holding a connection must send nothing new here.
+        checks["shutdown"] = "draining"
+        return JSONResponse(
+            {"code": 503, "type": "not_ready", "message": "shutting down", "checks": checks}, status_code=503
+        )
     if checks["database"] != "ok":
         return JSONResponse(
             {"code": 503, "type": "not_ready", "message": "unreachable: database", "checks": checks},
@@ -116,13 +123,17 @@ def with_headers(app: ASGIApp, headers: tuple[tuple[bytes, bytes], ...]) -> ASGI
     return wrapped
 
 
-async def _bounded(step: Coroutine[Any, Any, None], what: str) -> None:
-    """Run one shutdown step, at most SHUTDOWN_STEP_SECONDS: a stuck step must not stop the
-    others, nor keep the process from exiting (an orchestrator would SIGKILL it)."""
+async def _bounded(step: Coroutine[Any, Any, None], what: str, state: AppState) -> None:
+    """Run one shutdown step, at most SHUTDOWN_STEP_SECONDS and what is left of the shutdown bound
+    (a moment at least): a stuck or failing step must not stop the others, nor keep the process
+    from exiting within PETSTORE_SHUTDOWN_TIMEOUT (an orchestrator would SIGKILL it)."""
+    seconds = min(SHUTDOWN_STEP_SECONDS, max(MIN_STEP_SECONDS, state.shutdown_seconds_left()))
     try:
-        await asyncio.wait_for(step, SHUTDOWN_STEP_SECONDS)
+        await asyncio.wait_for(step, seconds)
     except TimeoutError:
-        logger.warning("%s did not finish within %ss; going on", what, SHUTDOWN_STEP_SECONDS)
+        logger.warning("shutdown: %s did not finish within %.1fs; going on", what, seconds)
+    except Exception as exc:  # one line, not "Application shutdown failed" and a traceback
+        logger.error("shutdown: %s failed (%s: %s); going on", what, type(exc).__name__, exc)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -145,11 +156,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.info("petstore ready with plugins: %s", ", ".join(plugins.names()) or "none")
             yield {"petstore": state}
         finally:
+            state.begin_shutdown()  # under uvicorn it began at SIGTERM (petstore.shutdown)
             for stop in reversed(state.extras.get("on_shutdown", [])):
-                await _bounded(stop(state), f"shutdown step {getattr(stop, '__qualname__', stop)}")
+                await _bounded(stop(state), f"shutdown step {getattr(stop, '__qualname__', stop)}", state)
             for plugin in reversed(started):
-                await _bounded(plugin.shutdown(state), f"plugin {plugin.name!r} shutdown")
-            await _bounded(engine.dispose(), "closing the database pool")
+                await _bounded(plugin.shutdown(state), f"plugin {plugin.name!r} shutdown", state)
+            await _bounded(engine.dispose(), "closing the database pool", state)
 
     outermost, ordinary = plugins.middleware()
     middleware = [

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = 64 * 1024
     ws_heartbeat_seconds: int = 25
     ws_auth_timeout_seconds: float = 10.0
+    #: From SIGTERM to exit, at most this long whatever the clients do (petstore.shutdown).
+    shutdown_timeout: float = Field(default=10.0, gt=0)
 
     @field_validator("plugins", "allowed_origins", mode="before")
     @classmethod

@@ -26,6 +26,23 @@ class AppState:
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     #: Components the real-time layer and plugins attach (broker, hub, relay, ...), by name.
     extras: dict[str, Any] = field(default_factory=dict)
+    #: Shutdown has begun (SIGTERM under uvicorn, see petstore.shutdown): ``/readyz`` answers 503.
+    draining: bool = False
+    #: The loop time by which shutdown must be over (``PETSTORE_SHUTDOWN_TIMEOUT`` after it began).
+    shutdown_deadline: float | None = None
+
+    def begin_shutdown(self) -> float:
+        """Mark this instance as stopping (once) and return the loop time by which it must be done."""
+        self.draining = True
+        if self.shutdown_deadline is None:
+            self.shutdown_deadline = asyncio.get_running_loop().time() + self.settings.shutdown_timeout
+        return self.shutdown_deadline
+
+    def shutdown_seconds_left(self) -> float:
+        """What is left of the shutdown bound (the whole bound if shutdown has not begun)."""
+        if self.shutdown_deadline is None:
+            return self.settings.shutdown_timeout
+        return max(0.0, self.shutdown_deadline - asyncio.get_running_loop().time())
 
 
 def app_state(conn: HTTPConnection) -> AppState:
