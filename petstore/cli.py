@@ -44,6 +44,9 @@ T = TypeVar("T")
 APP = "petstore.app:create_app"
 #: uvicorn's sans-I/O WebSocket protocol plus the hub's direct-write extension (petstore.uvicorn_ws)
 WS_PROTOCOL = "petstore.uvicorn_ws:WebSocketProtocol"
+#: uvicorn's httptools protocol, ending event streams and stalled responses on shutdown (petstore.uvicorn_http)
+HTTP_PROTOCOL = "petstore.uvicorn_http:HttpProtocol"
+SHUTDOWN_ENV = "PETSTORE_SHUTDOWN_TIMEOUT"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROLES = ("admin", "staff", "customer")
 PROGRESS_THRESHOLD = 200  # below this many pets, seeding is too quick for a progress bar to help
@@ -91,6 +94,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
     return value
 
 
@@ -172,10 +185,17 @@ def _supervisor_class() -> type[Any]:
             super().join_all()
             self.mark_exited()
 
+        def terminate_all(self) -> None:
+            # Workers close their copies of the listening socket when they begin to stop; this one
+            # too, or the kernel would go on accepting connections nobody will ever serve.
+            for sock in self.sockets:
+                sock.close()
+            super().terminate_all()
+
     return MetricsSupervisor
 
 
-def _check_app_settings(workers: int) -> None:
+def _check_app_settings(workers: int) -> Settings:
     """Fail in this process, with one line, on what would make every worker fail at start-up.
 
     Loading the plugins here also creates, once, what the workers must share and would otherwise
@@ -192,26 +212,47 @@ def _check_app_settings(workers: int) -> None:
             "in-process broker, so live events reach only the clients of one worker",
             file=sys.stderr,
         )
+    return settings
+
+
+def _protocols(settings: Settings) -> dict[str, Any]:
+    """uvicorn settings for petstore's protocols and its shutdown bound (petstore.shutdown)."""
+    from petstore.shutdown import connections_timeout
+
+    return {
+        "ws": WS_PROTOCOL,
+        "http": HTTP_PROTOCOL,
+        "timeout_graceful_shutdown": connections_timeout(settings.shutdown_timeout),
+    }
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run the server with uvicorn; several worker processes with ``--workers``."""
+    """Run the server with uvicorn; several worker processes with ``--workers``.
+
+    SIGTERM stops it within ``--shutdown-timeout`` seconds (``PETSTORE_SHUTDOWN_TIMEOUT``, 10 by
+    default): it stops accepting, says 503 on ``/readyz``, closes WebSockets with 1012 and ends
+    event streams, then exits, whatever its clients do.
+    """
     import uvicorn
 
+    if args.shutdown_timeout is not None:
+        os.environ[SHUTDOWN_ENV] = str(args.shutdown_timeout)  # read by the app, in every worker
     if args.workers == 1:
         # One process needs no multiprocess mode; a directory left in the environment would make
         # this process add up stale files of some earlier run.
         os.environ.pop(MULTIPROC_ENV, None)
-        _check_app_settings(1)
-        uvicorn.run(APP, factory=True, host=args.host, port=args.port, ws=WS_PROTOCOL)
+        settings = _check_app_settings(1)
+        uvicorn.run(APP, factory=True, host=args.host, port=args.port, **_protocols(settings))
         return 0
     with metrics_directory() as path:
         # The supervisor records no metrics: keep its prometheus_client out of multiprocess mode
         # (it picks its value store on first import), so only workers write files.
         os.environ.pop(MULTIPROC_ENV, None)
-        _check_app_settings(args.workers)
+        settings = _check_app_settings(args.workers)
         os.environ[MULTIPROC_ENV] = str(path)  # inherited by the workers uvicorn spawns
-        config = uvicorn.Config(APP, factory=True, host=args.host, port=args.port, workers=args.workers, ws=WS_PROTOCOL)
+        config = uvicorn.Config(
+            APP, factory=True, host=args.host, port=args.port, workers=args.workers, **_protocols(settings)
+        )
         sock = config.bind_socket()
         try:
             _supervisor_class()(config, sockets=[sock], metrics_dir=path).run()
@@ -354,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1,
         help="worker processes (default: %(default)s); more than 1 turns on Prometheus multiprocess mode",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="on SIGTERM, exit within this long whatever the clients do (default: PETSTORE_SHUTDOWN_TIMEOUT, or 10)",
     )
     p.set_defaults(func=serve)
 

@@ -211,12 +211,17 @@ class Hub:
         self.connections: set[Connection] = set()
         self._observe = observe
         self._empty = asyncio.Event()
+        self._empty.set()
         self._aside: list[Connection] = []
+        #: Set by :meth:`close_every` when the server stops: a connection made now closes at once.
+        self.closing_code: int | None = None
 
     def connection(self, connection_id: str, limit: int) -> Connection:
         conn = Connection(connection_id, limit, self._observe, self._set_aside)
         self.connections.add(conn)
         self._empty.clear()
+        if self.closing_code is not None:
+            conn.close(self.closing_code)
         return conn
 
     def deliver(self, message: Message) -> None:
@@ -290,15 +295,24 @@ class Hub:
     def subscribers(self, room: str) -> int:
         return len(self._rooms.get(room, ()))
 
-    async def close_all(self, code: int, wait_seconds: float) -> None:
-        """Ask every connection to close with ``code`` and wait, at most ``wait_seconds``, until they are gone."""
+    def close_every(self, code: int, *, also_new: bool = False) -> None:
+        """Ask every connection to close with ``code``; with ``also_new``, every one made from now on too
+        (the server is stopping)."""
+        if also_new:
+            self.closing_code = code
         for conn in tuple(self.connections):
             conn.close(code)
-        if not self.connections:
-            return
+
+    async def wait_empty(self, seconds: float | None) -> bool:
+        """Wait until no connection is left, at most ``seconds`` (None: no bound); True if none is."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._empty.wait(), wait_seconds)
-        if self.connections:
+            await asyncio.wait_for(self._empty.wait(), seconds)
+        return not self.connections
+
+    async def close_all(self, code: int, wait_seconds: float) -> None:
+        """Ask every connection to close with ``code`` and wait, at most ``wait_seconds``, until they are gone."""
+        self.close_every(code)
+        if not await self.wait_empty(wait_seconds):
             logger.warning(
                 "%d connections were still open %.1fs after asking them to close", len(self.connections), wait_seconds
             )

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from petstore import access, rooms
+from petstore import access, rooms, shutdown
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.errors import BadRequest, Forbidden, NotFound, Unauthorized, error_response
 from petstore.hub import Connection, Outgoing, observe_lag
@@ -100,6 +100,10 @@ async def events_endpoint(request: Request) -> Response:
     except BaseException:
         release(layer, conn)  # a stream that fails half-open gives back every room it took
         raise
+    # Served by petstore.uvicorn_http: the server then ends this stream when it stops (petstore.shutdown).
+    mark = request.scope.get("extensions", {}).get(shutdown.STREAM_EXTENSION, {}).get("mark")
+    if mark is not None:
+        mark()
     return StreamingResponse(
         stream(layer, conn),
         media_type="text/event-stream",

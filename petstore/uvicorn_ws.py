@@ -18,6 +18,12 @@ slow client's queue fills and it is closed with 1013).
 
 The app keeps working under any ASGI server; without the extension every send takes the usual
 path. ``uvicorn --ws petstore.uvicorn_ws:WebSocketProtocol`` gives plain uvicorn the same.
+
+On shutdown (SIGTERM), uvicorn's protocol sends its own 1012 and closes at once, dropping what the
+hub was still writing, and waits forever for a client that does not read. This one leaves the
+close to the app, which the first ``shutdown()`` tells to drain (:mod:`petstore.shutdown`): the
+hub closes every connection with 1012, one close frame each, and a connection still open after
+the drain's grace is aborted.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
+
+from petstore import shutdown
 
 EXTENSION = "petstore.websocket.write"
 #: The import string for uvicorn's ``ws`` setting (``--ws`` on its command line).
@@ -48,6 +56,33 @@ class Framed(Protocol):
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol that offers :meth:`write` as an ASGI extension."""
+
+    drain: shutdown.Drain | None = None
+
+    def shutdown(self) -> None:
+        """The server is stopping: let the app close with 1012 (see the module docstring)."""
+        drain = shutdown.begin(self.app_state, self.config)
+        if drain is None:
+            super().shutdown()
+            return
+        self.drain = drain
+        drain.watch(self)
+        if not self.handshake_complete or self.close_sent or self.initial_response is not None:
+            super().shutdown()  # not an open WebSocket (yet, or any more): uvicorn's own way
+        else:
+            self.stop_keepalive()  # a ping now would only delay the close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.drain is not None:
+            self.drain.lost(self)
+
+    def abort_if_open(self) -> bool:
+        """For the drain: abort a connection that did not close in time (its client does not read)."""
+        if self.disconnected or self.transport is None:
+            return False
+        self.transport.abort()
+        return True
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)

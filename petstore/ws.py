@@ -162,6 +162,8 @@ class Session:
         """Handle client messages in order; returns the client's close code when it goes away."""
         limit = self.settings.ws_max_message_bytes
         while True:
+            if self.conn.close_code is not None:
+                return self.conn.close_code  # by a message's handler, or before reading began (stopping)
             try:
                 message = await self.websocket.receive()
             except WebSocketDisconnect as exc:
@@ -183,8 +185,6 @@ class Session:
                 # A bug must not leave a socket open and mute: say it in the log, close with 1011.
                 logger.exception("connection %s: failed handling a message, closing with 1011", self.conn.id)
                 self.conn.close(INTERNAL_ERROR)
-            if self.conn.close_code is not None:
-                return self.conn.close_code
 
     async def send_loop(self) -> None:
         try:

@@ -11,10 +11,11 @@ from typing import Self
 
 from .base import HOST, START_TIMEOUT, Service, http_get
 
-# The protocol `petstore serve` runs: uvicorn's sans-I/O one plus the hub's direct writes.
+# The protocols `petstore serve` runs: uvicorn's sans-I/O WebSocket one plus the hub's direct
+# writes, and its httptools one; both take part in the SIGTERM drain (petstore.shutdown).
 DEFAULT_APP_COMMAND = (
     sys.executable, "-m", "uvicorn", "petstore.app:create_app", "--factory", "--host", "{host}", "--port", "{port}",
-    "--ws", "petstore.uvicorn_ws:WebSocketProtocol",
+    "--ws", "petstore.uvicorn_ws:WebSocketProtocol", "--http", "petstore.uvicorn_http:HttpProtocol",
 )  # fmt: skip
 
 
