@@ -210,6 +210,38 @@ def test_sigterm_ends_event_streams_and_exits_within_the_bound(tmp_path: Path) -
     assert "aborted" not in log  # a client that reads was not cut off
 
 
+def open_stream(port: int, room: str, receive_buffer: int | None = None) -> socket.socket:
+    """An SSE request on a plain socket, read until its ``subscribed`` event."""
+    stream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    stream.settimeout(DEADLINE)
+    stream.connect((HOST, port))
+    stream.sendall(f"GET /api/v3/events?room={room} HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+    received = b""
+    while b"event: subscribed" not in received:
+        received += stream.recv(65536)
+    return stream
+
+
+def test_sigterm_aborts_an_event_stream_whose_client_does_not_read(tmp_path: Path) -> None:
+    with running(tmp_path, ws_queue_size="100000") as server:
+        stalled = open_stream(server.port, "pets", receive_buffer=4096)  # from here on it never reads
+        pets = 40
+        with open_stream(server.port, "pets") as reading:
+            add_big_pets(server, pets)
+            received = b""
+            while received.count(b"event: pet.created") < pets:  # so every event reached the hub
+                received += reading.recv(1 << 20)
+            terminate(server)
+            while reading.recv(1 << 20):
+                pass
+        assert_exits_within_bound(server)
+        stalled.close()
+        log = assert_clean_log(server)
+    assert log.count("shutdown: 1 WebSocket/SSE connections were still open") == 1, log
+
+
 def test_sigterm_closes_websockets_with_1012_even_beside_a_client_that_does_not_read(tmp_path: Path) -> None:
     async def scenario(server: UvicornServer) -> RawWebSocket:
         async with contextlib.AsyncExitStack() as stack:
