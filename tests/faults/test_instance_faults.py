@@ -364,6 +364,10 @@ async def test_a_rolling_restart_behind_haproxy_loses_and_doubles_nothing(instan
             assert await pet_names(haproxy.url) == names, "a change was lost or doubled"
 
             async def everyone_has_everything() -> bool:
+                for task in running:
+                    if task.done():
+                        task.result()  # a subscriber that met something unexpected says what
+                        raise AssertionError("a subscriber stopped")
                 return all(len(s.received) >= len(names) for s in subscribers)
 
             try:
