@@ -1,4 +1,4 @@
-"""``plugins.auth``: JWT bearer tokens, roles, refresh rotation, revocation shared through Redis.
+"""``plugins.auth``: JWT bearer tokens, roles, refresh rotation, revocation shared by every instance.
 
 Loaded by ``PETSTORE_PLUGINS`` (``plugins.auth``). What it does, hook by hook:
 
@@ -6,8 +6,11 @@ Loaded by ``PETSTORE_PLUGINS`` (``plugins.auth``). What it does, hook by hook:
   and WebSocket, setting ``scope["user"]`` (a :class:`~petstore.access.Principal`) and ``scope["auth"]``.
 - ``routes``: ``/api/v3/auth/{token,refresh,logout}``, ``/api/v3/user/{login,logout}`` and,
   with RS256/ES256, ``/api/v3/auth/jwks.json``.
-- ``startup`` / ``shutdown``: the token store (Redis when ``PETSTORE_REDIS_URL`` is set), and a
-  log filter that keeps ``password=`` out of uvicorn's access log.
+- ``startup`` / ``shutdown``: the token store (revocations and refresh families in the database,
+  each instance's copy kept fresh by Redis pub/sub when ``PETSTORE_REDIS_URL`` is set and by a
+  database poll always: :mod:`plugins.auth.feed`), and a log filter that keeps ``password=`` out
+  of uvicorn's access log.
+- ``migrations``: the tables of :mod:`plugins.auth.schema`, created by ``petstore migrate``.
 - ``openapi``: the paths and schemas above, and the bearer scheme.
 - ``ws_authenticate`` / ``ws_authorize``: the same tokens and the rooms rule of SPEC §3.
 
@@ -21,6 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
@@ -28,15 +33,17 @@ from starlette.websockets import WebSocket
 from petstore.access import AuthFailed, Principal
 from petstore.config import Settings
 from petstore.errors import ConfigurationError
-from petstore.plugin import PluginBase
+from petstore.plugin import PluginBase, PluginMigrations
 from petstore.rooms import may_join
 from petstore.state import AppState
 from plugins.auth.authority import Authority, BackendUnavailable
 from plugins.auth.backend import AuthMiddleware, RedactSecrets, TokenBackend, installed_filter
 from plugins.auth.config import AuthSettings
 from plugins.auth.endpoints import AuthEndpoints
+from plugins.auth.feed import RevocationFeed
 from plugins.auth.openapi import API, extend
-from plugins.auth.store import MemoryTokenStore, RedisTokenStore, TokenStore
+from plugins.auth.schema import MIGRATIONS
+from plugins.auth.store import TokenStore
 from plugins.ratelimit import parse_rates
 
 logger = logging.getLogger("plugins.auth")
@@ -55,6 +62,7 @@ class AuthPlugin(PluginBase):
         self.config = config or AuthSettings()
         self.keys = self.config.key_set(settings)  # bad keys stop start-up here, naming the plugin
         self.authority: Authority | None = None
+        self.feed: RevocationFeed | None = None
         self._filter: tuple[RedactSecrets, list[logging.Logger]] | None = None
         try:
             # For /user/login's X-Rate-Limit ("calls per hour allowed"): the tightest default rate.
@@ -75,22 +83,31 @@ class AuthPlugin(PluginBase):
     def routes(self) -> Sequence[BaseRoute]:
         return self.endpoints.routes(API, self.keys.jwks() if self.keys.is_asymmetric else None)
 
+    def migrations(self) -> PluginMigrations:
+        return MIGRATIONS
+
     async def startup(self, state: AppState) -> None:
         self._state = state
-        store: TokenStore = MemoryTokenStore()
+        store = TokenStore(state.engine)
+        redis = None
         if state.settings.redis_url:
             redis = Redis.from_url(
                 state.settings.redis_url,
                 socket_timeout=REDIS_TIMEOUT_SECONDS,
                 socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                # No silent retries inside redis-py: the feed must know of every reconnection,
+                # since messages published meanwhile are lost and it reads them from the database.
+                retry=Retry(NoBackoff(), 0),
             )
-            store = RedisTokenStore(redis)
+        self.feed = RevocationFeed(store, redis, self.config.revocation_poll_seconds)
+        await self.feed.start()
         self.authority = Authority(self.config, self.keys, store, state)
         self._filter = installed_filter(REDACTED_LOGGERS)
         logger.info(
-            "auth: %s tokens, revocation %s",
+            "auth: %s tokens, revocations in the database%s, polled every %g s",
             self.keys.algorithm,
-            "in Redis" if state.settings.redis_url else "in process",
+            ", announced through Redis pub/sub" if redis is not None else "",
+            self.config.revocation_poll_seconds,
         )
 
     async def shutdown(self, state: AppState) -> None:
@@ -99,9 +116,10 @@ class AuthPlugin(PluginBase):
             for item in loggers:
                 item.removeFilter(flt)
             self._filter = None
-        if self.authority is not None:
-            await self.authority.store.close()
-            self.authority = None
+        self.authority = None
+        if self.feed is not None:
+            await self.feed.close()
+            self.feed = None
 
     def openapi(self, document: dict[str, Any]) -> None:
         extend(document, asymmetric=self.keys.is_asymmetric)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from petstore.access import AuthFailed, Principal
 from petstore.models import Role, User
@@ -31,7 +31,7 @@ REFRESH = "refresh"
 
 
 class BackendUnavailable(Exception):
-    """The revocation store cannot answer; a token cannot be trusted right now (503, not 401)."""
+    """The database cannot answer; a token cannot be checked or issued right now (503, not 401)."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +124,16 @@ class Authority:
     async def _store(self, operation: Any) -> Any:
         try:
             return await operation
-        except (RedisError, OSError) as exc:
+        except (SQLAlchemyError, OSError) as exc:
             raise BackendUnavailable(type(exc).__name__) from None
 
     async def _live_user(self, claims: dict[str, Any]) -> User:
-        async with self.state.sessions() as session:
-            user = await session.get(User, claims["uid"])
+        try:
+            async with self.state.sessions() as session:
+                user = await session.get(User, claims["uid"])
+        except (SQLAlchemyError, OSError) as exc:
+            # Raised from middleware, where the core's 503 handler does not run: say 503 here.
+            raise BackendUnavailable(type(exc).__name__) from None
         # The name and stamp must match too: a deleted user's id may be reused by someone new, and
         # a password change ends every session that the old password opened.
         if user is None or user.username != claims["sub"]:
@@ -161,7 +165,7 @@ class Authority:
         now = int(time.time())
         refresh = self._claims(user, REFRESH, claims["fam"], self.config.refresh_ttl_seconds, now)
         outcome = await self._store(
-            self.store.rotate(claims["fam"], claims["jti"], refresh["jti"], self._family_life())
+            self.store.rotate(claims["fam"], claims["jti"], refresh["jti"], self._family_life(), self._access_life())
         )
         if outcome is Rotation.reused:
             raise AuthFailed("refresh_reused", "refresh token already used: every token of this login is revoked")
@@ -176,8 +180,13 @@ class Authority:
         # The newest refresh token of a family expires at most this long from now.
         return self.config.refresh_ttl_seconds + self.config.leeway_seconds
 
+    def _access_life(self) -> int:
+        # How long an access token issued before now can still be presented. A revoked family's
+        # refresh tokens are refused by the database (its row says revoked), so its revocation
+        # entry, which every instance keeps in memory, need only outlive its access tokens.
+        return self.config.access_ttl_seconds + self.config.leeway_seconds
+
     async def logout(self, claims: dict[str, Any]) -> None:
         """Revoke this access token and its whole family, for as long as any of them could live."""
         remaining = int(claims["exp"]) - int(time.time()) + self.config.leeway_seconds
-        await self._store(self.store.revoke(claims["jti"], remaining))
-        await self._store(self.store.revoke_family(claims["fam"], self._family_life()))
+        await self._store(self.store.revoke(claims["jti"], remaining, claims["fam"], self._access_life()))

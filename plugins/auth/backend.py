@@ -31,7 +31,7 @@ from plugins.auth.authority import Authority, BackendUnavailable
 
 logger = logging.getLogger("plugins.auth")
 
-#: How long between two log lines about the revocation store being down.
+#: How long between two log lines about the database being down while checking tokens.
 LOG_INTERVAL_SECONDS = 30.0
 
 
@@ -78,7 +78,7 @@ class TokenBackend(AuthenticationBackend):
             now = time.monotonic()
             if now - self._last_store_log >= LOG_INTERVAL_SECONDS:
                 self._last_store_log = now
-                logger.warning("token revocation store unreachable (%s): refusing authenticated requests", exc)
+                logger.warning("auth: database unreachable while checking a token (%s): answering 503", exc)
             self._observe("store_unavailable")
             raise StoreDown("cannot check the token right now") from None
         return principal.credentials, principal

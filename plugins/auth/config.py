@@ -4,7 +4,8 @@ HS256 with ``PETSTORE_JWT_SECRET`` (the core's setting) is the default. For RS25
 ``PETSTORE_JWT_PRIVATE_KEY_FILE`` at a PEM private key; during a rotation list the previous
 public keys in ``PETSTORE_JWT_PUBLIC_KEYS`` (``path`` or ``kid=path``, comma-separated) so that
 tokens signed before the switch stay valid until they expire. ``PETSTORE_JWT_PREVIOUS_SECRETS``
-does the same for HS256.
+does the same for HS256. ``PETSTORE_JWT_REVOCATION_POLL_SECONDS`` (5 by default) bounds how long
+a token revoked on another instance is still accepted here while Redis is away.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ class AuthSettings(BaseSettings):
     access_ttl_seconds: int = Field(default=15 * 60, gt=0)
     refresh_ttl_seconds: int = Field(default=14 * 24 * 3600, gt=0)
     leeway_seconds: int = Field(default=30, ge=0, le=300)
+    #: How often each instance reads new revocations from the database: during a Redis outage (or
+    #: without Redis) the longest a token revoked on another instance is still accepted here.
+    revocation_poll_seconds: float = Field(default=5.0, gt=0, le=300)
 
     @field_validator("public_keys", "previous_secrets", mode="before")
     @classmethod

@@ -1,35 +1,38 @@
-"""Revoked tokens and refresh-token families: in Redis when configured, else in this process.
+"""Revoked tokens and refresh-token families: kept in the database, with each instance's copy in memory.
+
+The database is the source of truth that every instance shares (tables of :mod:`plugins.auth.schema`).
+A request's revocation check reads this instance's :class:`RevokedKeys`, a dictionary: no I/O, so no
+request depends on Redis, or waits on anything but the user lookup it makes anyway. The copy is
+loaded at start-up and kept fresh by :class:`plugins.auth.feed.RevocationFeed` (Redis pub/sub, and a
+database poll that holds during a Redis outage). Until the first load succeeds (the database was
+down at start-up, or its tables are made after), each check asks the database itself.
 
 A *family* starts at a login and follows one chain of refresh tokens. Only its newest refresh
 token may be used; presenting an older one means it was stolen or replayed, so the whole family
-(every access and refresh token it produced) is revoked. Entries live as long as the tokens
-they describe could (Redis TTL = what is left of the token's life), so nothing piles up.
+is revoked. Spending a refresh token is one conditional ``UPDATE ... WHERE current_jti = :presented``
+whose row count says who won, so two instances racing with one token cannot both succeed, on
+PostgreSQL and SQLite alike. Rows live as long as the tokens they describe could, then are pruned.
 """
 
 from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
 
-from redis.asyncio import Redis
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-PREFIX = "petstore:auth:"
+from plugins.auth.schema import families, revocations
 
-# KEYS: family, family-revoked. ARGV: presented jti, new jti, new family TTL, revoked-marker TTL.
-_ROTATE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'revoked' end
-local current = redis.call('GET', KEYS[1])
-if not current then return 'unknown' end
-if current == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
-  return 'ok'
-end
-redis.call('DEL', KEYS[1])
-redis.call('SET', KEYS[2], '1', 'EX', ARGV[4])
-return 'reused'
-"""
+#: How far back each poll reads again, in seconds: a revocation whose transaction committed late,
+#: or whose writer's clock is behind this instance's, is still seen as long as it is within this.
+POLL_OVERLAP_SECONDS = 30.0
+
+#: One revoked key (``jti:<id>`` or ``family:<id>``) and when it stops mattering (epoch seconds).
+Entry = tuple[str, float]
+Announce = Callable[[Sequence[Entry]], Awaitable[None]]
 
 
 class Rotation(enum.StrEnum):
@@ -39,107 +42,165 @@ class Rotation(enum.StrEnum):
     unknown = "unknown"  # no such family (expired, or never issued here)
 
 
-class TokenStore(Protocol):
-    async def is_revoked(self, jti: str, family: str | None) -> bool: ...
-
-    async def revoke(self, jti: str, ttl: int) -> None: ...
-
-    async def revoke_family(self, family: str, ttl: int) -> None: ...
-
-    async def start_family(self, family: str, jti: str, ttl: int) -> None: ...
-
-    async def rotate(self, family: str, presented: str, new: str, ttl: int) -> Rotation: ...
-
-    async def close(self) -> None: ...
-
-
 def _ttl(seconds: float) -> int:
     return max(1, int(seconds) + 1)
 
 
-class MemoryTokenStore:
-    """One process only: what a single-instance development server needs."""
+class RevokedKeys:
+    """This instance's copy of the live revocations."""
 
-    PURGE_EVERY = 1024
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._revoked: dict[str, float] = {}  # key -> expiry (monotonic)
-        self._families: dict[str, tuple[str, float]] = {}  # family -> (current jti, expiry)
-        self._writes = 0
+        self._expiry: dict[str, float] = {}
+        #: True once the whole table has been read: from then on a miss here is a definite "not revoked".
+        self.loaded = False
+        #: The newest ``created_at`` seen, on the writers' clocks: where the next poll starts (less the overlap).
+        self.watermark = 0.0
 
-    def _alive(self, key: str) -> bool:
-        expiry = self._revoked.get(key)
+    def add(self, key: str, expires_at: float) -> None:
+        if expires_at > self._expiry.get(key, 0.0):
+            self._expiry[key] = expires_at
+
+    def __contains__(self, key: object) -> bool:
+        expiry = self._expiry.get(key) if isinstance(key, str) else None
         return expiry is not None and expiry > self._clock()
 
-    def _purge(self) -> None:
-        # Expired entries are dropped now and then, so memory follows the live tokens only.
-        self._writes += 1
-        if self._writes % self.PURGE_EVERY:
-            return
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def prune(self) -> None:
+        """Forget what has expired: memory follows the tokens that could still be presented."""
         now = self._clock()
-        self._revoked = {k: e for k, e in self._revoked.items() if e > now}
-        self._families = {k: v for k, v in self._families.items() if v[1] > now}
+        self._expiry = {key: expiry for key, expiry in self._expiry.items() if expiry > now}
+
+
+def _upsert(connection: AsyncConnection, entries: Sequence[Entry], now: float) -> sa.Executable:
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(revocations).values([{"key": key, "expires_at": exp, "created_at": now} for key, exp in entries])
+    # Revoked twice (two logouts racing): keep the later expiry, and the new created_at so pollers read it again.
+    later = sa.case(
+        (statement.excluded.expires_at > revocations.c.expires_at, statement.excluded.expires_at),
+        else_=revocations.c.expires_at,
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[revocations.c.key], set_={"expires_at": later, "created_at": statement.excluded.created_at}
+    )
+
+
+async def _nothing(entries: Sequence[Entry]) -> None:
+    return None
+
+
+class TokenStore:
+    """Revocations and refresh families in the database at ``engine``; :attr:`revoked` is this instance's copy.
+
+    Database errors (``SQLAlchemyError``, ``OSError``) propagate: the caller turns them into 503.
+    """
+
+    def __init__(self, engine: AsyncEngine, clock: Callable[[], float] = time.time) -> None:
+        self._engine = engine
+        self._clock = clock
+        self.revoked = RevokedKeys(clock)
+        #: Called after each revocation is committed (the feed publishes it to the other instances).
+        self.announce: Announce = _nothing
+
+    # ------------------------------------------------------------------ the request path
 
     async def is_revoked(self, jti: str, family: str | None) -> bool:
-        return self._alive(f"jti:{jti}") or (family is not None and self._alive(f"family:{family}"))
+        keys = [f"jti:{jti}"] + ([f"family:{family}"] if family else [])
+        if self.revoked.loaded:
+            return any(key in self.revoked for key in keys)
+        # Not loaded yet: a miss in memory proves nothing, so the database answers.
+        query = sa.select(revocations.c.key).where(
+            revocations.c.key.in_(keys), revocations.c.expires_at > self._clock()
+        )
+        async with self._engine.connect() as connection:
+            return (await connection.execute(query.limit(1))).first() is not None
 
-    async def revoke(self, jti: str, ttl: int) -> None:
-        self._purge()
-        self._revoked[f"jti:{jti}"] = self._clock() + _ttl(ttl)
+    # ------------------------------------------------------------------ writes
 
-    async def revoke_family(self, family: str, ttl: int) -> None:
-        self._purge()
-        self._families.pop(family, None)
-        self._revoked[f"family:{family}"] = self._clock() + _ttl(ttl)
+    async def _revoke(self, entries: Sequence[Entry], revoke_family: str | None = None) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(_upsert(connection, entries, self._clock()))
+            if revoke_family is not None:
+                await connection.execute(
+                    sa.update(families).where(families.c.family == revoke_family).values(revoked=True)
+                )
+        # Committed: this instance refuses the token from now on, the others once they hear of it.
+        for key, expires_at in entries:
+            self.revoked.add(key, expires_at)
+        await self.announce(entries)
+
+    async def revoke(self, jti: str, jti_ttl: int, family: str, family_ttl: int) -> None:
+        """A logout: one access token, and every token of its family (its refresh token can no longer be spent)."""
+        now = self._clock()
+        entries = [(f"jti:{jti}", now + _ttl(jti_ttl)), (f"family:{family}", now + _ttl(family_ttl))]
+        await self._revoke(entries, revoke_family=family)
 
     async def start_family(self, family: str, jti: str, ttl: int) -> None:
-        self._purge()
-        self._families[family] = (jti, self._clock() + _ttl(ttl))
+        """A login: ``jti`` is the only refresh token of the new family that may be spent."""
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                sa.insert(families).values(
+                    family=family, current_jti=jti, expires_at=self._clock() + _ttl(ttl), revoked=False
+                )
+            )
 
-    async def rotate(self, family: str, presented: str, new: str, ttl: int) -> Rotation:
-        if self._alive(f"family:{family}"):
-            return Rotation.revoked
-        entry = self._families.get(family)
-        if entry is None or entry[1] <= self._clock():
+    async def rotate(self, family: str, presented: str, new: str, ttl: int, revoked_ttl: int) -> Rotation:
+        """Spend ``presented`` for ``new`` (the family then lives ``ttl`` more seconds).
+
+        On reuse the family is revoked, and its access tokens refused for ``revoked_ttl`` seconds
+        (as long as any of them can live).
+        """
+        now = self._clock()
+        async with self._engine.begin() as connection:
+            spent = await connection.execute(
+                sa.update(families)
+                .where(
+                    families.c.family == family,
+                    families.c.current_jti == presented,
+                    sa.not_(families.c.revoked),
+                    families.c.expires_at > now,
+                )
+                .values(current_jti=new, expires_at=now + _ttl(ttl))
+            )
+            if spent.rowcount == 1:
+                return Rotation.ok
+            row = (
+                await connection.execute(
+                    sa.select(families.c.revoked, families.c.expires_at).where(families.c.family == family)
+                )
+            ).first()
+        if row is None or row.expires_at <= now:
             return Rotation.unknown
-        if entry[0] == presented:
-            self._families[family] = (new, self._clock() + _ttl(ttl))
-            return Rotation.ok
-        await self.revoke_family(family, ttl)
+        if row.revoked:
+            return Rotation.revoked
+        # The family is alive and its newest token is another: a spent one came back.
+        await self._revoke([(f"family:{family}", now + _ttl(revoked_ttl))], revoke_family=family)
         return Rotation.reused
 
-    async def close(self) -> None:
-        return None
+    # ------------------------------------------------------------------ keeping the copy fresh
 
+    async def poll(self) -> int:
+        """Read revocations written since the last poll (the whole live table the first time); how many."""
+        now = self._clock()
+        query = sa.select(revocations.c.key, revocations.c.expires_at, revocations.c.created_at).where(
+            revocations.c.expires_at > now
+        )
+        if self.revoked.loaded:
+            query = query.where(revocations.c.created_at > self.revoked.watermark - POLL_OVERLAP_SECONDS)
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        for key, expires_at, created_at in rows:
+            self.revoked.add(key, expires_at)
+            self.revoked.watermark = max(self.revoked.watermark, created_at)
+        self.revoked.loaded = True
+        self.revoked.prune()
+        return len(rows)
 
-class RedisTokenStore:
-    """Shared by every instance: a token revoked on one is refused by all."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self._rotate = redis.register_script(_ROTATE)
-
-    async def is_revoked(self, jti: str, family: str | None) -> bool:
-        keys = [f"{PREFIX}revoked:{jti}"] + ([f"{PREFIX}family-revoked:{family}"] if family else [])
-        return bool(await self.redis.exists(*keys))  # one round trip for both questions
-
-    async def revoke(self, jti: str, ttl: int) -> None:
-        await self.redis.set(f"{PREFIX}revoked:{jti}", b"1", ex=_ttl(ttl))
-
-    async def revoke_family(self, family: str, ttl: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(f"{PREFIX}family-revoked:{family}", b"1", ex=_ttl(ttl))
-            pipe.delete(f"{PREFIX}family:{family}")
-            await pipe.execute()
-
-    async def start_family(self, family: str, jti: str, ttl: int) -> None:
-        await self.redis.set(f"{PREFIX}family:{family}", jti.encode(), ex=_ttl(ttl))
-
-    async def rotate(self, family: str, presented: str, new: str, ttl: int) -> Rotation:
-        keys = [f"{PREFIX}family:{family}", f"{PREFIX}family-revoked:{family}"]
-        answer = await self._rotate(keys=keys, args=[presented, new, _ttl(ttl), _ttl(ttl)])
-        return Rotation(answer.decode() if isinstance(answer, bytes) else str(answer))
-
-    async def close(self) -> None:
-        await self.redis.aclose()
+    async def prune(self) -> None:
+        """Delete the rows of tokens that have expired (any instance may, at any time)."""
+        now = self._clock()
+        async with self._engine.begin() as connection:
+            await connection.execute(sa.delete(revocations).where(revocations.c.expires_at <= now))
+            await connection.execute(sa.delete(families).where(families.c.expires_at <= now))

@@ -1,7 +1,8 @@
 """plugins.auth: tokens, endpoints, roles, revocation and every attack of issue 3, against real Redis.
 
-Tests that touch revocation or refresh families run twice: with the in-process store and with
-the session's real Redis (``store`` fixture).
+Tests that touch revocation or refresh families run twice: without Redis and with the session's
+real Redis (``store`` fixture). Several instances, Redis outages and the token store itself:
+tests/plugins/test_auth_sharing.py.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ from petstore.models import Role, UserBody
 from petstore.users import create_user_row
 from plugins.auth import AuthPlugin
 from plugins.auth.backend import RedactSecrets, redact
-from plugins.auth.store import MemoryTokenStore, Rotation
 from plugins.tokens import KeySet
-from tests.plugins.harness import PASSWORD, App, assert_error, bearer, make_settings, running_app
-from tests.services import RedisServer, UvicornServer, http_get
+from tests.plugins.harness import PASSWORD, App, assert_error, bearer, create_tables, make_settings, running_app
+from tests.services import UvicornServer, http_get
 
 pytestmark = pytest.mark.redis
 
@@ -287,14 +287,14 @@ def test_malformed_headers_and_garbage_are_401_never_500(app: App) -> None:
 
 
 def test_token_of_a_deleted_user_is_refused(app: App) -> None:
-    app.add_user("carol")
+    carol = app.add_user("carol")
     tokens = app.login("carol")
     assert app.whoami(tokens["access_token"]).status_code == 200
     app.delete_user("carol")
     refused(app, tokens["access_token"], "unknown_user")
     assert_error(app.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}), 401)
-    # A new user under the same name (and, on SQLite, the same id) is somebody else.
-    app.add_user("carol")
+    # A new user under the same name and id (a client may choose a free id) is somebody else.
+    app.add_user("carol", user_id=carol)
     refused(app, tokens["access_token"], "stale_credentials")
 
 
@@ -501,49 +501,6 @@ def test_ws_authorize_rooms(app: App) -> None:
         assert app.run(plugin.ws_authorize, who, room) is allowed, (who, room)
 
 
-# ------------------------------------------------------------------------------ sharing and Redis outages
-
-
-def test_revocation_on_one_instance_is_seen_by_another(tmp_path: Path, redis_url: str) -> None:
-    with (
-        running_app(tmp_path, redis_url=redis_url, plugins=AUTH) as one,
-        running_app(tmp_path, redis_url=redis_url, plugins=AUTH) as two,
-    ):
-        one.add_user("alice")
-        tokens = one.login("alice")
-        assert two.whoami(tokens["access_token"]).status_code == 200
-        assert one.client.post(f"{API}/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
-        refused(two, tokens["access_token"], "revoked")
-        assert_error(two.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}), 401)
-
-
-def test_redis_down_refuses_tokens_with_503_not_500(tmp_path: Path, redis_server: RedisServer, redis_url: str) -> None:
-    with running_app(tmp_path, redis_url=redis_url, plugins=AUTH) as app:
-        app.add_user("alice")
-        token = app.login("alice")["access_token"]
-        redis_server.stop()
-        try:
-            response = app.whoami(token)
-            assert_error(response, 503, "unavailable")
-            assert response.headers["retry-after"]
-            assert app.client.get(f"{API}/pet/findByStatus").status_code == 200  # anonymous reads carry on
-            assert_error(app.client.post(f"{API}/auth/token", data={"username": "alice", "password": PASSWORD}), 503)
-            with (
-                pytest.raises(WebSocketDisconnect) as closed,
-                app.client.websocket_connect("/test/whoami", headers=bearer(token)),
-            ):
-                pass
-            assert closed.value.code == 1013
-        finally:
-            redis_server.start()
-        assert app.whoami(token).status_code == 200  # Redis restarted empty: not revoked, reconnects by itself
-        # The refresh script is loaded again into the new Redis: rotation and reuse detection still work.
-        fresh = app.login("alice")
-        rotated = app.client.post(f"{API}/auth/refresh", json={"refresh_token": fresh["refresh_token"]})
-        assert rotated.status_code == 200, rotated.text
-        assert_error(app.client.post(f"{API}/auth/refresh", json={"refresh_token": fresh["refresh_token"]}), 401)
-
-
 # ------------------------------------------------------------------------------ the password never reaches a log
 
 
@@ -561,7 +518,7 @@ def test_uvicorn_access_log_never_shows_the_login_password(tmp_path: Path) -> No
 
     async def prepare() -> None:
         engine = db.create_engine(settings)
-        await db.create_all(engine)
+        await create_tables(engine)
         async with db.create_sessionmaker(engine)() as session:
             await create_user_row(session, UserBody(username="alice", password="very-secret-pw-42"), Role.customer)
             await session.commit()
@@ -605,52 +562,6 @@ def test_openapi_document_describes_the_auth_endpoints(app: App) -> None:
         assert name in document["components"]["schemas"]
     token = paths["/auth/token"]["post"]
     assert set(token["requestBody"]["content"]) == {"application/x-www-form-urlencoded", "application/json"}
-
-
-# ------------------------------------------------------------------------------ the token stores
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def test_memory_store_forgets_entries_when_the_tokens_would_have_expired() -> None:
-    clock = Clock()
-    store = MemoryTokenStore(clock)
-    await store.revoke("j1", ttl=60)
-    await store.start_family("f1", "r1", ttl=600)
-    assert await store.is_revoked("j1", None)
-    clock.now += 62
-    assert not await store.is_revoked("j1", None)  # the token itself has expired by now: nothing to remember
-    assert await store.rotate("f1", "r1", "r2", ttl=600) is Rotation.ok
-    assert await store.rotate("f1", "r2", "r3", ttl=600) is Rotation.ok
-    assert await store.rotate("f1", "r2", "r4", ttl=600) is Rotation.reused
-    assert await store.is_revoked("any", "f1")
-    assert await store.rotate("f1", "r3", "r5", ttl=600) is Rotation.revoked
-    assert await store.rotate("never-issued", "x", "y", ttl=600) is Rotation.unknown
-    store.PURGE_EVERY = 1
-    clock.now += 10_000
-    await store.revoke("j2", ttl=1)
-    assert set(store._revoked) == {"jti:j2"} and store._families == {}  # expired entries are dropped
-
-
-def test_redis_entries_live_as_long_as_the_tokens(tmp_path: Path, redis_server: RedisServer, redis_url: str) -> None:
-    with running_app(tmp_path, redis_url=redis_url, plugins=AUTH) as app:
-        app.add_user("alice")
-        tokens = app.login("alice")
-        access, refresh = claims_of(tokens["access_token"]), claims_of(tokens["refresh_token"])
-        family_ttl = int(redis_server.command("TTL", f"petstore:auth:family:{refresh['fam']}") or b"0")
-        assert 14 * 24 * 3600 - 5 <= family_ttl <= 14 * 24 * 3600 + 31
-        assert app.client.post(f"{API}/auth/logout", headers=bearer(tokens["access_token"])).status_code == 200
-        revoked_ttl = int(redis_server.command("TTL", f"petstore:auth:revoked:{access['jti']}") or b"0")
-        assert 15 * 60 - 5 <= revoked_ttl <= 15 * 60 + 31  # what was left of the access token, plus the leeway
-        marker_ttl = int(redis_server.command("TTL", f"petstore:auth:family-revoked:{access['fam']}") or b"0")
-        assert 14 * 24 * 3600 <= marker_ttl <= 14 * 24 * 3600 + 31
-        assert redis_server.command("EXISTS", f"petstore:auth:family:{refresh['fam']}") == b"0"
 
 
 # ------------------------------------------------------------------------------ through the core's /ws
