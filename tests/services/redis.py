@@ -1,4 +1,4 @@
-"""Debian's redis-server, without persistence, on a free port."""
+"""Debian's redis-server on a free port, without persistence unless asked for AOF."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ from .base import HOST, START_TIMEOUT, Service, ServiceError, require_binary
 
 
 class RedisServer(Service):
-    """Debian's `redis-server` on a free port, without persistence: a restart starts empty."""
+    """Debian's `redis-server` on a free port, without persistence: a restart starts empty.
+
+    With `appendonly=True` it keeps an append-only file (fsync on every write) in its
+    temporary directory, so a restart, even after a crash, finds every key again.
+    """
 
     name = "redis-server"
 
-    def __init__(self, port: int | None = None, binary: str = "redis-server") -> None:
+    def __init__(self, port: int | None = None, binary: str = "redis-server", *, appendonly: bool = False) -> None:
         self.binary = require_binary(binary)
+        self.appendonly = appendonly
         super().__init__(port, "redis")
 
     @property
@@ -22,11 +27,18 @@ class RedisServer(Service):
         return f"redis://{HOST}:{self.port}/0"
 
     def start(self) -> Self:
-        argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", ""]
+        argv += ["--appendonly", "yes", "--appendfsync", "always"] if self.appendonly else ["--appendonly", "no"]
         argv += ["--dir", str(self.workdir), "--daemonize", "no", "--protected-mode", "yes"]
         self._child.spawn(argv, cwd=self.workdir)
         self._wait_ready(self._pong, START_TIMEOUT)
         return self
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (to freeze it with SIGSTOP, say)."""
+        proc = self._child.proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     def command(self, *args: str) -> bytes | None:
         """Send one command on a fresh connection, without any client library.
