@@ -10,13 +10,16 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import petstore.models  # noqa: F401  (registers the tables)
+from petstore.cli import main
 from petstore.migrations import alembic_config, migrate, migrate_async
+from plugins.auth.schema import MIGRATIONS as AUTH_MIGRATIONS
 
 TABLES = {"category", "tag", "pet", "pet_tag", "users", "purchase_order", "outbox", "alembic_version"}
 
@@ -105,3 +108,103 @@ async def test_migrate_async_on_postgresql(pg_url: str) -> None:
     schema = await asyncio.to_thread(_inspect, pg_url)
     assert schema["diff"] == []
     assert schema["revision"] == "0002"
+
+
+# ------------------------------------------------------------------------------ plugin branches
+# A plugin's tables come from its own Alembic branch (the migrations() hook), run by `petstore
+# migrate` beside the core's: here the auth plugin's, on both databases.
+
+AUTH_TABLES = {"auth_revocation", "auth_refresh_family"}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return f"sqlite+aiosqlite:///{tmp_path / 'plugins.db'}"
+
+
+@pytest.fixture
+def cli_env(any_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`petstore migrate`'s environment: ``any_url``, with the auth plugin loaded."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PETSTORE_DATABASE_URL", any_url)
+    monkeypatch.setenv("PETSTORE_PLUGINS", "plugins.auth")
+    monkeypatch.setenv("PETSTORE_JWT_SECRET", "migrations-test-secret-0123456789abcdef")
+    monkeypatch.setenv("PETSTORE_ENV", "test")
+    return any_url
+
+
+def _with_plugins(url: str) -> dict[str, Any]:
+    """Like _inspect, compared with the core's models and the auth plugin's tables, and every head."""
+
+    def read(connection: Connection) -> dict[str, Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        inspector = inspect(connection)
+        tables = set(inspector.get_table_names())
+        return {
+            "diff": compare_metadata(context, [SQLModel.metadata, AUTH_MIGRATIONS.metadata]),  # type: ignore[arg-type]
+            "tables": tables,
+            "indexes": {ix["name"] for table in tables for ix in inspector.get_indexes(table)},
+            "heads": set(context.get_current_heads()),
+        }
+
+    async def run() -> dict[str, Any]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(read)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _all_heads() -> set[str]:
+    return set(ScriptDirectory.from_config(alembic_config("unused://", [AUTH_MIGRATIONS])).get_heads())
+
+
+def test_the_auth_branch_is_its_own_base_beside_the_core() -> None:
+    script = ScriptDirectory.from_config(alembic_config("unused://", [AUTH_MIGRATIONS]))
+    (base,) = [rev for rev in script.get_bases() if "auth" in rev]
+    revision = script.get_revision(base)
+    assert revision is not None and revision.branch_labels == {"auth"} and revision.dependencies is None
+    core_only = ScriptDirectory.from_config(alembic_config("unused://"))
+    assert len(_all_heads()) == len(set(core_only.get_heads())) + 1
+
+
+def test_petstore_migrate_creates_the_plugin_tables_and_they_match_its_models(cli_env: str) -> None:
+    assert main(["migrate"]) == 0
+    assert main(["migrate"]) == 0  # again: nothing to do
+    schema = _with_plugins(cli_env)
+    assert schema["diff"] == []
+    assert schema["tables"] == TABLES | AUTH_TABLES
+    assert {"ix_auth_revocation_created_at", "ix_auth_revocation_expires_at"} <= schema["indexes"]
+    assert schema["heads"] == _all_heads() and "auth_0001" in schema["heads"]
+
+
+def test_a_plugin_branch_downgrades_alone_and_with_the_core(cli_env: str) -> None:
+    assert main(["migrate"]) == 0
+    config = alembic_config(cli_env, [AUTH_MIGRATIONS])
+    command.downgrade(config, "auth@base")
+    schema = _with_plugins(cli_env)
+    assert schema["tables"] == TABLES  # the core's tables untouched
+    assert "auth_0001" not in schema["heads"]
+    assert main(["migrate"]) == 0
+    command.downgrade(config, "base")
+    assert _with_plugins(cli_env)["tables"] == {"alembic_version"}
+    assert main(["migrate"]) == 0
+    assert _with_plugins(cli_env)["tables"] == TABLES | AUTH_TABLES
+
+
+def test_migrating_without_a_plugin_whose_branch_the_database_holds_is_one_clear_line(
+    cli_env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["migrate"]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("PETSTORE_PLUGINS", "")
+    assert main(["migrate"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("petstore: error: cannot migrate:") and "auth_0001" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
