@@ -218,6 +218,18 @@ def test_instances_trust_x_forwarded_for_from_haproxys_fixed_address_only(
     assert ["option", "forwardfor"] in section("defaults")
 
 
+def test_haproxy_accepts_the_file_without_a_warning_as_the_tests_run_it() -> None:
+    output = HaproxyServer([1, 2, 3]).check_config()
+    assert "WARNING" not in output and "ALERT" not in output, output
+
+
+def test_haproxy_serves_its_view_of_the_instances_and_its_metrics() -> None:
+    with HaproxyServer([free_port(), free_port(), free_port()]) as haproxy:
+        assert set(haproxy.states()) == {"petstore-1", "petstore-2", "petstore-3"}
+        metrics = httpx.get(f"http://{HOST}:{haproxy.stats_port}/metrics", timeout=10)
+    assert metrics.status_code == 200 and "haproxy_server_status" in metrics.text
+
+
 def test_haproxy_accepts_the_file_with_composes_environment(services: dict[str, dict[str, Any]]) -> None:
     """`haproxy -c`: instance names that do not resolve here are allowed (`init-addr none`)."""
     environment = {key: str(value) for key, value in services["haproxy"]["environment"].items()}

@@ -60,8 +60,8 @@ class HaproxyServer(Service):
         env["PETSTORE_STATS_LISTEN"] = f"{HOST}:{self.stats_port}"
         return env
 
-    def check_config(self) -> None:
-        """`haproxy -c`: `ServiceError` with haproxy's own message if the file does not parse."""
+    def check_config(self) -> str:
+        """`haproxy -c`: its output, warnings included; `ServiceError` with its message if the file is invalid."""
         result = subprocess.run(
             [self.binary, "-c", "-f", str(self.config)],
             env={**os.environ, **self.environment()},
@@ -72,6 +72,7 @@ class HaproxyServer(Service):
         )
         if result.returncode != 0:
             raise ServiceError(f"haproxy -c -f {self.config} failed:\n{result.stdout}{result.stderr}")
+        return result.stdout + result.stderr
 
     def start(self) -> Self:
         env = {key: value for key, value in os.environ.items() if not key.startswith("PETSTORE_")}
