@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -45,11 +44,10 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.support import cpu_seconds, pace, rss_bytes
 from tests.services import DEFAULT_APP_COMMAND, RedisServer, UvicornServer
 
 SAMPLE = 25  # websockets clients that parse every frame to measure latency; the others only count events
-PAGE = os.sysconf("SC_PAGE_SIZE")
-TICKS = os.sysconf("SC_CLK_TCK")
 
 BASELINE = textwrap.dedent(
     """
@@ -73,16 +71,6 @@ BASELINE = textwrap.dedent(
     asyncio.run(main())
     """
 )
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
 
 
 @dataclass
@@ -224,12 +212,6 @@ class Baseline(Target):
 
     def stop(self) -> None:
         self.server.close()
-
-
-async def pace(start: float, n: int, rate: float) -> None:
-    delay = start + n / rate - time.monotonic()
-    if delay > 0:
-        await asyncio.sleep(delay)
 
 
 def event_times(frame: str | bytes) -> list[float]:

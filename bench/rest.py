@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -44,15 +43,13 @@ from starlette.routing import Route
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: tests.services lives beside bench/
 
+from bench.support import PETS, prepare, server_env, token_for  # noqa: E402
 from petstore import db  # noqa: E402
 from petstore.config import Settings  # noqa: E402
-from petstore.models import CategoryBody, Pet, PetBody, PetPublic, PetStatus, Role, TagBody, UserBody  # noqa: E402
-from petstore.pets import apply_body, create_pet  # noqa: E402
-from petstore.users import create_user_row  # noqa: E402
+from petstore.models import Pet, PetBody, PetPublic, PetStatus  # noqa: E402
+from petstore.pets import apply_body  # noqa: E402
 from tests.services import UvicornServer  # noqa: E402
 
-PETS = 100
-STAFF = ("bench-staff", secrets.token_urlsafe(16))
 UVICORN = [sys.executable, "-m", "uvicorn", "--host", "{host}", "--port", "{port}", "--no-access-log"]
 UVICORN += ["--log-level", "warning"]
 NEW_PET = {
@@ -113,31 +110,6 @@ def bare_app() -> Starlette:
         ],
         lifespan=lifespan,
     )
-
-
-# --------------------------------------------------------------------------------- set-up
-
-
-async def prepare(database_url: str) -> None:
-    from petstore.migrations import migrate
-
-    await asyncio.to_thread(migrate, database_url)
-    engine = db.create_engine(Settings(database_url=database_url, plugins=()))
-    try:
-        async with db.create_sessionmaker(engine)() as session:
-            for number in range(PETS):
-                body = PetBody(
-                    name=f"Pet {number}",
-                    category=CategoryBody(name=("Dogs", "Cats", "Birds")[number % 3]),
-                    photo_urls=[f"/media/pets/{number}.png"],
-                    tags=[TagBody(name="friendly"), TagBody(name=f"litter-{number % 5}")],
-                    status=PetStatus.available,
-                )
-                await create_pet(session, body, inventory=False)
-            await create_user_row(session, UserBody(username=STAFF[0], password=STAFF[1]), Role.staff)
-            await session.commit()
-    finally:
-        await engine.dispose()
 
 
 # ------------------------------------------------------------------------------------ wrk
@@ -216,26 +188,6 @@ def post_script(token: str | None) -> str:
 
 
 # ----------------------------------------------------------------------------------- main
-
-
-def server_env(database_url: str, workdir: Path) -> dict[str, str]:
-    return {
-        "PETSTORE_DATABASE_URL": database_url,
-        "PETSTORE_MEDIA_DIR": str(workdir / "media"),
-        "PETSTORE_JWT_SECRET": secrets.token_urlsafe(48),
-        # Plugins on, the limiter included, with a budget this run cannot exhaust.
-        "PETSTORE_RATE_LIMIT": "100000000/minute",
-        "PYTHONPATH": str(REPO),
-    }
-
-
-def token_for(server: UvicornServer) -> str:
-    response = httpx.post(
-        f"{server.url}/api/v3/auth/token", data={"username": STAFF[0], "password": STAFF[1]}, timeout=30
-    )
-    response.raise_for_status()
-    token: str = response.json()["access_token"]
-    return token
 
 
 def main(argv: Sequence[str] | None = None) -> int:
