@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from petstore.cli import build_parser
 from petstore.hub import Hub
 from petstore.plugin import PluginBase
 from petstore.state import AppState
@@ -355,3 +356,13 @@ async def test_a_stopping_hub_closes_at_once_a_connection_made_after_it_began() 
     hub.close_every(1012, also_new=True)
     late = hub.connection("late", 4)
     assert (early.close_code, late.close_code) == (1012, 1012)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "nan", "inf"])
+def test_serve_refuses_a_shutdown_timeout_that_is_not_a_positive_number(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", "--shutdown-timeout", value])
+    assert exited.value.code == 2
+    assert "--shutdown-timeout" in capsys.readouterr().err
