@@ -49,6 +49,9 @@ EVENT_WAIT = 15.0
 #: Writes during an outage are spread over it, one every this often (a pace, not a synchronisation).
 WRITE_EVERY = 0.5
 
+#: The pace of waits on a condition read over HTTP (readiness, metrics, the probe).
+POLL_EVERY = 0.1
+
 Serve = Callable[..., UvicornServer]
 
 
@@ -278,11 +281,26 @@ async def metric(server: UvicornServer, name: str) -> float | None:
     return None
 
 
+async def is_connected(server: UvicornServer, value: float) -> bool:
+    """``petstore_broker_connected`` has this value."""
+    return await metric(server, "petstore_broker_connected") == value
+
+
 async def observed(server: UvicornServer, key: str) -> float:
     """A count the probe plugin saw (``/_probe/observed``)."""
     async with httpx.AsyncClient(base_url=server.url, timeout=DEADLINE) as http:
         counts: dict[str, float] = (await http.get("/_probe/observed")).json()["counts"]
     return counts.get(key, 0.0)
+
+
+async def poll(check: Callable[[], Awaitable[bool]], what: str, within: float) -> None:
+    """``until`` for conditions read over HTTP: one try every POLL_EVERY s, so that a wait of
+    several seconds does not flood a server (on a machine the other tests share) with requests."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {within:.1f}s waiting for {what}")
+        await asyncio.sleep(POLL_EVERY)  # the pace of the polling, bounded by the deadline above
 
 
 def remaining(since: float, seconds: float) -> float:
@@ -339,13 +357,13 @@ async def slow_restart(redis: RedisServer, server: UvicornServer, add: AddPet, o
     since = leaver.position
     await leaver.leave()
     if observe_readiness:
-        await until(lambda: broker_is(server, "ok", 1.0), "the broker check to say ok before the outage")
+        await poll(lambda: broker_is(server, "ok", 1.0), "the broker check to say ok before the outage", DEADLINE)
 
     await asyncio.to_thread(shutdown, redis)
     down = time.monotonic()
     watching = None
     if observe_readiness:
-        unavailable = until(lambda: broker_is(server, "unavailable", 0.0), "the broker check to say unavailable", 5.0)
+        unavailable = poll(lambda: broker_is(server, "unavailable", 0.0), "the broker check to say unavailable", 5.0)
         watching = asyncio.create_task(unavailable)
     during = await create_pets_until(server.url, "during", down + 10.0, add)  # every write succeeds
     if watching is not None:
@@ -353,7 +371,7 @@ async def slow_restart(redis: RedisServer, server: UvicornServer, add: AddPet, o
     await asyncio.to_thread(redis.start)
     up = time.monotonic()
     if observe_readiness:
-        await until(lambda: broker_is(server, "ok", 1.0), "the broker check to say ok again", remaining(up, 5.0))
+        await poll(lambda: broker_is(server, "ok", 1.0), "the broker check to say ok again", remaining(up, 5.0))
 
     after = pet_names("after", 5)
     await create_pets(server.url, after, add)
@@ -365,7 +383,7 @@ async def slow_restart(redis: RedisServer, server: UvicornServer, add: AddPet, o
 
 async def broker_is(server: UvicornServer, check: str, gauge: float) -> bool:
     """/readyz is 200 with ``checks.broker == check``, and ``petstore_broker_connected`` is ``gauge``."""
-    return await broker_check(server) == check and await metric(server, "petstore_broker_connected") == gauge
+    return await broker_check(server) == check and await is_connected(server, gauge)
 
 
 async def test_slow_restart_writes_go_on_their_events_come_after_and_readiness_says_so(
@@ -483,10 +501,11 @@ async def test_a_silent_network_to_redis_is_noticed_by_the_watchdog_and_delivery
     since = leaver.position
     await leaver.leave()
     reconnects = await observed(server, "broker.reconnected")
+    await poll(lambda: is_connected(server, 1.0), "the listener to say it delivers", DEADLINE)
 
     async def noticed() -> bool:
         """The listener gave its connection up: it says so, or it has reconnected already."""
-        if await metric(server, "petstore_broker_connected") == 0.0:
+        if await is_connected(server, 0.0):
             return True
         _, body = await readyz(server)
         if body.get("checks", {}).get("broker") == "unavailable":
@@ -495,12 +514,14 @@ async def test_a_silent_network_to_redis_is_noticed_by_the_watchdog_and_delivery
 
     proxy.silence()
     silent = time.monotonic()
-    # The watchdog pings a connection quiet for WATCHDOG_SECONDS, and gives up WATCHDOG_SECONDS
-    # after, reading in steps of at most 1 s: its bound. The silence lasts a little longer.
-    watching = asyncio.create_task(until(noticed, "the watchdog to notice the silence", 2 * WATCHDOG_SECONDS + 2.0))
+    # The watchdog pings a connection quiet for WATCHDOG_SECONDS and gives up WATCHDOG_SECONDS
+    # later, reading in steps of at most 1 s: its bound, plus a poll. The silence lasts until then.
+    bound = 2 * WATCHDOG_SECONDS + 2 * 1.0 + POLL_EVERY
+    watching = asyncio.create_task(poll(noticed, "the watchdog to notice the silence", bound))
     during = await create_pets_until(server.url, "during", silent + 12.0, add_pet)
     await watching
     proxy.resume()
+    await poll(lambda: is_connected(server, 1.0), "the listener to deliver again", DEADLINE)
     await create_pets(server.url, after)
 
     await stayer.take(len(during) + len(after))
