@@ -25,8 +25,9 @@ from petstore import db
 from petstore.config import Settings
 from petstore.models import Role
 from plugins.auth import schema
-from plugins.auth.feed import CHANNEL
+from plugins.auth.feed import CHANNEL, SILENT_SECONDS
 from plugins.auth.store import Rotation, TokenStore
+from tests.faults.redis import fast_restart, frozen
 from tests.plugins.harness import PASSWORD, App, assert_error, bearer, create_tables, running_app
 from tests.services import RedisServer, wait_until
 
@@ -198,6 +199,24 @@ def test_a_revocation_made_while_redis_was_down_is_read_back_when_the_subscriber
         wait_until(lambda: subscribed(one), 30, "the other subscriber to reconnect")
         logout(one, later["access_token"])
         refused_within(two, later["access_token"], PUBSUB_DEADLINE, "pub/sub after the restart")
+
+
+def test_the_subscriber_comes_back_after_a_fast_restart_and_after_a_freeze(
+    tmp_path: Path, redis_server: RedisServer, redis_url: str
+) -> None:
+    """Redis restarted in some 20 ms, then frozen (SIGSTOP: sockets open, nothing answers): the
+    subscriber notices each by itself (the freeze by its own pings) and carries revocations again."""
+    with instances(tmp_path, redis_url, NO_POLL) as (one, two):
+        wait_until(lambda: subscribed(one) and subscribed(two), PUBSUB_DEADLINE, "both subscribers")
+        restarted, thawed = one.login("alice"), one.login("alice")
+        fast_restart(redis_server)
+        wait_until(lambda: subscribed(one), 30, "the revoking instance to reconnect")
+        logout(one, restarted["access_token"])
+        refused_within(two, restarted["access_token"], 30, "a revocation after the fast restart")
+        with frozen(redis_server):
+            wait_until(lambda: not subscribed(two), SILENT_SECONDS + 10, "the subscriber to notice the freeze")
+            logout(one, thawed["access_token"])  # its publish times out: nobody hears it
+        refused_within(two, thawed["access_token"], 30, "the reload once Redis answers again")
 
 
 def test_without_redis_instances_on_one_database_share_revocations_by_polling(tmp_path: Path) -> None:
