@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from petstore.broker.redis import PUBLISH
+from petstore.broker.redis import PUBLISH, RedisBroker
 from tests.fakes import create_schema
 from tests.faults.proxy import TcpProxy
 from tests.faults.redis import fast_restart, frozen, shutdown
@@ -40,9 +41,9 @@ WITH_METRICS = FAKE_PLUGINS + ",plugins.metrics"
 DEFAULT_PLUGINS = "plugins.auth,plugins.ratelimit,plugins.metrics"
 PETSTORE = Path(sys.executable).with_name("petstore")
 
-#: The listener's watchdog (``RedisBroker(watchdog_seconds=5.0)``): it pings a connection quiet
-#: for this long, and gives up when the answer has not come this long after.
-WATCHDOG_SECONDS = 5.0
+#: The listener's watchdog (``RedisBroker``'s default): it pings a connection quiet for this long,
+#: and gives up when the answer has not come this long after.
+WATCHDOG_SECONDS: float = inspect.signature(RedisBroker).parameters["watchdog_seconds"].default
 #: Each event is waited for this long: the first one after a fault waits out the relay's and the
 #: listener's backoff.
 EVENT_WAIT = 15.0
