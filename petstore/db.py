@@ -17,7 +17,7 @@ from sqlmodel import SQLModel
 
 from petstore import sqlite
 from petstore.config import Settings
-from petstore.models import Order, Pet, User
+from petstore.models import MAX_ID, Category, Order, Pet, Tag, User
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -58,10 +58,12 @@ async def create_all(engine: AsyncEngine) -> None:
         await conn.run_sync(SQLModel.metadata.create_all)
 
 
-#: Client-chosen ids at or above this do not move the id sequences. Without the cap, one row with
-#: id 2**63 - 1 would move PostgreSQL's sequence to its end and every later insert would fail;
-#: with it, the sequence keeps 2**62 ids of room and never reaches such rows in practice.
-SEQUENCE_CEILING = 2**62
+#: Client-chosen ids at or above this do not move the id sequences, so generated ids stay below
+#: it and thus within ``MAX_ID`` (2**53 - 1, what a JavaScript client holds exactly). Without the
+#: cap, one row with id ``MAX_ID`` would move the sequences to the last id a client can read, and
+#: the next generated ids past it; with it, they keep 2**52 ids of room, never reached in practice,
+#: and never run into the ids clients chose at the top of the range.
+SEQUENCE_CEILING = (MAX_ID + 1) // 2
 
 
 async def sync_id_sequence(session: AsyncSession, table: str) -> None:
@@ -83,10 +85,10 @@ async def sync_id_sequence(session: AsyncSession, table: str) -> None:
 
 # SQLite: the tables of models.NEVER_REUSE_IDS are AUTOINCREMENT, so sqlite_sequence keeps the
 # largest id each ever had. SQLite itself would give a new row max(that, largest id in use) + 1:
-# one client-chosen id of 2**63 - 1 and every later insert fails ("database or disk is full"),
-# one of 2**62 and the generated ids run on among the clients' own. So a new row's id is chosen
-# in its INSERT (one statement, under SQLite's write lock, as SQLite would) from the ids below the
-# ceiling, and a client-chosen id at or above it leaves sqlite_sequence as it found it.
+# one client-chosen id of MAX_ID and the generated ids go on past what a client can hold, one
+# below it and they run on among the clients' own. So a new row's id is chosen in its INSERT
+# (one statement, under SQLite's write lock, as SQLite would) from the ids below the ceiling, and
+# a client-chosen id at or above it leaves sqlite_sequence as it found it.
 _NEXT_SQLITE_ID = (
     "(SELECT max("
     "COALESCE((SELECT seq FROM sqlite_sequence WHERE name = '{table}' AND seq < {ceiling}), 0), "
@@ -119,7 +121,9 @@ def _after_insert(mapper: Mapper[Any], connection: Connection, target: Any) -> N
         )
 
 
-for _model in (Pet, Order, User):
+# Categories and tags too: not AUTOINCREMENT (never deleted), but SQLite would still give the
+# next one the largest id in use plus one, past MAX_ID after a client chose it.
+for _model in (Pet, Order, User, Category, Tag):
     event.listen(_model, "before_insert", _before_insert)
     event.listen(_model, "after_insert", _after_insert)
 

@@ -23,6 +23,11 @@ from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, In
 from sqlmodel import Field, Relationship, SQLModel
 
 INT64_MAX = 2**63 - 1
+#: The largest id of a pet, order, user, category or tag, chosen or generated: 2**53 - 1, the
+#: largest integer a JavaScript number (the dashboard's, most browsers' JSON) holds exactly. Ids
+#: stay JSON integers, as the Petstore document has them; past this a browser would show, and
+#: send back, a neighbouring id instead.
+MAX_ID = 2**53 - 1
 # 64-bit ids everywhere, but SQLite only autoincrements an INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer, "sqlite")
 INT32_MAX = 2**31 - 1
@@ -57,7 +62,7 @@ def _utc(value: datetime) -> datetime:
 Text = Annotated[str, StringConstraints(max_length=255), AfterValidator(_clean_text)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_clean_text)]
 Url = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_clean_text)]
-Id = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 
 
 _FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -233,16 +238,20 @@ class PetPublic(ApiModel):
     @classmethod
     def from_row(cls, pet: Pet) -> "PetPublic":
         assert pet.id is not None
+        # Constructed, not validated: a row from before ids stopped at MAX_ID is shown as it is.
         category = None
         if pet.category is not None:
-            category = CategoryBody(id=pet.category.id, name=pet.category.name)
+            category = CategoryBody.model_construct(id=pet.category.id, name=pet.category.name)
         return cls(
             id=pet.id,
             name=pet.name,
             category=category,
             photo_urls=list(pet.photo_urls),
             # By id, as the database returns them: a fresh pet and a reloaded one look the same.
-            tags=[TagBody(id=tag.id, name=tag.name) for tag in sorted(pet.tags, key=lambda tag: tag.id or 0)],
+            tags=[
+                TagBody.model_construct(id=tag.id, name=tag.name)
+                for tag in sorted(pet.tags, key=lambda tag: tag.id or 0)
+            ],
             status=PetStatus(pet.status),
         )
 

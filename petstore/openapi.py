@@ -32,6 +32,7 @@ from petstore import __version__
 from petstore.models import (
     INT32_MAX,
     INT64_MAX,
+    MAX_ID,
     ApiResponse,
     CategoryBody,
     OrderBody,
@@ -156,6 +157,7 @@ class Operation:
 
 
 def _id_param(name: str, what: str) -> Param:
+    # Every int64: rows from before ids stopped at MAX_ID are still found by theirs (petstore.web.path_id).
     return Param(name, "path", {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX}, what)
 
 
@@ -349,12 +351,13 @@ OPERATIONS: Mapping[str, Operation] = {
             400: BAD_BODY,
             403: "Only staff may place an order as delivered",
             404: "Pet not found",
-            409: "The pet is not available, or an order with this id exists",
+            409: "The pet is not available, or (staff) an order with this id exists",
             413: TOO_LARGE,
             415: BAD_MEDIA,
             422: INVALID,
         },
-        "The pet must be `available`; it becomes `pending` (`sold` for an order placed as delivered).",
+        "The pet must be `available`; it becomes `pending` (`sold` for an order placed as delivered). "
+        "The server picks the id of a customer's order (an `id` sent is ignored); staff may choose it.",
         body={"application/json": ref("Order"), "application/x-www-form-urlencoded": ref("Order")},
         links=ORDER_LINKS,
     ),
@@ -536,7 +539,8 @@ def _tidy(node: Any, renames: Mapping[str, str]) -> Any:
         else:
             tidy[key] = _tidy(value, renames)
     if tidy.get("type") == "integer" and "format" not in tidy:
-        if tidy.get("maximum") == INT64_MAX:
+        # Ids are int64 in the Petstore document; ours stop at MAX_ID, where JavaScript stops.
+        if tidy.get("maximum") in (INT64_MAX, MAX_ID):
             tidy["format"] = "int64"
         elif tidy.get("maximum") == INT32_MAX:
             tidy["format"] = "int32"

@@ -119,6 +119,11 @@ def _integer(raw: str) -> int | None:
 
 
 def path_id(request: Request, name: str, what: str) -> int:
+    """The ``{name}`` id of the path: 400 when it is no int64 (the document's format).
+
+    Ids past :data:`~petstore.models.MAX_ID` are looked up like any other (404 when no row has
+    one): bodies refuse them now, but a database from before may hold such rows, still theirs.
+    """
     raw = request.path_params[name]
     value = _integer(raw)
     if value is None:

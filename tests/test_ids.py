@@ -26,8 +26,8 @@ from petstore import db
 from petstore.config import Settings
 from petstore.db import SEQUENCE_CEILING
 from petstore.migrations import alembic_config, migrate
-from petstore.models import INT64_MAX, OutboxEvent, Pet
-from tests.fakes import ApiHarness, create_schema
+from petstore.models import INT64_MAX, MAX_ID, Category, OutboxEvent, Pet, Tag
+from tests.fakes import ApiHarness, assert_error, create_schema
 
 API = "/api/v3"
 _names = itertools.count()
@@ -51,7 +51,8 @@ def _ok(response: Any) -> dict[str, Any]:
 def _create_order(api: ApiHarness, **fields: Any) -> dict[str, Any]:
     pet = api.new_pet(f"for-order-{next(_names)}")
     body = {"petId": pet["id"], **fields}
-    return _ok(api.client.post(f"{API}/store/order", json=body, headers=api.customer.headers))
+    who = api.staff if "id" in fields else api.customer  # only staff choose an order's id
+    return _ok(api.client.post(f"{API}/store/order", json=body, headers=who.headers))
 
 
 def _create_user(api: ApiHarness, **fields: Any) -> dict[str, Any]:
@@ -98,14 +99,64 @@ def test_a_client_chosen_free_id_does_not_bring_deleted_ids_back(api: ApiHarness
 def test_the_largest_chosen_id_neither_stops_generated_ids_nor_brings_deleted_ones_back(
     api: ApiHarness, resource: Resource
 ) -> None:
-    """SQLite's AUTOINCREMENT alone would go on from a chosen id of 2**63 - 1: "database or disk is full"."""
+    """SQLite's AUTOINCREMENT alone would go on from a chosen id of MAX_ID, past what JavaScript holds."""
     resource.create(api)
     newest = resource.create(api)
     resource.delete(api, newest)
-    assert resource.create(api, id=INT64_MAX)["id"] == INT64_MAX
+    assert resource.create(api, id=MAX_ID)["id"] == MAX_ID
     after = resource.create(api)
-    assert newest["id"] < after["id"] < SEQUENCE_CEILING
+    assert newest["id"] < after["id"] < SEQUENCE_CEILING <= MAX_ID
     assert newest["id"] < resource.create(api)["id"] < SEQUENCE_CEILING
+
+
+@each_resource
+def test_a_chosen_id_just_below_the_ceiling_still_leaves_generated_ids_within_the_largest(
+    api: ApiHarness, resource: Resource
+) -> None:
+    """A chosen id moves the sequence past it: below the ceiling, the next ids are still ones a browser holds."""
+    assert resource.create(api, id=SEQUENCE_CEILING - 1)["id"] == SEQUENCE_CEILING - 1
+    assert SEQUENCE_CEILING - 1 < resource.create(api)["id"] <= MAX_ID
+
+
+@pytest.mark.parametrize("chosen", [MAX_ID + 1, 2**62, INT64_MAX])
+def test_ids_past_the_largest_a_javascript_client_holds_are_refused_in_every_body(api: ApiHarness, chosen: int) -> None:
+    """The dashboard would show 2**53 + 1 as 2**53 (and send that back): such ids are a 422, nothing made."""
+    pet = api.new_pet("for-orders")
+    before = api.snapshot()
+    for path, who, body in [
+        ("pet", api.staff, {"id": chosen, "name": "x", "photoUrls": []}),
+        ("pet", api.staff, {"name": "x", "photoUrls": [], "tags": [{"id": chosen, "name": "t"}]}),
+        ("pet", api.staff, {"name": "x", "photoUrls": [], "category": {"id": chosen, "name": "c"}}),
+        ("store/order", api.staff, {"id": chosen, "petId": pet["id"]}),
+        ("store/order", api.customer, {"petId": chosen}),
+        ("user", None, {"id": chosen, "username": f"u{next(_names)}", "password": "s3cret-Passw0rd"}),
+    ]:
+        headers = who.headers if who is not None else {}
+        response = api.client.post(f"{API}/{path}", json=body, headers=headers)
+        assert_error(response, 422, "validation_error")
+        assert str(MAX_ID) in response.json()["message"], response.text
+    assert api.snapshot() == before
+
+
+def test_rows_from_before_ids_stopped_at_the_javascript_limit_are_still_served(api: ApiHarness) -> None:
+    """A database written when ids went up to int64 keeps its rows: found, listed, changed and deleted by id."""
+    legacy = 2**60
+
+    async def add_legacy_pet() -> None:
+        async with api.state.sessions() as session, session.begin():
+            category = Category(id=legacy, name="old-category")
+            tag = Tag(id=legacy, name="old-tag")
+            session.add(Pet(id=legacy, name="Old", photo_urls=[], status="available", category=category, tags=[tag]))
+
+    api.run(add_legacy_pet)
+    pet = _ok(api.client.get(f"{API}/pet/{legacy}"))
+    assert (pet["id"], pet["category"]["id"], pet["tags"][0]["id"]) == (legacy, legacy, legacy)
+    listed = api.client.get(f"{API}/pet/findByStatus", params={"status": "available"}).json()
+    assert legacy in [row["id"] for row in listed]
+    renamed = api.client.post(f"{API}/pet/{legacy}", params={"name": "Older"}, headers=api.staff.headers)
+    assert _ok(renamed)["name"] == "Older"
+    assert api.client.delete(f"{API}/pet/{legacy}", headers=api.staff.headers).status_code == 200
+    assert api.client.get(f"{API}/pet/{legacy}").status_code == 404
 
 
 def test_outbox_ids_go_on_after_published_events_are_deleted(api: ApiHarness) -> None:
@@ -146,7 +197,7 @@ def _is_autoincrement(path: Path, table: str) -> bool:
 
 
 def _fill_at_revision_0001(path: Path) -> None:
-    """A store in use before revision 0002: rows in every table, and a pet a client gave the largest id."""
+    """A store in use before revision 0002: rows in every table, and pets a client gave the largest ids."""
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("INSERT INTO category (id, name) VALUES (1, 'dogs')")
         conn.executemany("INSERT INTO tag (id, name) VALUES (?, ?)", [(1, "small"), (2, "loud")])
@@ -154,6 +205,7 @@ def _fill_at_revision_0001(path: Path) -> None:
             (1, "Rex", "available", 1),
             (2, "Tom", "pending", None),
             (3, "Max", "sold", 1),
+            (MAX_ID - 5, "High", "available", None),
             (INT64_MAX, "Top", "available", None),
         ]
         conn.executemany("INSERT INTO pet (id, name, status, category_id, photo_urls) VALUES (?, ?, ?, ?, '[]')", pets)
@@ -179,6 +231,9 @@ def test_revision_0002_keeps_every_row_and_then_never_reuses_the_newest_deleted_
     migrate(url)
     assert _sqlite_rows(path) == before  # pet_tag too: no cascade from rebuilding pet, no SET NULL from users
     assert all(_is_autoincrement(path, table) for table in NEVER_REUSED)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        # Where SQLite's own counter goes on from: the largest id below petstore.db's ceiling.
+        assert conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'pet'").fetchone() == (3,)
 
     async def delete_newest_then_add() -> int:
         engine = db.create_engine(Settings(database_url=url, plugins=(), env="test"))
@@ -196,7 +251,8 @@ def test_revision_0002_keeps_every_row_and_then_never_reuses_the_newest_deleted_
         finally:
             await engine.dispose()
 
-    assert asyncio.run(delete_newest_then_add()) == 4  # past the deleted 3, and not on from the client's INT64_MAX
+    # Past the deleted 3, and not on from the clients' MAX_ID - 5 or INT64_MAX.
+    assert asyncio.run(delete_newest_then_add()) == 4
 
     in_use = _sqlite_rows(path)
     command.downgrade(alembic_config(url), "0001")

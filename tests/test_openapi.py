@@ -158,6 +158,12 @@ def test_components_carry_the_petstore_names_and_the_models_constraints(document
     assert pet["properties"]["tags"]["items"] == {"$ref": "#/components/schemas/Tag"}
     assert schemas["User"]["properties"]["password"]["writeOnly"] is True
     assert schemas["Order"]["properties"]["petId"]["format"] == "int64"
+    # Ids stop where a JavaScript number stops being exact (the dashboard's), and stay int64.
+    ids = [(name, "id") for name in ("Pet", "Order", "User", "Category", "Tag")] + [("Order", "petId")]
+    for name, field in ids:
+        schema = schemas[name]["properties"][field]
+        schema = next((s for s in schema.get("anyOf", []) if s.get("type") == "integer"), schema)
+        assert (schema["format"], schema["minimum"], schema["maximum"]) == ("int64", 0, 9007199254740991), name
     assert schemas["Order"]["properties"]["quantity"]["format"] == "int32"
     assert set(schemas["Error"]["required"]) == {"code", "type", "message"}
     refs = set(re.findall(r"#/components/schemas/(\w+)", json.dumps(document)))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from petstore.models import OutboxEvent, Pet, PetStatus, PetTagLink, Tag
+from petstore.models import MAX_ID, OutboxEvent, Pet, PetStatus, PetTagLink, Tag
 from tests.fakes import ApiHarness, assert_error
 
 API = "/api/v3"
@@ -55,8 +55,9 @@ def test_add_pet_reuses_categories_and_tags_by_name(api: ApiHarness) -> None:
 
 
 def test_the_largest_client_chosen_ids_leave_room_for_the_next_rows(api: ApiHarness) -> None:
-    """A tag id of 2**63 - 1 once moved PostgreSQL's sequence to its end: the next tag was a 500."""
-    top = 2**63 - 1
+    """A tag id of 2**63 - 1 once moved PostgreSQL's sequence to its end: the next tag was a 500.
+    Past MAX_ID (2**53 - 1) a JavaScript client cannot hold an id: generated ones never get there."""
+    top = MAX_ID
     largest = api.new_pet("Largest", id=top, tags=[{"id": top, "name": "top"}], category={"id": top, "name": "c"})
     assert largest["id"] == top and largest["tags"][0]["id"] == top
     after = api.new_pet("After", tags=[{"name": "next"}], category={"name": "d"})

@@ -121,15 +121,31 @@ def test_a_pet_cannot_be_ordered_twice(api: ApiHarness) -> None:
     assert len(api.rows(Order)) == 1
 
 
-def test_an_order_with_a_taken_id_is_409_and_leaves_the_pet_available(api: ApiHarness) -> None:
-    first = place(api, api.new_pet("a")["id"], id=70).json()
+def test_staff_placing_an_order_with_a_taken_id_get_409_and_the_pet_stays_available(api: ApiHarness) -> None:
+    first = place(api, api.new_pet("a")["id"], who=api.staff, id=70).json()
     assert first["id"] == 70
     pet = api.new_pet("b")
     before = api.snapshot()
-    assert_error(place(api, pet["id"], id=70), 409, "conflict")
+    assert_error(place(api, pet["id"], who=api.staff, id=70), 409, "conflict")
     assert api.snapshot() == before
-    later = place(api, pet["id"]).json()
+    later = place(api, pet["id"], who=api.staff).json()
     assert later["id"] > 70
+
+
+def test_a_customer_sending_the_id_of_another_users_order_gets_a_fresh_id_not_a_409(api: ApiHarness) -> None:
+    """A 409 "already exists" would tell the customer that order exists, which its 404 hides."""
+    theirs = place(api, api.new_pet("a")["id"], who=api.user("other")).json()
+    mine = place(api, api.new_pet("b")["id"], id=theirs["id"])
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["id"] > theirs["id"]
+    assert api.client.get(f"{API}/store/order/{theirs['id']}", headers=api.staff.headers).json() == theirs
+
+
+def test_a_customer_sending_a_free_id_gets_one_the_server_picks(api: ApiHarness) -> None:
+    """Generated clients send the field they have (the Petstore's example has ``"id": 10``): it is ignored."""
+    order = place(api, api.new_pet("a")["id"], id=10_000).json()
+    assert order["id"] != 10_000
+    assert_error(api.client.get(f"{API}/store/order/10000", headers=api.staff.headers), 404, "not_found")
 
 
 def test_placing_an_order_needs_credentials(api: ApiHarness) -> None:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from petstore.config import Settings
 from petstore.db import create_engine, create_sessionmaker
 from petstore.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
-from petstore.models import OrderBody, PetBody
+from petstore.models import MAX_ID, OrderBody, PetBody
 from petstore.plugin import Plugins
 from petstore.state import AppState
 from petstore.web import MAX_LIMIT, pagination, path_id, query_list, read_body, read_data, read_model
@@ -136,7 +136,9 @@ async def test_read_model_validates(state: AppState) -> None:
 # ------------------------------------------------------------------------- ids, lists, pages
 
 
-@pytest.mark.parametrize(("raw", "value"), [("0", 0), ("42", 42), (str(2**63 - 1), 2**63 - 1), ("007", 7)])
+@pytest.mark.parametrize(
+    ("raw", "value"), [("0", 0), ("42", 42), (str(MAX_ID + 1), MAX_ID + 1), (str(2**63 - 1), 2**63 - 1), ("007", 7)]
+)
 def test_path_ids(raw: str, value: int) -> None:
     assert path_id(request(path_params={"petId": raw})[0], "petId", "pet") == value
 

@@ -23,8 +23,9 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TABLES = ("pet", "purchase_order", "users", "outbox")
-#: petstore.db.SEQUENCE_CEILING, written out: a revision must not change when the code does.
-SEQUENCE_CEILING = 2**62
+#: petstore.db.SEQUENCE_CEILING (2**52, half of the largest id a JavaScript number holds), written
+#: out: a revision must not change when the code does.
+SEQUENCE_CEILING = 2**52
 
 
 def _rebuild(autoincrement: bool) -> None:
