@@ -45,17 +45,20 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """200 while this instance can serve REST; 503 only when the database is unreachable.
+    """200 while this instance can serve REST; 503 only when the database is unreachable or the
+    instance is shutting down (SPEC §2).
 
-    Every other part is named in ``checks`` (``"broker": "unavailable"`` during a Redis outage)
-    without failing the probe: REST goes on without Redis, and taking every instance out of the
-    load balancer for a Redis outage would stop the whole store.
+    Every other state is named in ``checks`` without failing the probe: ``"broker": "unavailable"``
+    during a Redis outage (REST goes on without Redis, and taking every instance out of the load
+    balancer for it would stop the whole store), ``"database": "locked"`` while SQLite's write lock
+    is held elsewhere (reads go on; writes answer 503 with Retry-After, and every instance shares
+    the lock, so none would be better to send them to).
     """
     state = app_state(request)
     checks: dict[str, str] = {}
     try:
-        await ping(state.engine)
-        checks["database"] = "ok"
+        # Locked: reads work, but every write would wait out the busy timeout, then answer 503.
+        checks["database"] = "ok" if await ping(state.engine) else "locked"
     except (SQLAlchemyError, OSError) as exc:
         logger.warning("readiness: database unreachable: %s", type(exc).__name__)
         checks["database"] = "unreachable"
@@ -72,7 +75,7 @@ async def readyz(request: Request) -> Response:
         return JSONResponse(
             {"code": 503, "type": "not_ready", "message": "shutting down", "checks": checks}, status_code=503
         )
-    if checks["database"] != "ok":
+    if checks["database"] == "unreachable":
         return JSONResponse(
             {"code": 503, "type": "not_ready", "message": "unreachable: database", "checks": checks},
             status_code=503,

@@ -7,6 +7,9 @@ live beside this module in ``migrations/`` and run with ``petstore migrate``.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import event, make_url, text
@@ -128,6 +131,45 @@ for _model in (Pet, Order, User, Category, Tag):
     event.listen(_model, "after_insert", _after_insert)
 
 
-async def ping(engine: AsyncEngine) -> None:
+#: How long readiness waits for SQLite's write lock: longer than any write petstore makes, far
+#: shorter than the busy timeout a writer waits before its 503.
+LOCK_PROBE_SECONDS = 0.5
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    """Raise if the database does not answer; False if it answers but cannot take a write now.
+
+    On SQLite a lock held by some other connection (a stuck transaction, a backup, a shell) leaves
+    reads working while every write waits, then fails: the probe takes the write lock with
+    ``BEGIN IMMEDIATE``, without waiting on SQLite's side (petstore's connections run on the
+    event loop's thread), retries for LOCK_PROBE_SECONDS, and releases it at once. PostgreSQL
+    locks rows, not the database: ``SELECT 1`` says it all.
+    """
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+        if engine.dialect.name != "sqlite":
+            return True
+        driver = (await conn.get_raw_connection()).driver_connection
+        if not isinstance(driver, sqlite.Connection) or driver._connection is None:
+            return True  # not petstore's inline driver: no probe that could hold the loop
+        return await _sqlite_writable(driver._connection)
+
+
+async def _sqlite_writable(conn: sqlite3.Connection) -> bool:
+    if conn.in_transaction:
+        return True  # not this probe's to end; cannot happen right after connect()
+    deadline = time.monotonic() + LOCK_PROBE_SECONDS
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            continue
+        conn.execute("ROLLBACK")
+        return True

@@ -158,11 +158,18 @@ def test_a_database_that_cannot_answer_is_a_503_that_changes_nothing(
     holder = sqlite3.connect(tmp_path / "locked.db")
     staff = {"X-Test-User": "stan:2:staff"}
     with TestClient(create_app(settings)) as client, caplog.at_level(logging.WARNING):
+        assert client.get("/readyz").json()["checks"]["database"] == "ok"
         holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         try:
             response = client.post("/api/v3/pet", json={"name": "Rex", "photoUrls": []}, headers=staff)
+            # Readiness says so, without leaving rotation: reads go on, and every instance shares the lock.
+            ready = client.get("/readyz")
+            reads = client.get("/api/v3/pet/findByStatus", params={"status": "available"})
         finally:
             holder.rollback()
+        assert (ready.status_code, ready.json()["checks"]["database"]) == (200, "locked")
+        assert (reads.status_code, reads.json()) == (200, [])
+        assert client.get("/readyz").json()["checks"]["database"] == "ok"
         assert response.status_code == 503
         assert response.json() == {
             "code": 503,
