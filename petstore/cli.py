@@ -215,15 +215,44 @@ def _check_app_settings(workers: int) -> Settings:
     return settings
 
 
+#: Open files kept out of ``limit_concurrency``'s default: the database, Redis, logs, the listener.
+SPARE_FILES = 64
+
+
+def default_concurrency() -> int:
+    """``limit_concurrency`` when unset: a little under the limit on open files, so that connections
+    never use up the descriptors (petstore.uvicorn_http makes room at it; then uvicorn says 503)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(soft // 2, soft - SPARE_FILES, 1)
+
+
 def _protocols(settings: Settings) -> dict[str, Any]:
-    """uvicorn settings for petstore's protocols and its shutdown bound (petstore.shutdown)."""
+    """uvicorn settings: petstore's protocols, its shutdown bound (petstore.shutdown) and its read bounds.
+
+    The header size cap and the header and body timeouts are the HTTP protocol's own
+    (petstore.uvicorn_http); the WebSocket protocol applies the app's message limit by itself too,
+    ``ws_max_size`` says it for uvicorn's other protocols.
+    """
     from petstore.shutdown import connections_timeout
 
     return {
         "ws": WS_PROTOCOL,
         "http": HTTP_PROTOCOL,
         "timeout_graceful_shutdown": connections_timeout(settings.shutdown_timeout),
+        "ws_max_size": settings.ws_max_message_bytes,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+        "limit_concurrency": settings.limit_concurrency or default_concurrency(),
     }
+
+
+#: uvicorn believes no ``X-Forwarded-For`` itself: left on, it trusts 127.0.0.1 whatever the app is
+#: told, so a client on the server's host could name any address. Whom to believe is the app's one
+#: setting, applied where a client's address is used (the rate-limit plugin's trusted proxies).
+PROXY_HEADERS: dict[str, Any] = {"proxy_headers": False}
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -242,7 +271,7 @@ def serve(args: argparse.Namespace) -> int:
         # this process add up stale files of some earlier run.
         os.environ.pop(MULTIPROC_ENV, None)
         settings = _check_app_settings(1)
-        uvicorn.run(APP, factory=True, host=args.host, port=args.port, **_protocols(settings))
+        uvicorn.run(APP, factory=True, host=args.host, port=args.port, **_protocols(settings), **PROXY_HEADERS)
         return 0
     with metrics_directory() as path:
         # The supervisor records no metrics: keep its prometheus_client out of multiprocess mode
@@ -251,7 +280,13 @@ def serve(args: argparse.Namespace) -> int:
         settings = _check_app_settings(args.workers)
         os.environ[MULTIPROC_ENV] = str(path)  # inherited by the workers uvicorn spawns
         config = uvicorn.Config(
-            APP, factory=True, host=args.host, port=args.port, workers=args.workers, **_protocols(settings)
+            APP,
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            **_protocols(settings),
+            **PROXY_HEADERS,
         )
         sock = config.bind_socket()
         try:

@@ -52,13 +52,27 @@ class Settings(BaseSettings):
     ws_auth_timeout_seconds: float = 10.0
     #: From SIGTERM to exit, at most this long whatever the clients do (petstore.shutdown).
     shutdown_timeout: float = Field(default=10.0, gt=0)
+    # What a client may make the HTTP layer hold (petstore.uvicorn_http, petstore.cli._protocols).
+    #: The request line and headers together, at most this many bytes (431 beyond). The upper
+    #: bound keeps what the parser copies while a header grows small.
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    #: A request's line and headers must all arrive within this long of its first byte (408 beyond).
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    #: While a request's body is incomplete, at most this long without a byte of it (408, or a close).
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
+    #: An idle keep-alive connection is closed after this long (uvicorn's ``timeout_keep_alive``).
+    keep_alive_seconds: int = Field(default=5, ge=1, le=3600)
+    #: Connections (HTTP and WebSocket) at once (uvicorn's ``limit_concurrency``): at it, a new one
+    #: closes the one waiting longest for its client's headers or idle, else requests get 503.
+    #: Unset: a little under the process's limit on open files (petstore.cli.default_concurrency).
+    limit_concurrency: int | None = Field(default=None, ge=1)
 
     @field_validator("plugins", "allowed_origins", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("redis_url", "jwt_secret", mode="before")
+    @field_validator("redis_url", "jwt_secret", "limit_concurrency", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -35,6 +35,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from petstore import shutdown
+from petstore.state import AppState
 
 EXTENSION = "petstore.websocket.write"
 #: The import string for uvicorn's ``ws`` setting (``--ws`` on its command line).
@@ -58,6 +59,15 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol that offers :meth:`write` as an ASGI extension."""
 
     drain: shutdown.Drain | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        state = self.app_state.get("petstore")
+        if isinstance(state, AppState) and hasattr(self.conn, "max_message_size"):
+            # The app's own limit, enforced by websockets as it reads: on the inflated size of a
+            # permessage-deflate message, so nothing past it is ever decompressed or buffered
+            # (uvicorn's ws_max_size, 16 MiB by default, is all it would otherwise stop at).
+            self.conn.max_message_size = state.settings.ws_max_message_bytes
 
     def shutdown(self) -> None:
         """The server is stopping: let the app close with 1012 (see the module docstring)."""

@@ -131,6 +131,44 @@ def test_a_bad_setting_is_one_line_not_a_traceback(
     assert err.startswith("petstore: error: invalid configuration: PETSTORE_ENV")
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MAX_HEADER_BYTES", "12"),
+        ("MAX_HEADER_BYTES", "lots"),
+        ("HEADER_TIMEOUT_SECONDS", "0"),
+        ("BODY_TIMEOUT_SECONDS", "nan"),
+        ("BODY_TIMEOUT_SECONDS", "inf"),
+        ("KEEP_ALIVE_SECONDS", "0"),
+        ("LIMIT_CONCURRENCY", "-1"),
+    ],
+)
+def test_a_bad_bound_on_the_http_layer_is_one_line_before_serve_binds(
+    name: str, value: str, database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(f"PETSTORE_{name}", value)
+    assert main(["serve", "--port", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"petstore: error: invalid configuration: PETSTORE_{name}:"), err
+
+
+def test_serve_hands_uvicorn_the_bounds_of_what_clients_make_it_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    import resource
+
+    from petstore.cli import _protocols, default_concurrency
+
+    monkeypatch.delenv("PETSTORE_LIMIT_CONCURRENCY", raising=False)
+    options = _protocols(Settings(keep_alive_seconds=7, ws_max_message_bytes=4096))
+    assert (options["timeout_keep_alive"], options["ws_max_size"]) == (7, 4096)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Under the limit on open files, with room for the database, Redis and the listener.
+    assert options["limit_concurrency"] == default_concurrency() < soft
+    assert _protocols(Settings(limit_concurrency=50))["limit_concurrency"] == 50
+    monkeypatch.setenv("PETSTORE_LIMIT_CONCURRENCY", "")  # as compose's `${VAR:-}` leaves it
+    assert Settings().limit_concurrency is None
+
+
 def test_a_plugin_that_fails_to_load_stops_serve_with_one_line(
     database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -174,6 +174,39 @@ def test_websocket_and_event_streams_outlive_the_heartbeat_and_slow_requests_do_
     assert limits["http-request"] <= 30  # slowloris: the whole request within this
 
 
+def test_haproxy_refuses_what_an_instance_would_refuse_before_the_instance_does() -> None:
+    """The instances bound the HTTP layer themselves (petstore.uvicorn_http); haproxy's bounds are
+    no looser, so a client behind it gets haproxy's answer, and nothing haproxy forwards is
+    refused by an instance for its size or its pace."""
+    defaults = Settings()
+    tune = {words[0]: int(words[1]) for words in section("global") if words[0].startswith("tune.")}
+    # The request line and headers must fit in one buffer (less the room kept for rewrites, which
+    # X-Forwarded-For uses): at most the buffer reaches an instance.
+    assert tune["tune.bufsize"] <= defaults.max_header_bytes
+    limits = timeouts()
+    # The whole request, headers and the buffered start of a body (`option http-buffer-request`).
+    assert ["option", "http-buffer-request"] in section("defaults")
+    assert limits["http-request"] <= defaults.header_timeout_seconds
+    assert limits["http-request"] <= defaults.body_timeout_seconds
+
+
+def test_headers_haproxy_lets_through_are_served_by_a_real_instance(tmp_path: Path) -> None:
+    """The same agreement, run: headers as large as haproxy forwards reach petstore and are
+    answered; larger ones are haproxy's 400 and never reach it."""
+    from tests.test_shutdown import running
+
+    with running(tmp_path) as instance, HaproxyServer([instance.port, free_port(), free_port()]) as haproxy:
+        haproxy.wait_states({"petstore-1": "UP"})
+        tune = {words[0]: int(words[1]) for words in section("global") if words[0].startswith("tune.")}
+        # The buffer, less the room kept for rewrites and what haproxy and httpx add (HTX blocks,
+        # the request line, httpx's own headers): as large as haproxy forwards, within 400 bytes.
+        room = tune["tune.bufsize"] - tune["tune.maxrewrite"] - 512
+        response = httpx.get(f"{haproxy.url}/healthz", headers={"X-Padding": "a" * room}, timeout=30)
+        assert response.status_code == 200, response.text
+        refused = httpx.get(f"{haproxy.url}/healthz", headers={"X-Padding": "a" * 2 * room}, timeout=30)
+        assert refused.status_code == 400
+
+
 def test_every_petstore_variable_compose_sets_is_one_petstore_reads(services: dict[str, dict[str, Any]]) -> None:
     for module in ("petstore.config", *DEFAULT_PLUGINS, "plugins.auth.config"):
         import_module(module)  # registers each plugin's settings class

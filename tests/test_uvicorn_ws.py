@@ -1,5 +1,6 @@
 """petstore.uvicorn_ws: uvicorn's sans-I/O WebSocket protocol plus the direct-write extension,
-driven by a real uvicorn and real clients (the ``websockets`` library and a raw socket)."""
+driven by a real uvicorn and real clients (the ``websockets`` library and a raw socket); and the
+app's message limit, applied by the protocol while it inflates, against the real petstore."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
+from petstore.config import Settings
 from petstore.uvicorn_ws import EXTENSION, PROTOCOL
 from tests.realtime_support import DEADLINE, until
 from tests.services import free_port
+from tests.test_shutdown import assert_clean_log, running
 
 PLAIN = "websockets-sansio"
 
@@ -130,3 +135,31 @@ async def test_a_client_that_does_not_read_makes_write_refuse_instead_of_bufferi
             sock.close()
     assert app.answers["open"] is True
     assert app.answers.get("flood refused") is True
+
+
+def test_a_compressed_message_inflating_past_the_apps_limit_is_refused_while_inflated(tmp_path: Path) -> None:
+    """8 MiB of one letter is a few KiB with permessage-deflate. uvicorn's protocol would inflate
+    and buffer it whole (its own limit is 16 MiB) before the app's 64 KiB limit applied; this one
+    gives websockets the app's limit, which stops inflating past it: close 1009 with its reason."""
+    limit = Settings.model_fields["ws_max_message_bytes"].default
+
+    async def clients(ws_url: str) -> None:
+        async with connect(f"{ws_url}/ws", compression="deflate", open_timeout=DEADLINE) as ws:
+            assert [extension.name for extension in ws.protocol.extensions] == ["permessage-deflate"]
+            await asyncio.wait_for(ws.recv(), DEADLINE)  # welcome
+            await ws.send("x" * (8 * 1024 * 1024))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), DEADLINE)
+        assert ws.close_code == 1009
+        assert ws.close_reason == f"frame exceeds limit of {limit} bytes"
+        # A message at the limit, compressed just as well, is the app's to read.
+        async with connect(f"{ws_url}/ws", compression="deflate", open_timeout=DEADLINE) as ws:
+            await asyncio.wait_for(ws.recv(), DEADLINE)
+            await ws.send('{"type": "ping", "id": "' + "p" * (limit - 64) + '"}')
+            reply = await asyncio.wait_for(ws.recv(), DEADLINE)
+            assert '"type":' in str(reply)
+
+    with running(tmp_path) as server:
+        asyncio.run(clients(server.ws_url))
+        assert_clean_log(server)
