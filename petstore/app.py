@@ -30,6 +30,7 @@ from petstore.config import Settings
 from petstore.db import create_engine, create_sessionmaker, ping
 from petstore.errors import EXCEPTION_HANDLERS
 from petstore.plugin import Plugins, load_plugins
+from petstore.redis_client import request_client
 from petstore.state import AppState, app_state
 
 logger = logging.getLogger("petstore")
@@ -147,7 +148,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = create_engine(settings)
-        state = AppState(settings=settings, engine=engine, sessions=create_sessionmaker(engine), plugins=plugins)
+        state = AppState(
+            settings=settings,
+            engine=engine,
+            sessions=create_sessionmaker(engine),
+            plugins=plugins,
+            redis=request_client(settings),
+        )
         realtime.register(state)
         started: list[Any] = []
         try:
@@ -164,6 +171,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await _bounded(stop(state), f"shutdown step {getattr(stop, '__qualname__', stop)}", state)
             for plugin in reversed(started):
                 await _bounded(plugin.shutdown(state), f"plugin {plugin.name!r} shutdown", state)
+            if state.redis is not None:
+                await _bounded(state.redis.aclose(close_connection_pool=True), "closing the Redis pool", state)
             await _bounded(engine.dispose(), "closing the database pool", state)
 
     outermost, ordinary = plugins.middleware()

@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
@@ -22,6 +23,9 @@ class AppState:
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     plugins: Plugins
+    #: The app's Redis client for request-time work (petstore.redis_client): one bounded pool for
+    #: every plugin, None without ``PETSTORE_REDIS_URL``. Use it, never close it.
+    redis: Redis | None = None
     #: Set after every commit that wrote outbox rows, so the relay publishes without polling delay.
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     #: Components the real-time layer and plugins attach (broker, hub, relay, ...), by name.

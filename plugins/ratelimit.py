@@ -13,17 +13,29 @@ Policies (each a rate such as ``100/minute``, or several joined by ``;``):
   ``PETSTORE_RATELIMIT_LOGIN_FALLBACK_PER_IP`` instead, counted in this process only;
 - per-route overrides: ``PETSTORE_RATELIMIT_ROUTES="POST /api/v3/pet/*/uploadImage=10/minute, ..."``
   (the first matching ``METHOD glob`` wins; ``*`` matches any method);
-- WebSocket: ``PETSTORE_RATELIMIT_WS_CONNECT`` connection attempts per client (refused with
-  1013), ``PETSTORE_RATELIMIT_WS_MESSAGES`` messages per connection (in process, no round trip).
+- WebSocket: ``PETSTORE_RATELIMIT_WS_CONNECT`` connection attempts per client *and*
+  ``PETSTORE_RATELIMIT_WS_CONNECT_PER_IP`` per IP, however many accounts it signs in (refused
+  with 1013), ``PETSTORE_RATELIMIT_WS_MESSAGES`` messages per connection (in process, no round trip).
+
+A login's username is read the way the endpoint reads it, with the same parser and size limit
+(:func:`petstore.web.read_data`, ``PETSTORE_MAX_BODY_BYTES``; the query of ``GET /user/login``):
+whatever body the endpoint checks a password from, the limiter has counted against its username.
 
 The algorithm is GCRA (a token bucket kept as one timestamp per key): up to ``q`` requests at
 once, then one every ``w/q`` seconds. With Redis, one Lua script checks and updates every key
 of a request in one atomic round trip, on Redis's clock, so all instances share one budget.
 Responses carry the IETF ``RateLimit-Policy`` and ``RateLimit`` headers; a refusal is 429 with
-``Retry-After``. When Redis fails, ordinary traffic is let through (fail open), and logins are
-held to the fallback budget of this instance: stricter than the shared one, since each instance
-counts its own (with N instances an attacker gets N of them), yet logins go on; each failure is
-observed as ``ratelimit.backend_error``.
+``Retry-After``.
+
+Redis is the app's client for request-time work (:mod:`petstore.redis_client`): one bounded pool
+per process, shared with the auth plugin, on which a burst waits for a connection. A wait that
+runs out is load, not an outage: 503 with ``Retry-After``, never a request let through unlimited.
+When Redis itself fails (refused, reset, timed out), ordinary traffic is let through (fail open),
+and logins are held to the fallback budget of this instance: stricter than the shared one, since
+each instance counts its own (with N instances an attacker gets N of them), yet logins go on;
+each failure is observed as ``ratelimit.backend_error``. For :data:`OUTAGE_PAUSE_SECONDS` after
+one, requests do not try Redis at all, so a Redis that stopped answering costs one timeout, not
+one per request.
 """
 
 from __future__ import annotations
@@ -32,7 +44,6 @@ import copy
 import fnmatch
 import hashlib
 import ipaddress
-import json
 import logging
 import math
 import re
@@ -40,7 +51,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
-from urllib.parse import parse_qsl
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -48,14 +58,17 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from petstore.access import Principal
 from petstore.config import Settings
-from petstore.errors import ConfigurationError, error_response
+from petstore.errors import ApiError, ConfigurationError, error_response
 from petstore.plugin import PluginBase
+from petstore.redis_client import PoolExhausted
 from petstore.state import AppState
+from petstore.web import read_data
 
 logger = logging.getLogger("plugins.ratelimit")
 
@@ -63,8 +76,9 @@ API = "/api/v3"
 LOGIN_ROUTES = (("POST", f"{API}/auth/token"), ("GET", f"{API}/user/login"))
 PREFIX = "petstore:rl:"
 LOG_INTERVAL_SECONDS = 60.0
-REDIS_TIMEOUT_SECONDS = 1.0
-MAX_LOGIN_BODY = 64 * 1024  # enough for any username; larger bodies are read for the app, not parsed
+#: After Redis failed, this long without trying it (fail open at once), then the next request tries.
+OUTAGE_PAUSE_SECONDS = 1.0
+BUSY_RETRY_AFTER = "1"
 MICRO = 1_000_000
 
 # ---------------------------------------------------------------------------------------- rates
@@ -252,7 +266,10 @@ class MemoryLimiter:
 
 
 class RedisLimiter:
-    """Shared by every instance: one budget per client however many servers answer."""
+    """Shared by every instance: one budget per client however many servers answer.
+
+    On the app's Redis client (``AppState.redis``), which the app closes: :meth:`close` leaves it.
+    """
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -270,7 +287,7 @@ class RedisLimiter:
         return decision
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        return None
 
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
@@ -299,6 +316,10 @@ class RateLimitSettings(BaseSettings):
     login_fallback_per_ip: str = "10/minute"
     routes: Annotated[tuple[str, ...], NoDecode] = ()
     ws_connect: str = "30/minute"
+    # Per IP whoever signs in: accounts are free, addresses are not. The burst is the reconnect
+    # storm of the dashboards behind one NAT address after a restart (each reconnects within a
+    # second, backoff with full jitter); 5 a second after it.
+    ws_connect_per_ip: str = "300/minute"
     ws_messages: str = "50/10 seconds"
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     # Probes, scrapes and files: cheap to serve, and a page of pet photos must not spend the API budget.
@@ -371,6 +392,7 @@ class RateLimitPlugin(PluginBase):
             self.login_user_fallback = Policy("login-user-fallback", parse_rates(config.login_fallback_per_user))
             self.login_ip_fallback = Policy("login-ip-fallback", parse_rates(config.login_fallback_per_ip))
             self.ws_connect_policy = Policy("ws-connect", parse_rates(config.ws_connect))
+            self.ws_connect_ip_policy = Policy("ws-connect-ip", parse_rates(config.ws_connect_per_ip))
             self.ws_messages_policy = Policy("ws-messages", parse_rates(config.ws_messages))
             self.overrides = [_override(entry, i) for i, entry in enumerate(config.routes)]
             self.trusted = [ipaddress.ip_network(cidr, strict=False) for cidr in config.trusted_proxies]
@@ -384,6 +406,9 @@ class RateLimitPlugin(PluginBase):
         self.fallback = MemoryLimiter()
         self._state: AppState | None = None
         self._last_log = -math.inf
+        self._last_busy_log = -math.inf
+        #: Until this monotonic time Redis counts as down without being asked (see OUTAGE_PAUSE_SECONDS).
+        self._down_until = -math.inf
 
     def is_exempt(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, pattern) for pattern in self.exempt)
@@ -392,13 +417,8 @@ class RateLimitPlugin(PluginBase):
 
     async def startup(self, state: AppState) -> None:
         self._state = state
-        if state.settings.redis_url:
-            redis = Redis.from_url(
-                state.settings.redis_url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            )
-            self.limiter = RedisLimiter(redis)
+        if state.redis is not None:
+            self.limiter = RedisLimiter(state.redis)
 
     async def shutdown(self, state: AppState) -> None:
         await self.limiter.close()
@@ -435,25 +455,51 @@ class RateLimitPlugin(PluginBase):
         return f"ip:{client_ip(scope, self.trusted)}"
 
     async def check(self, checks: Sequence[Budget]) -> Decision | None:
-        """The decision, or None when the backend failed (observed, and logged now and then)."""
-        try:
-            return await self.limiter.check(checks)
-        except (RedisError, OSError) as exc:
-            self.report("ratelimit.backend_error")
-            now = time.monotonic()
-            if now - self._last_log >= LOG_INTERVAL_SECONDS:
-                self._last_log = now
-                logger.warning(
-                    "rate limit backend unreachable (%s): requests unlimited, logins held to this instance's "
-                    "fallback budget",
-                    exc,
-                )
-            return None
+        """The decision, or None when the backend is down (observed, and logged now and then).
+
+        :class:`PoolExhausted` (no connection came free in time) goes to the caller: the server is
+        busy, and letting the request through unlimited would hand the limiter's off switch to
+        whoever can send a burst. Only while Redis is known to be down is it an outage too (the
+        pool is then full of commands waiting for a Redis that does not answer).
+        """
+        reason: object = "not tried again yet after a failure"
+        if time.monotonic() >= self._down_until:
+            try:
+                return await self.limiter.check(checks)
+            except PoolExhausted:
+                if time.monotonic() >= self._down_until:
+                    self._log_busy()
+                    raise
+            except (RedisError, OSError) as exc:
+                self._down_until = time.monotonic() + OUTAGE_PAUSE_SECONDS
+                reason = exc
+        self.report("ratelimit.backend_error")
+        now = time.monotonic()
+        if now - self._last_log >= LOG_INTERVAL_SECONDS:
+            self._last_log = now
+            logger.warning(
+                "rate limit backend unreachable (%s): requests unlimited, logins held to this instance's "
+                "fallback budget",
+                reason,
+            )
+        return None
+
+    def _log_busy(self) -> None:
+        now = time.monotonic()
+        if now - self._last_busy_log >= LOG_INTERVAL_SECONDS:
+            self._last_busy_log = now
+            logger.warning("rate limit: no Redis connection came free in time: answering 503 (server busy)")
 
     # -- WebSocket hooks
 
     async def ws_connect(self, websocket: WebSocket) -> int | None:
-        decision = await self.check(budgets(self.ws_connect_policy, self.client(websocket.scope)))
+        scope = websocket.scope
+        checks = budgets(self.ws_connect_policy, self.client(scope))
+        checks += budgets(self.ws_connect_ip_policy, f"ip:{client_ip(scope, self.trusted)}")
+        try:
+            decision = await self.check(checks)
+        except PoolExhausted:
+            return 1013  # busy: try again later
         if decision is not None and not decision.allowed:
             self.report("ratelimit.rejected", scope="ws")
             return 1013
@@ -489,7 +535,13 @@ class RateLimitMiddleware:
         else:
             policy = next((o.policy for o in plugin.overrides if o.matches(method, path)), plugin.default)
             policies, checks, label = [policy], budgets(policy, plugin.client(scope)), "http"
-        decision = await plugin.check(checks)
+        try:
+            decision = await plugin.check(checks)
+        except PoolExhausted:
+            message = "too busy to count this request: retry shortly"
+            headers = {"Retry-After": BUSY_RETRY_AFTER}
+            await error_response(503, "service_unavailable", message, headers)(scope, receive, send)
+            return
         if decision is None:
             if not login:
                 await self.app(scope, receive, send)  # fail open: reads and writes carry on unlimited
@@ -534,40 +586,34 @@ def _with_headers(send: Send, headers: Mapping[str, str]) -> Send:
 
 
 async def _login_username(scope: Scope, receive: Receive) -> tuple[Receive, str | None]:
-    """The username a login request names (query, form or JSON), and a ``receive`` that replays the body."""
+    """The username a login request names, and a ``receive`` that replays the body to the endpoint.
+
+    Read exactly as the endpoint reads it (the same parser, the same size limit): a body that
+    cannot be read here is refused there, before any password is checked.
+    """
     if scope["method"] == "GET":
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        return receive, query.get("username") or None
+        return receive, _username(Request(scope).query_params)
     messages: list[Message] = []
-    body = b""
-    while True:
+
+    async def recording() -> Message:
         message = await receive()
         messages.append(message)
-        if message["type"] != "http.request":
-            break
-        body += message.get("body", b"")
-        if not message.get("more_body", False) or len(body) > MAX_LOGIN_BODY:
-            break
+        return message
+
+    try:
+        data = await read_data(Request(scope, recording), form=True)
+    except (ApiError, ClientDisconnect):
+        data = None
     replay = iter(messages)
 
     async def replaying() -> Message:
         return next(replay, None) or await receive()
 
-    return replaying, _username_in(Headers(scope=scope).get("content-type", ""), body)
+    return replaying, _username(data)
 
 
-def _username_in(content_type: str, body: bytes) -> str | None:
-    if len(body) > MAX_LOGIN_BODY:
-        return None
-    media = content_type.split(";", 1)[0].strip().lower()
-    try:
-        if media == "application/json":
-            data: Any = json.loads(body)
-            name = data.get("username") if isinstance(data, dict) else None
-        else:
-            name = dict(parse_qsl(body.decode("utf-8"))).get("username")
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+def _username(data: object) -> str | None:
+    name = data.get("username") if isinstance(data, Mapping) else None
     return name if isinstance(name, str) and name else None
 
 

@@ -8,6 +8,10 @@ key as an HMAC secret) is refused before any signature check.
 
 Refusals raise :class:`TokenError` with a short ``reason`` label, used for metrics and never
 shown with the token itself.
+
+The time claims (``exp``, ``nbf``, ``iat``) are checked here rather than by python-jose, which
+takes ``true``, ``"12"`` or ``1.5`` for a time and fails on ``null`` or ``Infinity`` with an
+error of its own: each must be a whole number of seconds between 0 and :data:`MAX_TIME`.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from jose import jwk, jwt
-from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
+from jose.exceptions import JOSEError, JWTClaimsError
 
 SYMMETRIC = ("HS256",)
 ASYMMETRIC = ("RS256", "ES256")
@@ -28,6 +33,10 @@ ALGORITHMS = SYMMETRIC + ASYMMETRIC
 
 #: Claims every token must carry; a token missing one is refused.
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "nbf", "iat", "jti")
+#: The claims that are times (RFC 7519 NumericDate), checked by :func:`_check_times`.
+TIME_CLAIMS = ("exp", "nbf", "iat")
+#: 9999-12-31T23:59:59Z, the last second a ``datetime`` holds: a time claim past it is no time at all.
+MAX_TIME = 253_402_300_799
 
 
 class TokenError(Exception):
@@ -139,24 +148,37 @@ class KeySet:
         key = self.verifying.get(str(header.get("kid")))
         if key is None:
             raise TokenError("unknown_kid")
-        options = {f"require_{claim}": True for claim in REQUIRED_CLAIMS} | {"leeway": leeway}
+        options = {f"require_{claim}": True for claim in REQUIRED_CLAIMS if claim not in TIME_CLAIMS}
+        options |= {f"verify_{claim}": False for claim in TIME_CLAIMS}
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, key.key, algorithms=[self.algorithm], audience=audience, issuer=issuer, options=options
             )
-        except ExpiredSignatureError:
-            raise TokenError("expired", "token expired") from None
         except JWTClaimsError as exc:
             raise TokenError(_claims_reason(str(exc))) from None
         except JOSEError as exc:
             # The signature is checked before the claims, so a missing claim here was signed by us.
             raise TokenError("bad_claims" if "missing required key" in str(exc) else "bad_signature") from None
+        _check_times(claims, leeway)
         return claims
+
+
+def _check_times(claims: Mapping[str, Any], leeway: int) -> None:
+    """Every time claim present and a whole number in range; not expired nor early beyond ``leeway``."""
+    for name in TIME_CLAIMS:
+        value = claims.get(name)
+        if type(value) is not int or not 0 <= value <= MAX_TIME:  # type(): True is an int too
+            raise TokenError("bad_claims")
+    now = int(time.time())
+    if claims["exp"] < now - leeway:
+        raise TokenError("expired", "token expired")
+    if claims["nbf"] > now + leeway:
+        raise TokenError("not_yet_valid")
 
 
 def _claims_reason(message: str) -> str:
     text = message.lower()
-    for needle, reason in (("not yet valid", "not_yet_valid"), ("audience", "bad_audience"), ("issuer", "bad_issuer")):
+    for needle, reason in (("audience", "bad_audience"), ("issuer", "bad_issuer")):
         if needle in text:
             return reason
     return "bad_claims"

@@ -2,6 +2,10 @@
 
 Token responses carry ``Cache-Control: no-store`` (RFC 6749 §5.1). A login for an unknown user
 verifies the password against a dummy hash, so it costs what a wrong password costs.
+
+Credentials come from :func:`petstore.web.read_data` (JSON, any ``+json`` type or none, or a form,
+up to ``PETSTORE_MAX_BODY_BYTES``) and ``/user/login``'s query: the rate limiter reads the username
+of a login with the very same calls, so no body reaches a password check uncounted.
 """
 
 from __future__ import annotations

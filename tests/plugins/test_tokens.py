@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from plugins.tokens import KeySet, TokenError
+from plugins.tokens import MAX_TIME, TIME_CLAIMS, KeySet, TokenError
 
 # RFC 7638 §3.1: this key's thumbprint is NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs.
 RFC7638_N = (
@@ -118,6 +118,21 @@ def test_leeway_applies_to_exp_and_nbf() -> None:
     token = keys.encode(claims(exp=now - 10, nbf=now + 10))
     assert keys.decode(token, audience="a", issuer="i", leeway=30)["sub"] == "s"
     assert reason(keys, token) in ("expired", "not_yet_valid")
+
+
+#: What a signed token may carry in a time claim instead of a whole number of seconds in range.
+BAD_TIMES = (2**70, MAX_TIME + 1, -1, 1.5, float("inf"), "1700000000", True, False, None, [1], {"t": 1})
+
+
+@pytest.mark.parametrize("claim", TIME_CLAIMS)
+def test_time_claims_out_of_range_or_of_another_type_are_bad_claims(claim: str) -> None:
+    """Never a TypeError or OverflowError from python-jose, and never a time read from a string or a bool."""
+    keys = KeySet.hmac("s" * 48)
+    for value in BAD_TIMES:
+        token = keys.encode(claims() | {claim: value})
+        assert reason(keys, token) == "bad_claims", (claim, value)
+    in_range = {"exp": MAX_TIME, "nbf": 0, "iat": 0}[claim]
+    assert decode(keys, keys.encode(claims(**{claim: in_range})))[claim] == in_range
 
 
 def test_bad_configurations_are_value_errors() -> None:
