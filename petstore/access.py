@@ -8,6 +8,7 @@ anonymous, so reads work and writes answer 401.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from starlette.authentication import AuthCredentials, BaseUser
@@ -49,6 +50,11 @@ class Principal(BaseUser):
     #: When the credential stops being valid (Unix time), so live connections can be ended then.
     expires_at: float | None = None
     token_id: str | None = None
+    #: The login this credential belongs to (every token a login and its refreshes issued).
+    session: str | None = None
+    #: When the credential was checked (Unix time): sessions opened after a change to the account
+    #: stand, those opened before it end (``user_changed``).
+    authenticated_at: float = field(default_factory=time.time)
 
     @classmethod
     def for_role(cls, user_id: int, username: str, role: Role, **kwargs: object) -> Principal:

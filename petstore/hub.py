@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("petstore.hub")
 
 SLOW_CONSUMER = 1013
+#: The session's credentials no longer stand (expired, revoked, the account deleted).
+POLICY_VIOLATION = 1008
 RESTARTING = 1012
 
 #: What a connection's queue holds: events (shared objects) and control messages (own text).
@@ -302,6 +304,20 @@ class Hub:
             self.closing_code = code
         for conn in tuple(self.connections):
             conn.close(code)
+
+    def close_sessions(self, match: Callable[[Principal], bool], code: int) -> int:
+        """Close with ``code`` every connection whose principal ``match`` picks; how many.
+
+        Called when credentials stop standing (a logout, a deleted account), never per event:
+        one pass over this instance's connections."""
+        ended = 0
+        for conn in tuple(self.connections):
+            principal = conn.principal
+            if principal is not None and conn.close_code is None and match(principal):
+                logger.info("connection %s: the session of %s ended, closing", conn.id, principal.username)
+                conn.close(code)
+                ended += 1
+        return ended
 
     async def wait_empty(self, seconds: float | None) -> bool:
         """Wait until no connection is left, at most ``seconds`` (None: no bound); True if none is."""

@@ -37,6 +37,10 @@ Hooks
     A client message arrived. Return an error code (``"rate_limited"``) to refuse it, else None.
 ``observe(name, value, labels)``
     Something happened in the core or another plugin (see :data:`HAPPENINGS`).
+``user_changed(user_id)`` (optional: plugins without it are not asked)
+    An account was deleted, or its name or password changed, and that is committed. Sessions
+    its credentials opened before now no longer stand: an auth plugin ends them, on every
+    instance (:meth:`petstore.realtime.Realtime.end_sessions` ends one instance's).
 ``migrations()``
     The plugin's own tables, as a :class:`PluginMigrations` (an Alembic version folder and the
     ``MetaData`` its revisions create), or None. ``petstore migrate`` runs every loaded plugin's
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +98,8 @@ HAPPENINGS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "ratelimit.rejected": ("count", ("scope",)),
     "ratelimit.backend_error": ("count", ()),
 }
+
+logger = logging.getLogger("petstore.plugin")
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,9 @@ class PluginBase:
     def observe(self, name: str, value: float, labels: Mapping[str, str]) -> None:
         return None
 
+    async def user_changed(self, user_id: int) -> None:
+        return None
+
     def migrations(self) -> PluginMigrations | None:
         return None
 
@@ -224,6 +234,18 @@ class Plugins:
             if answer is True:
                 verdict = True
         return verdict
+
+    async def user_changed(self, user_id: int) -> None:
+        """Tell every plugin that has the hook; the change is committed, so one that fails is
+        logged and the others are still told."""
+        for plugin in self.items:
+            hook = getattr(plugin, "user_changed", None)
+            if hook is None:
+                continue
+            try:
+                await hook(user_id)
+            except Exception:
+                logger.exception("plugin %r: user_changed(%d) failed", plugin.name, user_id)
 
     async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None:
         for plugin in self.items:

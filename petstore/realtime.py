@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ from petstore import events, rooms
 from petstore.access import Principal
 from petstore.broker import Broker, BrokerUnavailable, Message, Since, create_broker
 from petstore.errors import NotFound
-from petstore.hub import RESTARTING, Connection, Hub
+from petstore.hub import POLICY_VIOLATION, RESTARTING, Connection, Hub
 from petstore.models import PetPublic
 from petstore.pets import load_pet
 from petstore.relay import Relay
@@ -108,6 +109,15 @@ class Realtime:
     async def disconnect(self, conn: Connection) -> None:
         for room in self.hub.drop(conn):
             await self.broker.unwatch(room)
+
+    def end_sessions(self, match: Callable[[Principal], bool]) -> int:
+        """End this instance's live sessions (WebSocket: close 1008; SSE: the stream ends) whose
+        principal ``match`` picks; how many.
+
+        For plugins whose credentials stop standing: a revoked token, a deleted account. Reaching
+        every instance is the caller's part (the auth plugin calls it wherever a revocation
+        arrives). One pass over the connections when called, nothing per event."""
+        return self.hub.close_sessions(match, POLICY_VIOLATION)
 
     async def snapshot(self, room: str) -> Any:
         """The current state a subscriber starts from: inventory counts, or the pet (null if gone)."""

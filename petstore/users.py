@@ -134,13 +134,20 @@ async def update_user(request: Request) -> Response:
             raise BadRequest("a user's id cannot change")
         if body.username != user.username and await find_user(session, body.username) is not None:
             raise Conflict(f"username {body.username!r} is taken")
-        user.username = body.username
         user.first_name, user.last_name = body.first_name, body.last_name
         user.email, user.phone, user.user_status = body.email, body.phone, body.user_status
+        # A new name or password: sessions opened with the old ones end (a new account may take
+        # the name, and its ``user:{name}`` room with it).
+        changed = body.username != user.username or bool(body.password)
+        user.username = body.username
         if body.password:
             user.password_hash = await hash_password(body.password)
         await _commit_unique(session)
-        return user_json(user)
+        response = user_json(user)
+    if changed:
+        assert user.id is not None
+        await app_state(request).plugins.user_changed(user.id)
+    return response
 
 
 async def delete_user(request: Request) -> Response:
@@ -150,8 +157,11 @@ async def delete_user(request: Request) -> Response:
         user = await find_user(session, username)
         if user is None:
             raise NotFound(f"user {username!r} not found")
+        user_id = user.id
         await session.delete(user)
         await session.commit()
+    assert user_id is not None
+    await app_state(request).plugins.user_changed(user_id)  # its live sessions end
     return JSONResponse(ApiResponse(code=200, type="ok", message=f"user {username} deleted").model_dump())
 
 

@@ -36,13 +36,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from petstore import access, rooms, uvicorn_ws
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.errors import database_unavailable
-from petstore.hub import RESTARTING, Connection, observe_lag
+from petstore.hub import POLICY_VIOLATION, RESTARTING, Connection, observe_lag
 from petstore.realtime import Realtime, realtime
 from petstore.state import app_state
 
 logger = logging.getLogger("petstore.ws")
 
-POLICY_VIOLATION = 1008
 TOO_BIG = 1009
 TRY_AGAIN_LATER = 1013  # too many messages (and, in the hub, too slow to keep up)
 INTERNAL_ERROR = 1011

@@ -8,8 +8,9 @@ Loaded by ``PETSTORE_PLUGINS`` (``plugins.auth``). What it does, hook by hook:
   with RS256/ES256, ``/api/v3/auth/jwks.json``.
 - ``startup`` / ``shutdown``: the token store (revocations and refresh families in the database,
   each instance's copy kept fresh by Redis pub/sub when ``PETSTORE_REDIS_URL`` is set and by a
-  database poll always: :mod:`plugins.auth.feed`), and a log filter that keeps ``password=`` out
-  of uvicorn's access log.
+  database poll always: :mod:`plugins.auth.feed`, on the app's Redis client ``AppState.redis``,
+  whose pool the rate limiter shares), and a log filter that keeps ``password=`` out of uvicorn's
+  access log.
 - ``migrations``: the tables of :mod:`plugins.auth.schema`, created by ``petstore migrate``.
 - ``openapi``: the paths and schemas above, and the bearer scheme.
 - ``ws_authenticate`` / ``ws_authorize``: the same tokens and the rooms rule of SPEC §3.
@@ -20,12 +21,10 @@ Settings of its own: see :mod:`plugins.auth.config` (``PETSTORE_JWT_*``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
@@ -43,15 +42,13 @@ from plugins.auth.endpoints import AuthEndpoints
 from plugins.auth.feed import RevocationFeed
 from plugins.auth.openapi import API, extend
 from plugins.auth.schema import MIGRATIONS
-from plugins.auth.store import TokenStore
+from plugins.auth.store import TokenStore, session_ended, user_key
 from plugins.ratelimit import parse_rates
 
 logger = logging.getLogger("plugins.auth")
 
 #: Loggers that may print a request's query string (and so a /user/login password).
 REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error")
-
-REDIS_TIMEOUT_SECONDS = 2.0
 
 
 class AuthPlugin(PluginBase):
@@ -89,16 +86,10 @@ class AuthPlugin(PluginBase):
     async def startup(self, state: AppState) -> None:
         self._state = state
         store = TokenStore(state.engine)
-        redis = None
-        if state.settings.redis_url:
-            redis = Redis.from_url(
-                state.settings.redis_url,
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                # No silent retries inside redis-py: the feed must know of every reconnection,
-                # since messages published meanwhile are lost and it reads them from the database.
-                retry=Retry(NoBackoff(), 0),
-            )
+        store.on_revoked = self._end_sessions
+        # The feed must know of every reconnection, since messages published meanwhile are lost
+        # and it reads them from the database: its subscription counts the connections it made.
+        redis = state.redis
         self.feed = RevocationFeed(store, redis, self.config.revocation_poll_seconds)
         await self.feed.start()
         self.authority = Authority(self.config, self.keys, store, state)
@@ -109,6 +100,28 @@ class AuthPlugin(PluginBase):
             ", announced through Redis pub/sub" if redis is not None else "",
             self.config.revocation_poll_seconds,
         )
+
+    def _end_sessions(self, keys: list[str]) -> None:
+        """Revocations reached this instance (its own, the feed's, the poll's): the live sessions
+        they concern end here (1008)."""
+        layer = self._state.extras.get("realtime") if self._state is not None else None
+        if layer is not None:
+            ended = layer.end_sessions(session_ended(keys))
+            if ended:
+                logger.info("auth: %d live session(s) ended by a revocation", ended)
+
+    async def user_changed(self, user_id: int) -> None:
+        if self.authority is None:
+            return
+        try:
+            await self.authority.user_changed(user_id)
+        except BackendUnavailable:
+            self._end_sessions([user_key(user_id, time.time())])  # here at least
+            logger.warning(
+                "auth: the database is unavailable: on other instances the sessions of changed user %d "
+                "end when their tokens expire",
+                user_id,
+            )
 
     async def shutdown(self, state: AppState) -> None:
         if self._filter is not None:

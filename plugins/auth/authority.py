@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from petstore.access import AuthFailed, Principal
-from petstore.models import Role, User
+from petstore.models import MAX_ID, Role, User
 from petstore.state import AppState
 from plugins.auth.config import AuthSettings
 from plugins.auth.store import Rotation, TokenStore
@@ -28,6 +28,9 @@ from plugins.tokens import KeySet, TokenError
 
 ACCESS = "access"
 REFRESH = "refresh"
+#: The longest ``jti`` or ``fam`` accepted (ours have 24 characters): ``family:<id>`` stays within
+#: the 64 characters of a revocation key.
+MAX_TOKEN_ID_CHARS = 48
 
 
 class BackendUnavailable(Exception):
@@ -54,6 +57,19 @@ class TokenPair:
 
 def _new_id() -> str:
     return secrets.token_urlsafe(18)
+
+
+def _bounded(claims: dict[str, Any]) -> bool:
+    """The claims of ours that the plugin reads, of their type and within bounds (the time claims are
+    checked by :class:`~plugins.tokens.KeySet`): an id the database can look up, token and family ids
+    whose revocation keys fit their table."""
+    uid = claims.get("uid")
+    ids = (claims.get("jti"), claims.get("fam"))
+    return (
+        type(uid) is int  # not True, not 1.0
+        and 0 <= uid <= MAX_ID
+        and all(isinstance(value, str) and 0 < len(value) <= MAX_TOKEN_ID_CHARS for value in ids)
+    )
 
 
 def credential_stamp(user: User) -> str:
@@ -117,7 +133,7 @@ class Authority:
             raise AuthFailed(exc.reason, exc.message) from None
         if claims.get("typ") != kind:
             raise AuthFailed("wrong_token_type", f"not an {kind} token" if kind == ACCESS else f"not a {kind} token")
-        if not isinstance(claims.get("uid"), int) or not isinstance(claims.get("fam"), str):
+        if not _bounded(claims):
             raise AuthFailed("bad_claims")
         return claims
 
@@ -150,7 +166,12 @@ class Authority:
         user = await self._live_user(claims)
         assert user.id is not None
         principal = Principal.for_role(
-            user.id, user.username, Role(user.role), expires_at=float(claims["exp"]), token_id=claims["jti"]
+            user.id,
+            user.username,
+            Role(user.role),
+            expires_at=float(claims["exp"]),
+            token_id=claims["jti"],
+            session=claims["fam"],
         )
         return principal, claims
 
@@ -185,6 +206,10 @@ class Authority:
         # refresh tokens are refused by the database (its row says revoked), so its revocation
         # entry, which every instance keeps in memory, need only outlive its access tokens.
         return self.config.access_ttl_seconds + self.config.leeway_seconds
+
+    async def user_changed(self, user_id: int) -> None:
+        """The sessions the account opened until now end everywhere (its tokens are refused already)."""
+        await self._store(self.store.end_user_sessions(user_id, self._access_life()))
 
     async def logout(self, claims: dict[str, Any]) -> None:
         """Revoke this access token and its whole family, for as long as any of them could live."""

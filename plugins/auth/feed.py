@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from plugins.auth.store import Entry, TokenStore
@@ -43,7 +45,7 @@ PING_SECONDS = 5.0
 SILENT_SECONDS = 15.0
 BACKOFF_SECONDS = (0.2, 10.0)  # first and longest wait between two reconnection attempts
 MAX_MESSAGE_BYTES = 64 * 1024
-KEY_PREFIXES = ("jti:", "family:")
+KEY_PREFIXES = ("jti:", "family:", "user:")
 
 
 class SubscriberSilent(Exception):
@@ -69,6 +71,17 @@ def decode(data: Any) -> list[Entry]:
             case _:
                 raise ValueError("not a revocation")
     return entries
+
+
+class _Subscription(PubSub):
+    """redis-py's pub/sub, counting the connections it subscribed on: more than one means it
+    reconnected by itself, and whatever was published in between is lost to this instance."""
+
+    connects = 0
+
+    async def on_connect(self, connection: Connection) -> None:
+        self.connects += 1
+        await super().on_connect(connection)
 
 
 class RevocationFeed:
@@ -165,8 +178,7 @@ class RevocationFeed:
         except ValueError:
             logger.warning("auth: ignored a malformed message on %s", CHANNEL)
             return
-        for key, expires_at in entries:
-            self.store.revoked.add(key, expires_at)
+        self.store.learn(entries)
 
     async def _listen_loop(self) -> None:
         delay = BACKOFF_SECONDS[0]
@@ -192,7 +204,7 @@ class RevocationFeed:
     async def _listen(self) -> None:
         """Subscribe and apply messages until something fails; returns only by raising."""
         assert self.redis is not None
-        pubsub = self.redis.pubsub()
+        pubsub = _Subscription(self.redis.connection_pool)
         try:
             await pubsub.subscribe(CHANNEL)
             # Whatever was published while nobody here listened is gone: read it from the database.
@@ -204,6 +216,10 @@ class RevocationFeed:
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 now = time.monotonic()
+                if pubsub.connects > 1:
+                    # redis-py reconnected and subscribed again by itself (its one retry of a
+                    # connection the server closed): what was published meanwhile is lost.
+                    raise SubscriberSilent("the subscription was made again on a new connection")
                 if message is not None:
                     heard = now
                     if message.get("type") == "message":

@@ -12,25 +12,32 @@ token may be used; presenting an older one means it was stolen or replayed, so t
 is revoked. Spending a refresh token is one conditional ``UPDATE ... WHERE current_jti = :presented``
 whose row count says who won, so two instances racing with one token cannot both succeed, on
 PostgreSQL and SQLite alike. Rows live as long as the tokens they describe could, then are pruned.
+
+Every revocation an instance learns of, by any path, goes through :meth:`TokenStore.learn`, which
+tells the plugin (``on_revoked``) so that the live WebSocket and SSE sessions it concerns end
+(:func:`session_ended`). A changed account is one more key, ``user:<id>:<until>``, carried the
+same way: the sessions it opened until then end on every instance.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from petstore.access import Principal
 from plugins.auth.schema import families, revocations
 
 #: How far back each poll reads again, in seconds: a revocation whose transaction committed late,
 #: or whose writer's clock is behind this instance's, is still seen as long as it is within this.
 POLL_OVERLAP_SECONDS = 30.0
 
-#: One revoked key (``jti:<id>`` or ``family:<id>``) and when it stops mattering (epoch seconds).
+#: One revoked key (``jti:<id>``, ``family:<id>`` or ``user:<id>:<until>``) and when it stops mattering (epoch seconds).
 Entry = tuple[str, float]
 Announce = Callable[[Sequence[Entry]], Awaitable[None]]
 
@@ -91,6 +98,42 @@ async def _nothing(entries: Sequence[Entry]) -> None:
     return None
 
 
+def _ignore(keys: list[str]) -> None:
+    return None
+
+
+def user_key(user_id: int, until: float) -> str:
+    """The revocation key of an account's sessions opened until ``until`` (Unix time)."""
+    return f"user:{user_id}:{math.ceil(until)}"
+
+
+def session_ended(keys: Iterable[str]) -> Callable[[Principal], bool]:
+    """Which live sessions these revocation keys end: a token, a login (family), an account's."""
+    tokens: set[str] = set()
+    families: set[str] = set()
+    users: dict[int, int] = {}
+    for key in keys:
+        kind, _, rest = key.partition(":")
+        if kind == "jti":
+            tokens.add(rest)
+        elif kind == "family":
+            families.add(rest)
+        elif kind == "user":
+            uid, _, until = rest.partition(":")
+            if uid.isdigit() and until.isdigit():
+                users[int(uid)] = max(users.get(int(uid), 0), int(until))
+
+    def match(principal: Principal) -> bool:
+        until = users.get(principal.user_id)
+        return (
+            principal.token_id in tokens
+            or principal.session in families
+            or (until is not None and principal.authenticated_at <= until)
+        )
+
+    return match
+
+
 class TokenStore:
     """Revocations and refresh families in the database at ``engine``; :attr:`revoked` is this instance's copy.
 
@@ -103,6 +146,19 @@ class TokenStore:
         self.revoked = RevokedKeys(clock)
         #: Called after each revocation is committed (the feed publishes it to the other instances).
         self.announce: Announce = _nothing
+        #: Called with the keys this instance learns are revoked, however it learns of them (its own
+        #: revocation, the feed, the poll): the plugin ends the live sessions they concern.
+        self.on_revoked: Callable[[list[str]], None] = _ignore
+
+    def learn(self, entries: Iterable[Entry]) -> None:
+        """Add revocations to this instance's copy; tell :attr:`on_revoked` of those it did not have."""
+        new = []
+        for key, expires_at in entries:
+            if key not in self.revoked:
+                new.append(key)
+            self.revoked.add(key, expires_at)
+        if new:
+            self.on_revoked(new)
 
     # ------------------------------------------------------------------ the request path
 
@@ -127,8 +183,7 @@ class TokenStore:
                     sa.update(families).where(families.c.family == revoke_family).values(revoked=True)
                 )
         # Committed: this instance refuses the token from now on, the others once they hear of it.
-        for key, expires_at in entries:
-            self.revoked.add(key, expires_at)
+        self.learn(entries)
         await self.announce(entries)
 
     async def revoke(self, jti: str, jti_ttl: int, family: str, family_ttl: int) -> None:
@@ -136,6 +191,13 @@ class TokenStore:
         now = self._clock()
         entries = [(f"jti:{jti}", now + _ttl(jti_ttl)), (f"family:{family}", now + _ttl(family_ttl))]
         await self._revoke(entries, revoke_family=family)
+
+    async def end_user_sessions(self, user_id: int, ttl: int) -> None:
+        """An account changed (deleted, renamed, a new password): the sessions it opened until now
+        end, on every instance. Its tokens are refused already (the credential stamp, the name
+        looked up); this record only carries the news, for as long as such a session can live."""
+        now = self._clock()
+        await self._revoke([(user_key(user_id, now), now + _ttl(ttl))])
 
     async def start_family(self, family: str, jti: str, ttl: int) -> None:
         """A login: ``jti`` is the only refresh token of the new family that may be spent."""
@@ -191,8 +253,8 @@ class TokenStore:
             query = query.where(revocations.c.created_at > self.revoked.watermark - POLL_OVERLAP_SECONDS)
         async with self._engine.connect() as connection:
             rows = (await connection.execute(query)).all()
-        for key, expires_at, created_at in rows:
-            self.revoked.add(key, expires_at)
+        self.learn((key, expires_at) for key, expires_at, _ in rows)
+        for *_, created_at in rows:
             self.revoked.watermark = max(self.revoked.watermark, created_at)
         self.revoked.loaded = True
         self.revoked.prune()
