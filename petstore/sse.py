@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -24,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from petstore import access, rooms, shutdown
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.errors import BadRequest, Forbidden, NotFound, Unauthorized, error_response
-from petstore.hub import Connection, Outgoing, observe_lag
+from petstore.hub import POLICY_VIOLATION, Connection, Outgoing, observe_lag
 from petstore.realtime import Realtime, Subscribed, realtime
 from petstore.state import app_state
 
@@ -114,6 +115,12 @@ async def events_endpoint(request: Request) -> Response:
 async def stream(layer: Realtime, conn: Connection) -> AsyncIterator[str]:
     heartbeat = layer.settings.ws_heartbeat_seconds
     observe = layer.state.plugins.observe
+    # The stream ends when its token expires, as a WebSocket closes (a revocation ends it sooner).
+    principal = conn.principal
+    expiry = None
+    if principal is not None and principal.expires_at is not None:
+        delay = max(0.0, principal.expires_at - time.time())
+        expiry = asyncio.get_running_loop().call_later(delay, conn.close, POLICY_VIOLATION)
     try:
         yield f"retry: {RETRY_MS}\n\n"
         while True:
@@ -133,6 +140,8 @@ async def stream(layer: Realtime, conn: Connection) -> AsyncIterator[str]:
                 observe_lag(observe, item)
             yield "".join(chunks)
     finally:
+        if expiry is not None:
+            expiry.cancel()
         release(layer, conn)
 
 

@@ -125,3 +125,16 @@ def test_an_event_stream_of_a_revoked_token_ends(tmp_path: Path, redis_url: str)
             for _ in lines:  # the stream ends: the iteration stops
                 pass
         assert live_count(two) == 0
+
+
+def test_an_event_stream_ends_when_its_token_expires(tmp_path: Path) -> None:
+    """As a WebSocket closes with 1008 at its token's ``exp``, a stream ends then."""
+    env = {"PETSTORE_JWT_ACCESS_TTL_SECONDS": "3", "PETSTORE_JWT_LEEWAY_SECONDS": "0"}
+    with instances(tmp_path, None, NO_POLL, count=1, env=env) as (app,):
+        tokens = app.login("alice")
+        headers = bearer(tokens["access_token"])
+        with app.client.stream("GET", f"{API}/events?room=user:alice", headers=headers) as stream:
+            assert stream.status_code == 200
+            for _ in stream.iter_lines():  # ends at the token's expiry (pytest-timeout bounds it otherwise)
+                pass
+        assert live_count(app) == 0
