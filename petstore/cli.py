@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from petstore import watch
 from petstore.config import Settings
-from petstore.errors import ApiError, ConfigurationError, PluginError
+from petstore.errors import ApiError, ConfigurationError, PetstoreError, PluginError
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ ROLES = ("admin", "staff", "customer")
 PROGRESS_THRESHOLD = 200  # below this many pets, seeding is too quick for a progress bar to help
 
 
-class UsageError(Exception):
+class UsageError(PetstoreError):
     """An argument that parses but is not acceptable (exit status 2)."""
 
 

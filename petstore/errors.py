@@ -5,6 +5,14 @@ The tree::
     PetstoreError
     ├── ConfigurationError          bad settings; start-up stops
     ├── PluginError                 a plugin failed to load; start-up stops, naming it
+    ├── AuthFailed                  a presented credential is bad (petstore.access; 401, WebSocket 1008)
+    ├── BrokerUnavailable           the broker cannot be reached now (petstore.broker; 503, WebSocket 1012)
+    ├── UsageError                  a bad command line (petstore.cli; exit status 2)
+    ├── Refused                     a WebSocket message refused with an ``error`` (petstore.ws, petstore.watch)
+    ├── ListenerSilent              the broker's pub/sub went quiet: reconnect (petstore.broker.redis)
+    ├── TokenError                  a JWT refused before any claim is trusted (plugins.tokens)
+    ├── BackendUnavailable          auth's database cannot answer (plugins.auth.authority; 503)
+    ├── SubscriberSilent            auth's revocation pub/sub went quiet: reconnect (plugins.auth.feed)
     └── ApiError                    an HTTP error a client sees (status, type, message)
         ├── BadRequest              400
         ├── Unauthorized            401, with WWW-Authenticate: Bearer
@@ -14,8 +22,12 @@ The tree::
         ├── PayloadTooLarge         413
         ├── UnsupportedMediaType    415
         ├── ValidationFailed        422
-        ├── RateLimited             429, with Retry-After
-        └── ServiceUnavailable      503, with Retry-After (the database cannot answer right now)
+        └── ServiceUnavailable      503, with Retry-After (the database, the broker or Redis cannot
+                                    answer right now); :func:`unavailable_response` is its
+                                    response for code that answers outside an endpoint
+                                    (pure ASGI middleware)
+
+A 429 is the rate-limit plugin's own response (its middleware answers before any endpoint runs).
 
 Errors of the database driver that mean "unreachable or busy right now" (a restart, a network
 cut, a lock held too long, an exhausted pool) are answered as :class:`ServiceUnavailable`, not
@@ -106,10 +118,6 @@ class ValidationFailed(ApiError):
         return cls("; ".join(parts) or "invalid input")
 
 
-class RateLimited(ApiError):
-    status, type = 429, "rate_limited"
-
-
 class ServiceUnavailable(ApiError):
     status = 503
     type = "service_unavailable"
@@ -142,6 +150,11 @@ _HTTP_TYPES = {
 
 def error_response(status: int, type: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"code": status, "type": type, "message": message}, status_code=status, headers=headers)
+
+
+def unavailable_response(message: str, retry_after: int = 1) -> JSONResponse:
+    """What :class:`ServiceUnavailable` answers, for middleware that cannot raise it."""
+    return error_response(503, ServiceUnavailable.type, message, {"Retry-After": str(retry_after)})
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

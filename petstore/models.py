@@ -341,6 +341,3 @@ class ApiResponse(ApiModel):
     code: int
     type: str
     message: str
-
-
-Inventory = dict[str, int]

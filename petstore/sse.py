@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 from petstore import access, rooms, shutdown
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
-from petstore.errors import BadRequest, Forbidden, NotFound, Unauthorized, error_response
+from petstore.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from petstore.hub import POLICY_VIOLATION, Connection, Outgoing, observe_lag
 from petstore.realtime import Realtime, Subscribed, realtime
 from petstore.state import app_state
@@ -95,9 +95,7 @@ async def events_endpoint(request: Request) -> Response:
             layer.go_live(conn, result)
     except BrokerUnavailable:
         release(layer, conn)
-        return error_response(
-            503, "unavailable", "events are unavailable right now; retry shortly", {"Retry-After": "2"}
-        )
+        raise ServiceUnavailable("events are unavailable right now; retry shortly", retry_after=2) from None
     except BaseException:
         release(layer, conn)  # a stream that fails half-open gives back every room it took
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -12,9 +12,6 @@ from starlette.requests import HTTPConnection
 
 from petstore.config import Settings
 from petstore.plugin import Plugins
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass

@@ -21,11 +21,13 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from petstore.errors import PetstoreError
+
 MAX_BACKOFF = 10.0
 REFUSED = 1008
 
 
-class Refused(Exception):
+class Refused(PetstoreError):
     """The server refused the room or the credentials; retrying cannot help."""
 
 

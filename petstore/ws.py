@@ -35,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from petstore import access, rooms, uvicorn_ws
 from petstore.broker import BrokerUnavailable, Message, Since, dumps
-from petstore.errors import database_unavailable
+from petstore.errors import PetstoreError, database_unavailable
 from petstore.hub import POLICY_VIOLATION, RESTARTING, Connection, observe_lag
 from petstore.realtime import Realtime, realtime
 from petstore.state import app_state
@@ -50,7 +50,7 @@ CLOSE_SECONDS = 5.0
 MESSAGE_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
 
 
-class Refused(Exception):
+class Refused(PetstoreError):
     """A client message cannot be served; becomes an ``error`` message, the connection stays."""
 
     def __init__(self, code: str, message: str) -> None:

@@ -64,7 +64,7 @@ from starlette.websockets import WebSocket
 
 from petstore.access import Principal
 from petstore.config import Settings
-from petstore.errors import ApiError, ConfigurationError, error_response
+from petstore.errors import ApiError, ConfigurationError, error_response, unavailable_response
 from petstore.plugin import PluginBase
 from petstore.redis_client import PoolExhausted
 from petstore.state import AppState
@@ -78,7 +78,7 @@ PREFIX = "petstore:rl:"
 LOG_INTERVAL_SECONDS = 60.0
 #: After Redis failed, this long without trying it (fail open at once), then the next request tries.
 OUTAGE_PAUSE_SECONDS = 1.0
-BUSY_RETRY_AFTER = "1"
+BUSY_RETRY_AFTER = 1
 MICRO = 1_000_000
 
 # ---------------------------------------------------------------------------------------- rates
@@ -539,8 +539,7 @@ class RateLimitMiddleware:
             decision = await plugin.check(checks)
         except PoolExhausted:
             message = "too busy to count this request: retry shortly"
-            headers = {"Retry-After": BUSY_RETRY_AFTER}
-            await error_response(503, "service_unavailable", message, headers)(scope, receive, send)
+            await unavailable_response(message, BUSY_RETRY_AFTER)(scope, receive, send)
             return
         if decision is None:
             if not login:

@@ -27,6 +27,8 @@ from typing import Any
 from jose import jwk, jwt
 from jose.exceptions import JOSEError, JWTClaimsError
 
+from petstore.errors import PetstoreError
+
 SYMMETRIC = ("HS256",)
 ASYMMETRIC = ("RS256", "ES256")
 ALGORITHMS = SYMMETRIC + ASYMMETRIC
@@ -39,7 +41,7 @@ TIME_CLAIMS = ("exp", "nbf", "iat")
 MAX_TIME = 253_402_300_799
 
 
-class TokenError(Exception):
+class TokenError(PetstoreError):
     """A token was refused; ``reason`` is a short label such as ``expired`` or ``unknown_kid``."""
 
     def __init__(self, reason: str, message: str = "invalid token") -> None:

@@ -46,6 +46,7 @@ from redis.exceptions import RedisError
 from petstore.broker import BrokerUnavailable, Deliver, History, Message, Observe, Publication, Since, frame_tail
 from petstore.broker.memory import continuation
 from petstore.config import Settings
+from petstore.errors import PetstoreError
 from petstore.supervisor import supervise
 
 logger = logging.getLogger("petstore.broker.redis")
@@ -115,7 +116,7 @@ def channel(room: str) -> str:
     return CHANNEL_PREFIX + room
 
 
-class ListenerSilent(Exception):
+class ListenerSilent(PetstoreError):
     """The pub/sub connection did not answer the watchdog's ping in time."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from petstore.access import AuthFailed, Principal
+from petstore.errors import PetstoreError
 from petstore.models import MAX_ID, Role, User
 from petstore.state import AppState
 from plugins.auth.config import AuthSettings
@@ -33,7 +34,7 @@ REFRESH = "refresh"
 MAX_TOKEN_ID_CHARS = 48
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(PetstoreError):
     """The database cannot answer; a token cannot be checked or issued right now (503, not 401)."""
 
 

@@ -26,7 +26,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from petstore.access import AuthFailed
-from petstore.errors import error_response
+from petstore.errors import error_response, unavailable_response
 from plugins.auth.authority import Authority, BackendUnavailable
 
 logger = logging.getLogger("plugins.auth")
@@ -104,7 +104,7 @@ class AuthMiddleware(AuthenticationMiddleware):
                 challenge = 'Bearer error="invalid_token"'
                 response = error_response(401, "unauthorized", exc.failure.message, {"WWW-Authenticate": challenge})
             else:
-                response = error_response(503, "unavailable", str(exc), {"Retry-After": "5"})
+                response = unavailable_response(str(exc), retry_after=5)
             await response(scope, receive, send)
             return
         if result is None:

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from petstore.access import AuthFailed
-from petstore.errors import ApiError, BadRequest, Unauthorized
+from petstore.errors import BadRequest, ServiceUnavailable, Unauthorized
 from petstore.models import ApiResponse, User
 from petstore.passwords import verify_password
 from petstore.state import app_state
@@ -32,10 +32,6 @@ NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 MAX_CREDENTIAL_LENGTH = 1024  # Argon2 of a megabyte "password" is a cheap way to burn our CPU
 
 
-class Unavailable(ApiError):
-    status, type = 503, "unavailable"
-
-
 class AuthEndpoints:
     def __init__(self, authority: Callable[[], Authority | None], rate_per_hour: int) -> None:
         self._authority = authority
@@ -44,7 +40,7 @@ class AuthEndpoints:
     def authority(self) -> Authority:
         authority = self._authority()
         if authority is None:
-            raise Unavailable("authentication is not ready")
+            raise ServiceUnavailable("authentication is not ready")
         return authority
 
     def _refuse(self, request: Request, failure: AuthFailed) -> Unauthorized:
@@ -81,7 +77,7 @@ class AuthEndpoints:
         try:
             return await self.authority().issue(user, with_refresh=with_refresh)
         except BackendUnavailable:
-            raise Unavailable("cannot issue tokens right now", headers={"Retry-After": "5"}) from None
+            raise ServiceUnavailable("cannot issue tokens right now", retry_after=5) from None
 
     async def refresh(self, request: Request) -> Response:
         data = await read_data(request)
@@ -93,7 +89,7 @@ class AuthEndpoints:
         except AuthFailed as failure:
             raise self._refuse(request, failure) from None
         except BackendUnavailable:
-            raise Unavailable("cannot refresh tokens right now", headers={"Retry-After": "5"}) from None
+            raise ServiceUnavailable("cannot refresh tokens right now", retry_after=5) from None
         return JSONResponse(pair.json(), headers=NO_STORE)
 
     async def logout(self, request: Request) -> Response:
@@ -107,7 +103,7 @@ class AuthEndpoints:
         except AuthFailed as failure:
             raise self._refuse(request, failure) from None
         except BackendUnavailable:
-            raise Unavailable("cannot log out right now", headers={"Retry-After": "5"}) from None
+            raise ServiceUnavailable("cannot log out right now", retry_after=5) from None
         return JSONResponse(ApiResponse(code=200, type="ok", message="logged out").model_dump())
 
     async def user_login(self, request: Request) -> Response:

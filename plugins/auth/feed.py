@@ -31,6 +31,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
+from petstore.errors import PetstoreError
 from plugins.auth.store import Entry, TokenStore
 
 logger = logging.getLogger("plugins.auth")
@@ -48,7 +49,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 KEY_PREFIXES = ("jti:", "family:", "user:")
 
 
-class SubscriberSilent(Exception):
+class SubscriberSilent(PetstoreError):
     """Nothing, not even a pong, came over the subscription for too long: the connection is dead."""
 
 
