@@ -577,6 +577,10 @@ def component_schemas() -> dict[str, Schema]:
 # --- the document -------------------------------------------------------------------------------
 
 
+HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+HEADERS_TOO_LARGE = "The request line and headers are larger than the server reads (`PETSTORE_MAX_HEADER_BYTES`)"
+
+
 def _error(description: str) -> Schema:
     return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
 
@@ -677,6 +681,12 @@ def build_document(routes: Iterable[BaseRoute], plugins: Plugins) -> dict[str, A
     document = copy.deepcopy(document)
     for plugin in plugins:
         plugin.openapi(document)
+    # Any request, a plugin's too: a request line and headers past PETSTORE_MAX_HEADER_BYTES are
+    # refused by the HTTP layer itself (petstore.uvicorn_http) before any operation runs.
+    for item in document["paths"].values():
+        for method, operation in item.items():
+            if method in HTTP_METHODS and isinstance(operation, dict):
+                operation.setdefault("responses", {}).setdefault("431", _error(HEADERS_TOO_LARGE))
     return document
 
 

@@ -202,14 +202,26 @@ def test_documented_statuses_include_each_endpoints_failures(document: dict[str,
     def statuses(op: str) -> set[str]:
         return set(ops[op][2]["responses"])
 
-    assert statuses("addPet") == {"200", "400", "401", "403", "409", "413", "415", "422"}
-    assert statuses("updatePet") == {"200", "400", "401", "403", "404", "413", "415", "422"}
-    assert statuses("getPetById") == {"200", "400", "401", "404"}
+    assert statuses("addPet") == {"200", "400", "401", "403", "409", "413", "415", "422", "431"}
+    assert statuses("updatePet") == {"200", "400", "401", "403", "404", "413", "415", "422", "431"}
+    assert statuses("getPetById") == {"200", "400", "401", "404", "431"}
     assert statuses("uploadFile") >= {"200", "400", "401", "403", "404", "413", "415"}
-    assert statuses("placeOrder") == {"200", "400", "401", "403", "404", "409", "413", "415", "422"}
-    assert statuses("getOrderById") == {"200", "400", "401", "404"}
-    assert statuses("createUser") == {"200", "400", "401", "409", "413", "415", "422"}
+    assert statuses("placeOrder") == {"200", "400", "401", "403", "404", "409", "413", "415", "422", "431"}
+    assert statuses("getOrderById") == {"200", "400", "401", "404", "431"}
+    assert statuses("createUser") == {"200", "400", "401", "409", "413", "415", "422", "431"}
     assert statuses("createUsersWithListInput") >= {"403", "409"}
+
+
+def test_every_operation_documents_the_header_cap(document: dict[str, Any], tmp_path: Path) -> None:
+    """petstore.uvicorn_http answers 431 to any request, before an operation runs: a plugin's too."""
+    ops = operations(document)
+    assert len(ops) >= 19  # the Petstore's operations at least
+    for op, (_, _, operation) in ops.items():
+        assert operation["responses"]["431"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Error"
+        }, op
+    extended = build_document(create_app(settings(tmp_path)).routes, Plugins([DocumentingPlugin("extra")]))
+    assert "431" in extended["paths"]["/extra/hello"]["get"]["responses"]
 
 
 # -------------------------------------------------------------------------------- building it
