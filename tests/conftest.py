@@ -6,6 +6,7 @@ header; keep each section's imports beside the others at the top.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,31 @@ from playwright.sync_api import Browser, Error, sync_playwright
 
 from tests.fakes import ApiHarness, running_api
 from tests.services import PG_BINDIR, PostgresServer, RedisServer
+
+# ------------------------------------------------------------------------------ the fast lane
+# ``scripts/test --fast`` sets PETSTORE_FAST=1: only the tests that run inside this process on
+# SQLite and the in-process broker are collected. A test is out of it when it carries a mark
+# of something outside the process (pyproject.toml's markers) or asks for a fixture that starts
+# a real service. The full suite, what CI runs, is every test.
+
+OUTSIDE_MARKS = frozenset({"redis", "postgres", "browser", "prometheus", "process"})
+OUTSIDE_FIXTURES = frozenset({"redis_server", "redis_url", "postgres_server", "pg_url", "prometheus_bin", "chromium"})
+
+
+def in_fast_lane(item: pytest.Item) -> bool:
+    marks = {mark.name for mark in item.iter_markers()}
+    return not (marks & OUTSIDE_MARKS or OUTSIDE_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PETSTORE_FAST") != "1":
+        return
+    kept = [item for item in items if in_fast_lane(item)]
+    left = [item for item in items if not in_fast_lane(item)]
+    if left:
+        config.hook.pytest_deselected(items=left)
+    items[:] = kept
+
 
 # ------------------------------------------------------------------------------ real services
 # Real Redis and PostgreSQL, one of each per test session, started on free loopback ports and

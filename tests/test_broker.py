@@ -36,7 +36,7 @@ class Recorder:
         return [m.offset for m in self.delivered if m.room == room]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Recorder]]:
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     recorder = Recorder()
@@ -171,6 +171,7 @@ async def test_one_script_keeps_offset_stream_and_ttl_together(redis_broker: Any
         await client.aclose()
 
 
+@pytest.mark.process
 async def test_lost_history_starts_a_new_epoch(redis_broker: Any, redis_server: RedisServer) -> None:
     broker, _ = redis_broker
     await publish(broker, "pets", 1)
@@ -181,6 +182,7 @@ async def test_lost_history_starts_a_new_epoch(redis_broker: Any, redis_server: 
     assert after.epoch != before.epoch and after.offset == 1 and after.messages is None
 
 
+@pytest.mark.process
 async def test_publishing_while_redis_is_down_raises_broker_unavailable(redis_server: RedisServer) -> None:
     server = RedisServer()
     server.start()
@@ -222,6 +224,7 @@ async def test_after_a_lost_connection_the_listener_resubscribes_and_fills_the_g
     assert "broker.reconnected" in recorder.observed
 
 
+@pytest.mark.process
 async def test_the_watchdog_reconnects_a_listener_that_went_silent(redis_server: RedisServer) -> None:
     server = RedisServer()
     server.start()
@@ -244,6 +247,7 @@ async def test_the_watchdog_reconnects_a_listener_that_went_silent(redis_server:
         server.close()
 
 
+@pytest.mark.process
 async def test_a_fast_redis_restart_does_not_end_delivery(redis_server: RedisServer) -> None:
     """Redis restarted empty at once: the listener's gap fill meets the pool's dead connections
     (BrokerUnavailable). That used to end the listener task for good; now it reconnects, and the

@@ -345,6 +345,7 @@ def test_migrate_and_seed_against_postgresql(
 # --------------------------------------------------------------------------------- serve
 
 
+@pytest.mark.process
 def test_serve_runs_the_app_factory(migrated: str, tmp_path: Path) -> None:
     server = UvicornServer(
         command=[str(PETSTORE), "serve", "--host", "{host}", "--port", "{port}"],
@@ -358,6 +359,7 @@ def test_serve_runs_the_app_factory(migrated: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- scripts/serve
 
 
+@pytest.mark.process
 def test_scripts_serve_migrates_seeds_once_and_serves(tmp_path: Path) -> None:
     """Run twice on one database: the first run seeds and shows the demo password once, the second neither."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "serve"

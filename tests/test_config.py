@@ -80,6 +80,7 @@ def test_the_secret_never_appears_in_the_settings_repr() -> None:
     assert "s3cret-value" not in repr(Settings(jwt_secret="s3cret-value"))
 
 
+@pytest.mark.process
 def test_workers_starting_together_agree_on_one_development_secret(tmp_path: Path) -> None:
     """`serve --workers N`: every process must end up with the same secret, or tokens fail between them."""
     import subprocess

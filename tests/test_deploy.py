@@ -35,6 +35,9 @@ from tests.ops.test_compose import built_here, command_of, container_ports, dock
 from tests.services import HOST, UvicornServer, free_port
 from tests.services.haproxy import CONFIG, HaproxyServer
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parents[1]
 PETSTORE = Path(sys.executable).with_name("petstore")
 

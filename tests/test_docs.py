@@ -19,6 +19,9 @@ from petstore.config import Settings
 from petstore.docs import ASSETS
 from tests.services import UvicornServer
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 PETSTORE = Path(sys.executable).with_name("petstore")
 EXTERNAL = re.compile(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/", re.IGNORECASE)
 

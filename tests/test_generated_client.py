@@ -30,6 +30,9 @@ import pytest
 
 from tests.services import PostgresServer, UvicornServer
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 CANONICAL = Path(__file__).resolve().parent / "data" / "openapi-v3.yaml"  # its origin: tests/data/README.md
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
 PETSTORE = Path(sys.executable).with_name("petstore")

@@ -20,6 +20,9 @@ from petstore.models import Order, OutboxEvent
 from tests.fakes import REPO_ROOT, Account, ApiHarness, prepare_database, uvicorn_env
 from tests.services import UvicornServer
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 API = "/api/v3"
 RACERS = 20
 

@@ -12,6 +12,9 @@ from petstore.models import Role
 from tests.fakes import REPO_ROOT, Account, prepare_database, uvicorn_env
 from tests.services import UvicornServer
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
 

@@ -55,7 +55,7 @@ class RecordingBroker:
         return [source for *_, source in self.published]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def state(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AppState]:
     url = request.getfixturevalue("pg_url") if request.param == "postgres" else f"sqlite+aiosqlite:///{tmp_path}/r.db"
     settings = Settings(database_url=url, plugins=(), env="test")

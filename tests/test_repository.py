@@ -12,6 +12,11 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data"
 

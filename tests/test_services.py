@@ -29,6 +29,9 @@ from tests.services import (
     wait_until,
 )
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 
 def accepts_connections(port: int) -> bool:
     try:

@@ -35,6 +35,9 @@ from tests.fakes import REPO_ROOT, prepare_database, uvicorn_env
 from tests.realtime_support import DEADLINE, Client, ws_client
 from tests.services import HOST, UvicornServer, wait_until
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 BOUND = 4.0
 #: Start-up of the interpreter aside, what a loaded test machine may add to the bound.
 MARGIN = 4.0

@@ -28,6 +28,9 @@ from tests.realtime_support import DEADLINE
 from tests.services import DEFAULT_APP_COMMAND, HOST, UvicornServer
 from tests.test_shutdown import PETSTORE, assert_clean_log, running
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 #: What a test sends at most of a header that never ends: far past any cap, short of a long test.
 HUGE = 32 * 1024 * 1024
 PIECE = 64 * 1024

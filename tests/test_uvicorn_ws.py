@@ -137,6 +137,7 @@ async def test_a_client_that_does_not_read_makes_write_refuse_instead_of_bufferi
     assert app.answers.get("flood refused") is True
 
 
+@pytest.mark.process
 def test_a_compressed_message_inflating_past_the_apps_limit_is_refused_while_inflated(tmp_path: Path) -> None:
     """8 MiB of one letter is a few KiB with permessage-deflate. uvicorn's protocol would inflate
     and buffer it whole (its own limit is 16 MiB) before the app's 64 KiB limit applied; this one

@@ -35,7 +35,7 @@ ADMIN = "ada:1:admin"
 MakeSettings = Callable[..., Settings]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def make_settings(request: pytest.FixtureRequest, tmp_path: Path) -> MakeSettings:
     """Settings on a fresh SQLite file, with the in-process broker or with real Redis."""
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None

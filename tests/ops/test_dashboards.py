@@ -220,6 +220,7 @@ def test_grouping_labels_exist_on_the_metrics_queried(dashboards: dict[Path, dic
                     assert label in labels, f"{path.name} {panel['title']!r}: no label {label!r} on {expr}"
 
 
+@pytest.mark.process
 def test_every_query_parses_as_promql(dashboards: dict[Path, dict[str, Any]], tmp_path: Path) -> None:
     """promtool parses each query, variables given sample values, as a recording rule."""
     promtool = shutil.which("promtool")

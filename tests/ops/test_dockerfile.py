@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.ops.contract import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -40,6 +42,7 @@ def hadolint() -> str:
     return found
 
 
+@pytest.mark.process
 def test_hadolint_reports_nothing() -> None:
     result = subprocess.run(
         [hadolint(), "--no-color", str(DOCKERFILE)], cwd=REPO, capture_output=True, text=True, check=False, timeout=60

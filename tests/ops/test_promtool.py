@@ -10,6 +10,9 @@ import pytest
 
 from tests.ops.contract import REPO
 
+#: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def promtool() -> str:

@@ -358,6 +358,7 @@ def test_two_apps_in_one_process_keep_separate_counts(tmp_path: Path) -> None:
     assert http_count(two_samples, "GET", "/healthz", 200) == 1
 
 
+@pytest.mark.process
 @pytest.mark.prometheus
 def test_promtool_finds_nothing_to_complain_about(client: TestClient) -> None:
     promtool = shutil.which("promtool")
@@ -382,6 +383,7 @@ def _workers(metrics_dir: Path) -> set[int]:
     return {int(path.stem.rsplit("_", 1)[1]) for path in metrics_dir.glob("gauge_livesum_*.db")}
 
 
+@pytest.mark.process
 def test_request_counts_add_up_across_two_workers_and_survive_a_worker_crash(tmp_path: Path) -> None:
     """`petstore serve --workers 2`: N requests on fresh connections sum to N in /metrics; a killed
     worker is replaced, its live gauges are dropped and its counts are kept."""
