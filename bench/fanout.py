@@ -414,7 +414,7 @@ def main() -> None:
         "--ws",
         default="petstore",
         help="uvicorn WebSocket protocols to run petstore with, e.g. petstore,websockets-sansio "
-        "(petstore: petstore.uvicorn_ws, what `petstore serve` runs; the others: plain ASGI sends)",
+        "(petstore: petstore.server.uvicorn_ws, what `petstore serve` runs; the others: plain ASGI sends)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each server (CPU figures vary run to run)")
     args = parser.parse_args()

@@ -45,9 +45,9 @@ sys.path.insert(0, str(REPO))  # run as a script: tests.services lives beside be
 
 from bench.support import PETS, prepare, server_env, token_for  # noqa: E402
 from petstore import db  # noqa: E402
+from petstore.api.pets import apply_body  # noqa: E402
 from petstore.config import Settings  # noqa: E402
 from petstore.models import Pet, PetBody, PetPublic, PetStatus  # noqa: E402
-from petstore.pets import apply_body  # noqa: E402
 from tests.services import UvicornServer  # noqa: E402
 
 UVICORN = [sys.executable, "-m", "uvicorn", "--host", "{host}", "--port", "{port}", "--no-access-log"]

@@ -57,9 +57,9 @@ from sqlmodel import col
 
 from bench.support import PETS, cpu_seconds, pace, prepare, rss_bytes, server_env, token_for
 from petstore import db
-from petstore.broker import format_ts, parse_ts
 from petstore.config import Settings
 from petstore.models import OutboxEvent
+from petstore.realtime.broker import format_ts, parse_ts
 from tests.faults.redis import fast_restart
 from tests.services import DEFAULT_APP_COMMAND, RedisServer, UvicornServer
 

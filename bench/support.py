@@ -16,10 +16,10 @@ from pathlib import Path
 import httpx
 
 from petstore import db
+from petstore.api.pets import create_pet
+from petstore.api.users import create_user_row
 from petstore.config import Settings
 from petstore.models import CategoryBody, PetBody, PetStatus, Role, TagBody, UserBody
-from petstore.pets import create_pet
-from petstore.users import create_user_row
 from tests.services import UvicornServer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,7 +25,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from petstore import docs, openapi, pets, realtime, sse, store, users, ws
+from petstore import realtime
+from petstore.api import docs, openapi, pets, store, users
 from petstore.config import Settings
 from petstore.db import create_engine, create_sessionmaker, ping
 from petstore.errors import EXCEPTION_HANDLERS
@@ -166,7 +167,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.info("petstore ready with plugins: %s", ", ".join(plugins.names()) or "none")
             yield {"petstore": state}
         finally:
-            state.begin_shutdown()  # under uvicorn it began at SIGTERM (petstore.shutdown)
+            state.begin_shutdown()  # under uvicorn it began at SIGTERM (petstore.server.shutdown)
             for stop in reversed(state.extras.get("on_shutdown", [])):
                 await _bounded(stop(state), f"shutdown step {getattr(stop, '__qualname__', stop)}", state)
             for plugin in reversed(started):
@@ -202,6 +203,5 @@ def extra_core_routes(settings: Settings, plugins: Plugins) -> list[BaseRoute]:
     return [
         *openapi.routes(plugins),
         *docs.routes(),
-        *ws.routes(),
-        *sse.routes(),
+        *realtime.routes(),
     ]

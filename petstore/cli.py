@@ -42,10 +42,10 @@ from petstore.errors import ApiError, ConfigurationError, PetstoreError, PluginE
 T = TypeVar("T")
 
 APP = "petstore.app:create_app"
-#: uvicorn's sans-I/O WebSocket protocol plus the hub's direct-write extension (petstore.uvicorn_ws)
-WS_PROTOCOL = "petstore.uvicorn_ws:WebSocketProtocol"
-#: uvicorn's httptools protocol, ending event streams and stalled responses on shutdown (petstore.uvicorn_http)
-HTTP_PROTOCOL = "petstore.uvicorn_http:HttpProtocol"
+#: uvicorn's sans-I/O WebSocket protocol plus the hub's direct-write extension (petstore.server.uvicorn_ws)
+WS_PROTOCOL = "petstore.server.uvicorn_ws:WebSocketProtocol"
+#: uvicorn's httptools protocol, ending event streams and stalled responses on shutdown (petstore.server.uvicorn_http)
+HTTP_PROTOCOL = "petstore.server.uvicorn_http:HttpProtocol"
 SHUTDOWN_ENV = "PETSTORE_SHUTDOWN_TIMEOUT"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROLES = ("admin", "staff", "customer")
@@ -221,7 +221,7 @@ SPARE_FILES = 64
 
 def default_concurrency() -> int:
     """``limit_concurrency`` when unset: a little under the limit on open files, so that connections
-    never use up the descriptors (petstore.uvicorn_http makes room at it; then uvicorn says 503)."""
+    never use up the descriptors (petstore.server.uvicorn_http makes room at it; then uvicorn says 503)."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -231,13 +231,13 @@ def default_concurrency() -> int:
 
 
 def _protocols(settings: Settings) -> dict[str, Any]:
-    """uvicorn settings: petstore's protocols, its shutdown bound (petstore.shutdown) and its read bounds.
+    """uvicorn settings: petstore's protocols, its shutdown bound (petstore.server.shutdown) and its read bounds.
 
     The header size cap and the header and body timeouts are the HTTP protocol's own
-    (petstore.uvicorn_http); the WebSocket protocol applies the app's message limit by itself too,
+    (petstore.server.uvicorn_http); the WebSocket protocol applies the app's message limit by itself too,
     ``ws_max_size`` says it for uvicorn's other protocols.
     """
-    from petstore.shutdown import connections_timeout
+    from petstore.server.shutdown import connections_timeout
 
     return {
         "ws": WS_PROTOCOL,
@@ -328,9 +328,9 @@ def _password(args: argparse.Namespace) -> str:
 
 def users_create(args: argparse.Namespace) -> int:
     """Create a user with a role; the password is hashed (Argon2id) and never printed."""
+    from petstore.api.users import create_user_row
     from petstore.db import create_engine, create_sessionmaker
     from petstore.models import Role, UserBody
-    from petstore.users import create_user_row
 
     try:
         body = UserBody(username=args.name, password=_password(args))

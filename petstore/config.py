@@ -50,9 +50,9 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = 64 * 1024
     ws_heartbeat_seconds: int = 25
     ws_auth_timeout_seconds: float = 10.0
-    #: From SIGTERM to exit, at most this long whatever the clients do (petstore.shutdown).
+    #: From SIGTERM to exit, at most this long whatever the clients do (petstore.server.shutdown).
     shutdown_timeout: float = Field(default=10.0, gt=0)
-    # What a client may make the HTTP layer hold (petstore.uvicorn_http, petstore.cli._protocols).
+    # What a client may make the HTTP layer hold (petstore.server.uvicorn_http, petstore.cli._protocols).
     #: The request line and headers together, at most this many bytes (431 beyond). The upper
     #: bound keeps what the parser copies while a header grows small.
     max_header_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)

@@ -6,10 +6,10 @@ The tree::
     ├── ConfigurationError          bad settings; start-up stops
     ├── PluginError                 a plugin failed to load; start-up stops, naming it
     ├── AuthFailed                  a presented credential is bad (petstore.access; 401, WebSocket 1008)
-    ├── BrokerUnavailable           the broker cannot be reached now (petstore.broker; 503, WebSocket 1012)
+    ├── BrokerUnavailable           the broker cannot be reached now (petstore.realtime.broker; 503, WebSocket 1012)
     ├── UsageError                  a bad command line (petstore.cli; exit status 2)
-    ├── Refused                     a WebSocket message refused with an ``error`` (petstore.ws, petstore.watch)
-    ├── ListenerSilent              the broker's pub/sub went quiet: reconnect (petstore.broker.redis)
+    ├── Refused                     a WebSocket message refused with an ``error`` (petstore.realtime.ws, petstore.watch)
+    ├── ListenerSilent              the broker's pub/sub went quiet: reconnect (petstore.realtime.broker.redis)
     ├── TokenError                  a JWT refused before any claim is trusted (plugins.tokens)
     ├── BackendUnavailable          auth's database cannot answer (plugins.auth.authority; 503)
     ├── SubscriberSilent            auth's revocation pub/sub went quiet: reconnect (plugins.auth.feed)

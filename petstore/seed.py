@@ -1,6 +1,6 @@
 """Demo data for ``petstore seed``: pets with categories and tags, and three demo accounts.
 
-Pets go through :func:`petstore.pets.create_pet`, the function behind ``POST /pet``, so each
+Pets go through :func:`petstore.api.pets.create_pet`, the function behind ``POST /pet``, so each
 seeded pet has its ``pet.created`` event in the outbox exactly as if a client had added it,
 and each committed batch has one ``inventory.changed``.
 
@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from petstore import events
+from petstore.api.pets import create_pet
+from petstore.api.users import create_user_row
+from petstore.db.queries import find_user
 from petstore.models import CategoryBody, Pet, PetBody, PetStatus, Role, TagBody, User, UserBody
-from petstore.pets import create_pet
-from petstore.users import create_user_row, find_user
+from petstore.realtime import events
 
 BATCH = 100  # pets per transaction: one inventory.changed each, and a bounded transaction
 

@@ -27,7 +27,7 @@ class AppState:
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     #: Components the real-time layer and plugins attach (broker, hub, relay, ...), by name.
     extras: dict[str, Any] = field(default_factory=dict)
-    #: Shutdown has begun (SIGTERM under uvicorn, see petstore.shutdown): ``/readyz`` answers 503.
+    #: Shutdown has begun (SIGTERM under uvicorn, see petstore.server.shutdown): ``/readyz`` answers 503.
     draining: bool = False
     #: The loop time by which shutdown must be over (``PETSTORE_SHUTDOWN_TIMEOUT`` after it began).
     shutdown_deadline: float | None = None

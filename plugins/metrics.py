@@ -50,11 +50,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from petstore import events, rooms
 from petstore.config import Settings
 from petstore.errors import ConfigurationError
 from petstore.models import OutboxEvent
 from petstore.plugin import PluginBase
+from petstore.realtime import events, rooms
 from petstore.state import AppState, app_state
 
 logger = logging.getLogger("plugins.metrics")

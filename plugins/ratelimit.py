@@ -18,7 +18,7 @@ Policies (each a rate such as ``100/minute``, or several joined by ``;``):
   with 1013), ``PETSTORE_RATELIMIT_WS_MESSAGES`` messages per connection (in process, no round trip).
 
 A login's username is read the way the endpoint reads it, with the same parser and size limit
-(:func:`petstore.web.read_data`, ``PETSTORE_MAX_BODY_BYTES``; the query of ``GET /user/login``):
+(:func:`petstore.api.inputs.read_data`, ``PETSTORE_MAX_BODY_BYTES``; the query of ``GET /user/login``):
 whatever body the endpoint checks a password from, the limiter has counted against its username.
 
 The algorithm is GCRA (a token bucket kept as one timestamp per key): up to ``q`` requests at
@@ -63,12 +63,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from petstore.access import Principal
+from petstore.api.inputs import read_data
 from petstore.config import Settings
 from petstore.errors import ApiError, ConfigurationError, error_response, unavailable_response
 from petstore.plugin import PluginBase
 from petstore.redis_client import PoolExhausted
 from petstore.state import AppState
-from petstore.web import read_data
 
 logger = logging.getLogger("plugins.ratelimit")
 

@@ -178,7 +178,7 @@ def test_websocket_and_event_streams_outlive_the_heartbeat_and_slow_requests_do_
 
 
 def test_haproxy_refuses_what_an_instance_would_refuse_before_the_instance_does() -> None:
-    """The instances bound the HTTP layer themselves (petstore.uvicorn_http); haproxy's bounds are
+    """The instances bound the HTTP layer themselves (petstore.server.uvicorn_http); haproxy's bounds are
     no looser, so a client behind it gets haproxy's answer, and nothing haproxy forwards is
     refused by an instance for its size or its pace."""
     defaults = Settings()
@@ -196,7 +196,7 @@ def test_haproxy_refuses_what_an_instance_would_refuse_before_the_instance_does(
 def test_headers_haproxy_lets_through_are_served_by_a_real_instance(tmp_path: Path) -> None:
     """The same agreement, run: headers as large as haproxy forwards reach petstore and are
     answered; larger ones are haproxy's 400 and never reach it."""
-    from tests.test_shutdown import running
+    from tests.server.test_shutdown import running
 
     with running(tmp_path) as instance, HaproxyServer([instance.port, free_port(), free_port()]) as haproxy:
         haproxy.wait_states({"petstore-1": "UP"})

@@ -11,7 +11,7 @@ import pytest
 from petstore import realtime
 from petstore.cli import build_parser
 from petstore.watch import Watcher, command, ws_endpoint
-from tests.realtime_support import AppServer, add_pet, serve, settings_for, until
+from tests.realtime.support import AppServer, add_pet, serve, settings_for, until
 
 
 @pytest.fixture

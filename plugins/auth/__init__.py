@@ -33,7 +33,7 @@ from petstore.access import AuthFailed, Principal
 from petstore.config import Settings
 from petstore.errors import ConfigurationError
 from petstore.plugin import PluginBase, PluginMigrations
-from petstore.rooms import may_join
+from petstore.realtime import rooms
 from petstore.state import AppState
 from plugins.auth.authority import Authority, BackendUnavailable
 from plugins.auth.backend import AuthMiddleware, RedactSecrets, TokenBackend, installed_filter
@@ -151,7 +151,7 @@ class AuthPlugin(PluginBase):
         return principal
 
     async def ws_authorize(self, principal: Principal | None, room: str) -> bool | None:
-        return may_join(principal, room)
+        return rooms.may_join(principal, room)
 
 
 def plugin(settings: Settings) -> AuthPlugin:

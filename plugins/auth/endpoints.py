@@ -3,7 +3,7 @@
 Token responses carry ``Cache-Control: no-store`` (RFC 6749 §5.1). A login for an unknown user
 verifies the password against a dummy hash, so it costs what a wrong password costs.
 
-Credentials come from :func:`petstore.web.read_data` (JSON, any ``+json`` type or none, or a form,
+Credentials come from :func:`petstore.api.inputs.read_data` (JSON, any ``+json`` type or none, or a form,
 up to ``PETSTORE_MAX_BODY_BYTES``) and ``/user/login``'s query: the rate limiter reads the username
 of a login with the very same calls, so no body reaches a password check uncounted.
 """
@@ -19,12 +19,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from petstore.access import AuthFailed
+from petstore.api.inputs import read_data
+from petstore.db.queries import find_user
 from petstore.errors import BadRequest, ServiceUnavailable, Unauthorized
 from petstore.models import ApiResponse, User
 from petstore.passwords import verify_password
 from petstore.state import app_state
-from petstore.users import find_user
-from petstore.web import read_data
 from plugins.auth.authority import ACCESS, Authority, BackendUnavailable, TokenPair
 from plugins.auth.backend import bearer_token
 

@@ -3,7 +3,7 @@ killed with SIGKILL, and a rolling restart of three instances behind the real ha
 the repository's deploy/haproxy.cfg.
 
 Everything is real: PostgreSQL, Redis, haproxy and petstore's uvicorn subprocesses (with the
-header auth fake and the probe plugin, as in tests/test_realtime_cluster.py), the schema made by
+header auth fake and the probe plugin, as in tests/realtime/test_realtime_cluster.py), the schema made by
 `petstore migrate` as an operator would. Clients are the `websockets` library and httpx, every
 wait a condition with a deadline. A fault lasts for a given time (the PostgreSQL outage): that
 is the fault itself, while the test keeps asking.
@@ -27,7 +27,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.faults.proxy import TcpProxy
-from tests.realtime_support import DEADLINE, Client, staff_headers, until, ws_client
+from tests.realtime.support import DEADLINE, Client, staff_headers, until, ws_client
 from tests.services import PostgresServer, UvicornServer
 from tests.services.haproxy import HaproxyServer
 
@@ -70,7 +70,7 @@ def instances(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Instances
                 env={
                     "PETSTORE_DATABASE_URL": database_url,
                     "PETSTORE_REDIS_URL": redis_url,
-                    "PETSTORE_PLUGINS": "tests.fakes,tests.realtime_support:probe",
+                    "PETSTORE_PLUGINS": "tests.fakes,tests.realtime.support:probe",
                     "PETSTORE_ENV": "test",
                     "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
                 }

@@ -26,17 +26,17 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
-from petstore.broker.redis import PUBLISH, RedisBroker
+from petstore.realtime.broker.redis import PUBLISH, RedisBroker
 from tests.fakes import create_schema
 from tests.faults.proxy import TcpProxy
 from tests.faults.redis import fast_restart, frozen, shutdown
-from tests.realtime_support import DEADLINE, Client, add_pet, until, ws_client
+from tests.realtime.support import DEADLINE, Client, add_pet, until, ws_client
+from tests.realtime.test_realtime_cluster import assert_contiguous
 from tests.services import HOST, RedisServer, UvicornServer
-from tests.test_realtime_cluster import assert_contiguous
 
 pytestmark = [pytest.mark.redis]
 
-FAKE_PLUGINS = "tests.fakes,tests.realtime_support:probe"
+FAKE_PLUGINS = "tests.fakes,tests.realtime.support:probe"
 WITH_METRICS = FAKE_PLUGINS + ",plugins.metrics"
 DEFAULT_PLUGINS = "plugins.auth,plugins.ratelimit,plugins.metrics"
 PETSTORE = Path(sys.executable).with_name("petstore")

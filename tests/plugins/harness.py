@@ -25,12 +25,12 @@ from starlette.websockets import WebSocket
 
 from petstore import db
 from petstore.access import principal
+from petstore.api.users import create_user_row
 from petstore.app import create_app
 from petstore.config import Settings
 from petstore.models import Role, User, UserBody
 from petstore.plugin import Plugin, PluginBase
 from petstore.state import AppState
-from petstore.users import create_user_row
 from plugins.auth import schema as auth_schema
 
 T = TypeVar("T")

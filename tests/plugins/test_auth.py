@@ -27,10 +27,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from petstore import db
 from petstore.access import AuthFailed, Principal
+from petstore.api.users import create_user_row
 from petstore.app import create_app
 from petstore.errors import PluginError
 from petstore.models import Role, UserBody
-from petstore.users import create_user_row
 from plugins.auth import AuthPlugin
 from plugins.auth.backend import RedactSecrets, redact
 from plugins.tokens import KeySet

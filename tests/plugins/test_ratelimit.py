@@ -18,10 +18,10 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from petstore import db
+from petstore.api.users import create_user_row
 from petstore.app import create_app
 from petstore.errors import PluginError
 from petstore.models import Role, UserBody
-from petstore.users import create_user_row
 from plugins.ratelimit import Budget, MemoryLimiter, Policy, Rate, RateLimitPlugin, client_ip, parse_rates
 from tests.plugins.harness import PASSWORD, App, assert_error, bearer, create_tables, make_settings, running_app
 from tests.services import RedisServer, UvicornServer, wait_until
@@ -159,7 +159,7 @@ def test_authenticated_clients_have_their_own_budget(limited: App) -> None:
     authority = limited.plugin("auth").authority
 
     async def token(name: str) -> str:
-        from petstore.users import find_user
+        from petstore.db.queries import find_user
 
         async with limited.state.sessions() as session:
             user = await find_user(session, name)

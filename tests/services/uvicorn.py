@@ -12,10 +12,10 @@ from typing import Self
 from .base import HOST, START_TIMEOUT, Service, http_get
 
 # The protocols `petstore serve` runs: uvicorn's sans-I/O WebSocket one plus the hub's direct
-# writes, and its httptools one; both take part in the SIGTERM drain (petstore.shutdown).
+# writes, and its httptools one; both take part in the SIGTERM drain (petstore.server.shutdown).
 DEFAULT_APP_COMMAND = (
     sys.executable, "-m", "uvicorn", "petstore.app:create_app", "--factory", "--host", "{host}", "--port", "{port}",
-    "--ws", "petstore.uvicorn_ws:WebSocketProtocol", "--http", "petstore.uvicorn_http:HttpProtocol",
+    "--ws", "petstore.server.uvicorn_ws:WebSocketProtocol", "--http", "petstore.server.uvicorn_http:HttpProtocol",
 )  # fmt: skip
 
 

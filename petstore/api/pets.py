@@ -1,0 +1,329 @@
+"""``/pet``: the pets of the store (8 of the Petstore's operations)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from petstore.access import WRITE_PETS, require
+from petstore.api.inputs import (
+    limited_stream,
+    pagination,
+    path_id,
+    query_list,
+    read_body,
+    read_data,
+    read_model,
+    validate,
+)
+from petstore.db import sync_id_sequence
+from petstore.db.queries import WITH_RELATIONS, load_pet
+from petstore.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
+from petstore.models import (
+    ApiResponse,
+    Category,
+    CategoryBody,
+    Pet,
+    PetBody,
+    PetPublic,
+    PetStatus,
+    PetTagLink,
+    Tag,
+    TagBody,
+)
+from petstore.realtime import events
+from petstore.state import AppState, app_state
+
+# PetBody's limit on photoUrls: an upload must not make a pet that a client cannot PUT back.
+MAX_PHOTOS = 100
+
+_MULTIPART_FRAMING = 64 * 1024  # boundaries and part headers around the image itself
+
+_IMAGE_TYPES = {
+    b"\x89PNG\r\n\x1a\n": ".png",
+    b"\xff\xd8\xff": ".jpg",
+    b"GIF87a": ".gif",
+    b"GIF89a": ".gif",
+}
+
+
+def pet_json(pet: Pet) -> JSONResponse:
+    return JSONResponse(PetPublic.from_row(pet).model_dump(mode="json", by_alias=True))
+
+
+async def _category(session: AsyncSession, body: CategoryBody | None) -> Category | None:
+    if body is None or (body.id is None and body.name is None):
+        return None
+    if body.id is not None:
+        category = await session.get(Category, body.id)
+        if category is None:
+            category = Category(id=body.id, name=body.name)
+            session.add(category)
+            await session.flush()
+            await sync_id_sequence(session, "category")
+        elif body.name is not None:
+            category.name = body.name
+        return category
+    found = (await session.execute(select(Category).where(Category.name == body.name).limit(1))).scalar_one_or_none()  # type: ignore[arg-type]
+    if found is None:
+        found = Category(name=body.name)
+        session.add(found)
+    return found
+
+
+async def _tags(session: AsyncSession, bodies: list[TagBody]) -> list[Tag]:
+    tags: dict[int | str, Tag] = {}
+    for body in bodies:
+        tag: Tag | None = None
+        if body.id is not None:
+            tag = await session.get(Tag, body.id)
+            if tag is None:
+                tag = Tag(id=body.id, name=body.name)
+                session.add(tag)
+                await session.flush()
+                await sync_id_sequence(session, "tag")
+            elif body.name is not None:
+                tag.name = body.name
+        elif body.name is not None:
+            tag = (await session.execute(select(Tag).where(Tag.name == body.name).limit(1))).scalar_one_or_none()  # type: ignore[arg-type]
+            if tag is None:
+                tag = Tag(name=body.name)
+                session.add(tag)
+                await session.flush()
+        if tag is not None:
+            assert tag.id is not None or tag.name is not None
+            tags[tag.id if tag.id is not None else f"name:{tag.name}"] = tag
+    return list(tags.values())
+
+
+async def apply_body(session: AsyncSession, pet: Pet, body: PetBody) -> None:
+    pet.name = body.name
+    pet.photo_urls = list(body.photo_urls)
+    if body.status is not None:
+        pet.status = body.status.value
+    pet.category = await _category(session, body.category)
+    pet.tags = await _tags(session, body.tags)
+
+
+async def commit(state: AppState, session: AsyncSession) -> None:
+    """Commit and wake the relay. The pet stays loaded (no expiry on commit): the answer is what
+    this transaction wrote, as its events say, without reading it back."""
+    await session.commit()
+    state.outbox_wakeup.set()
+
+
+async def create_pet(session: AsyncSession, body: PetBody, *, inventory: bool = True) -> Pet:
+    """Insert a pet and record its events: shared by ``addPet`` and ``petstore seed``. The caller commits.
+
+    ``inventory=False`` leaves ``inventory.changed`` to the caller, who records one per batch.
+    """
+    if body.id is not None and await session.get(Pet, body.id) is not None:
+        raise Conflict(f"pet {body.id} already exists")
+    pet = Pet(id=body.id, name=body.name, status=(body.status or PetStatus.available).value, tags=[])
+    session.add(pet)
+    await apply_body(session, pet, body)
+    await session.flush()
+    if body.id is not None:
+        await sync_id_sequence(session, "pet")
+    events.pet_event(session, "pet.created", PetPublic.from_row(pet))
+    if inventory:
+        events.inventory_changed(session)
+    return pet
+
+
+async def add_pet(request: Request) -> Response:
+    require(request, WRITE_PETS)
+    body = await read_model(request, PetBody, form=True)
+    state = app_state(request)
+    async with state.sessions() as session:
+        pet = await create_pet(session, body)
+        await commit(state, session)
+    return pet_json(pet)
+
+
+async def update_pet(request: Request) -> Response:
+    require(request, WRITE_PETS)
+    body = await read_model(request, PetBody, form=True)
+    if body.id is None:
+        raise BadRequest("invalid ID supplied: the pet's id is required")
+    state = app_state(request)
+    async with state.sessions() as session:
+        pet = await load_pet(session, body.id)
+        old_status = pet.status
+        await apply_body(session, pet, body)
+        await session.flush()
+        events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+        if pet.status != old_status:
+            events.inventory_changed(session)
+        await commit(state, session)
+    return pet_json(pet)
+
+
+async def find_by_status(request: Request) -> Response:
+    statuses = query_list(request, "status") or [PetStatus.available.value]
+    invalid = [s for s in statuses if s not in PetStatus.__members__]
+    if invalid:
+        raise BadRequest(f"invalid status value: {invalid[0][:40]!r} (use available, pending or sold)")
+    return await _list_pets(request, col(Pet.status).in_(statuses))
+
+
+async def find_by_tags(request: Request) -> Response:
+    names = query_list(request, "tags")
+    if not names:
+        raise BadRequest("invalid tag value: give at least one tag")
+    if any(len(name) > 255 for name in names):
+        raise BadRequest("invalid tag value: longer than 255 characters")
+    if any("\x00" in name for name in names):  # no tag can have one, and PostgreSQL refuses it in a query
+        raise BadRequest("invalid tag value: contains a NUL character")
+    tagged = (
+        select(col(PetTagLink.pet_id)).join(Tag, col(Tag.id) == col(PetTagLink.tag_id)).where(col(Tag.name).in_(names))
+    )
+    return await _list_pets(request, col(Pet.id).in_(tagged))
+
+
+async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Response:
+    """One page of the pets matching ``condition``, by id, with their category and tags (3 queries)."""
+    limit, offset = pagination(request)
+    query = select(Pet).options(*WITH_RELATIONS).where(condition).order_by(col(Pet.id)).limit(limit).offset(offset)
+    async with app_state(request).sessions() as session:
+        pets = (await session.execute(query)).scalars().all()
+        return JSONResponse([PetPublic.from_row(p).model_dump(mode="json", by_alias=True) for p in pets])
+
+
+async def get_pet(request: Request) -> Response:
+    pet_id = path_id(request, "petId", "pet")
+    async with app_state(request).sessions() as session:
+        return pet_json(await load_pet(session, pet_id))
+
+
+async def update_pet_with_form(request: Request) -> Response:
+    require(request, WRITE_PETS)
+    pet_id = path_id(request, "petId", "pet")
+    fields = dict(request.query_params)
+    if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+        form = await read_data(request, form=True)
+        fields.update({k: v for k, v in form.items() if isinstance(v, str)})
+    name, status = fields.get("name"), fields.get("status")
+    if status is not None and status not in PetStatus.__members__:
+        raise BadRequest(f"invalid status value: {status[:40]!r}")
+    if name is not None:
+        validate(PetBody, {"name": name, "photoUrls": []})  # same rules for the name as everywhere
+    state = app_state(request)
+    async with state.sessions() as session:
+        pet = await load_pet(session, pet_id)
+        old_status = pet.status
+        if name is not None:
+            pet.name = name
+        if status is not None:
+            pet.status = status
+        await session.flush()
+        events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+        if pet.status != old_status:
+            events.inventory_changed(session)
+        await commit(state, session)
+    return pet_json(pet)
+
+
+async def delete_pet(request: Request) -> Response:
+    require(request, WRITE_PETS)
+    pet_id = path_id(request, "petId", "pet")
+    state = app_state(request)
+    async with state.sessions() as session:
+        pet = await session.get(Pet, pet_id)
+        if pet is None:
+            raise NotFound(f"pet {pet_id} not found")
+        await session.delete(pet)
+        events.pet_deleted(session, pet_id)
+        events.inventory_changed(session)
+        await session.commit()
+    state.outbox_wakeup.set()
+    return JSONResponse(ApiResponse(code=200, type="ok", message=f"pet {pet_id} deleted").model_dump())
+
+
+def _image_suffix(data: bytes) -> str:
+    for magic, suffix in _IMAGE_TYPES.items():
+        if data.startswith(magic):
+            return suffix
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    raise UnsupportedMediaType("not a PNG, JPEG, GIF or WebP image")
+
+
+async def _read_multipart_file(request: Request, limit: int) -> bytes:
+    """The one file of a multipart body. ``request.form()`` would spool a file part of any size to
+    disk; reading through ``limited_stream`` stops at the limit (plus room for the framing)."""
+    stream = limited_stream(request, limit + _MULTIPART_FRAMING)
+    parser = MultiPartParser(request.headers, stream, max_files=1, max_fields=10, max_part_size=64 * 1024)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise BadRequest(f"malformed multipart body: {exc.message}") from None
+    finally:
+        await stream.aclose()
+    try:
+        upload = next((v for v in form.values() if isinstance(v, UploadFile)), None)
+        if upload is None:
+            raise BadRequest("no file uploaded")
+        return await upload.read(limit + 1)
+    finally:
+        await form.close()
+
+
+async def upload_image(request: Request) -> Response:
+    require(request, WRITE_PETS)
+    pet_id = path_id(request, "petId", "pet")
+    state = app_state(request)
+    limit = state.settings.max_image_bytes
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media == "multipart/form-data":
+        data = await _read_multipart_file(request, limit)
+    elif media in ("application/octet-stream", "image/png", "image/jpeg", "image/gif", "image/webp", ""):
+        data = await read_body(request, limit)
+    else:
+        raise UnsupportedMediaType("send application/octet-stream or multipart/form-data")
+    if not data:
+        raise BadRequest("no file uploaded")
+    if len(data) > limit:
+        raise PayloadTooLarge(f"image larger than {limit} bytes")
+    suffix = _image_suffix(data)
+    async with state.sessions() as session:
+        pet = await load_pet(session, pet_id)
+        if len(pet.photo_urls) >= MAX_PHOTOS:
+            raise Conflict(f"pet {pet_id} already has {MAX_PHOTOS} photos")
+        name = f"{secrets.token_hex(12)}{suffix}"
+        folder = Path(state.settings.media_dir) / "pets" / str(pet_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+        url = f"/media/pets/{pet_id}/{name}"
+        pet.photo_urls = [*pet.photo_urls, url]
+        await session.flush()
+        events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+        await session.commit()
+    state.outbox_wakeup.set()
+    message = f"image stored at {url}"
+    additional = request.query_params.get("additionalMetadata")
+    if additional:
+        message += f"; additionalMetadata: {additional[:200]}"
+    return JSONResponse(ApiResponse(code=200, type="ok", message=message).model_dump())
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/pet", add_pet, methods=["POST"], name="addPet"),
+        Route(f"{prefix}/pet", update_pet, methods=["PUT"], name="updatePet"),
+        Route(f"{prefix}/pet/findByStatus", find_by_status, methods=["GET"], name="findPetsByStatus"),
+        Route(f"{prefix}/pet/findByTags", find_by_tags, methods=["GET"], name="findPetsByTags"),
+        Route(f"{prefix}/pet/{{petId}}", get_pet, methods=["GET"], name="getPetById"),
+        Route(f"{prefix}/pet/{{petId}}", update_pet_with_form, methods=["POST"], name="updatePetWithForm"),
+        Route(f"{prefix}/pet/{{petId}}", delete_pet, methods=["DELETE"], name="deletePet"),
+        Route(f"{prefix}/pet/{{petId}}/uploadImage", upload_image, methods=["POST"], name="uploadFile"),
+    ]

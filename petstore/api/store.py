@@ -1,0 +1,219 @@
+"""``/store``: inventory and orders. Order rules (SPEC §2), each in one transaction:
+
+- an order is for an existing, ``available`` pet (404 / 409 otherwise), and makes it ``pending``;
+- an order's status ``delivered`` makes its pet ``sold``;
+- deleting an order that is not delivered makes its pet ``available`` again.
+
+Customers see only their own orders; another user's order is 404, not 403 (no existence leak),
+and the server picks the id of a customer's order (staff may choose one).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from petstore.access import ALL_ORDERS, AUTHENTICATED, PLACE_ORDERS, Principal, may, require
+from petstore.api.inputs import pagination, path_id, read_model
+from petstore.db import sync_id_sequence
+from petstore.db.queries import load_pet
+from petstore.errors import Conflict, Forbidden, NotFound, Unauthorized
+from petstore.models import (
+    ApiResponse,
+    Order,
+    OrderBody,
+    OrderPatch,
+    OrderPublic,
+    OrderStatus,
+    Pet,
+    PetPublic,
+    PetStatus,
+    User,
+)
+from petstore.realtime import events
+from petstore.state import app_state
+
+
+def order_json(order: Order | OrderPublic) -> JSONResponse:
+    public = order if isinstance(order, OrderPublic) else OrderPublic.from_row(order)
+    return JSONResponse(public.model_dump(mode="json", by_alias=True))
+
+
+async def get_inventory(request: Request) -> Response:
+    async with app_state(request).sessions() as session:
+        return JSONResponse(await events.inventory_counts(session))
+
+
+async def _set_pet_status(
+    session: AsyncSession, pet_id: int, status: PetStatus, *, only_from: PetStatus | None
+) -> bool:
+    """Change a pet's status in one conditional UPDATE, so that concurrent orders cannot both win."""
+    statement = update(Pet).where(Pet.id == pet_id)  # type: ignore[arg-type]
+    if only_from is not None:
+        statement = statement.where(Pet.status == only_from.value)  # type: ignore[arg-type]
+    result = await session.execute(statement.values(status=status.value))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def _pet_changed(session: AsyncSession, pet_id: int) -> None:
+    pet = await load_pet(session, pet_id, fresh=True)
+    events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+    events.inventory_changed(session)
+
+
+async def _owner_name(session: AsyncSession, order: Order) -> str | None:
+    if order.user_id is None:
+        return None
+    user = await session.get(User, order.user_id)
+    return user.username if user else None
+
+
+async def place_order(request: Request) -> Response:
+    who = require(request, PLACE_ORDERS)
+    body = await read_model(request, OrderBody, form=True)
+    status = body.status or OrderStatus.placed
+    if status is not OrderStatus.placed and not may(request, ALL_ORDERS):
+        raise Forbidden(f"only staff may place an order as {status.value}")
+    # Only staff choose an order's id. A customer's 409 for a taken id would tell them another
+    # user's order exists, which the 404 of every other order endpoint hides. Ignored rather than
+    # refused: generated clients send the field whenever their model has it, as the Petstore's
+    # own example (`"id": 10`) does, and read the id the server chose from the answer anyway.
+    chosen_id = body.id if may(request, ALL_ORDERS) else None
+    state = app_state(request)
+    async with state.sessions() as session:
+        # A token outlives the account it names; the order's owner must exist (foreign key).
+        if await session.get(User, who.user_id) is None:
+            raise Unauthorized("your account no longer exists")
+        if chosen_id is not None and await session.get(Order, chosen_id) is not None:
+            raise Conflict(f"order {chosen_id} already exists")
+        new_pet_status = PetStatus.sold if status is OrderStatus.delivered else PetStatus.pending
+        if not await _set_pet_status(session, body.pet_id, new_pet_status, only_from=PetStatus.available):
+            if await session.get(Pet, body.pet_id) is None:
+                raise NotFound(f"pet {body.pet_id} not found")
+            raise Conflict(f"pet {body.pet_id} is not available")
+        order = Order(
+            id=chosen_id,
+            pet_id=body.pet_id,
+            quantity=body.quantity,
+            ship_date=body.ship_date,
+            status=status.value,
+            complete=bool(body.complete) or status is OrderStatus.delivered,
+            user_id=who.user_id,
+        )
+        session.add(order)
+        await session.flush()
+        if chosen_id is not None:
+            await sync_id_sequence(session, "purchase_order")
+        public = OrderPublic.from_row(order)
+        events.order_event(session, "order.placed", public, who.username)
+        await _pet_changed(session, body.pet_id)
+        await session.commit()
+    state.outbox_wakeup.set()
+    return order_json(public)
+
+
+async def _visible_order(session: AsyncSession, request: Request, who: Principal, order_id: int) -> Order:
+    order = await session.get(Order, order_id)
+    if order is None or (order.user_id != who.user_id and not may(request, ALL_ORDERS)):
+        raise NotFound(f"order {order_id} not found")
+    return order
+
+
+async def get_order(request: Request) -> Response:
+    who = require(request, AUTHENTICATED)
+    order_id = path_id(request, "orderId", "order")
+    async with app_state(request).sessions() as session:
+        return order_json(await _visible_order(session, request, who, order_id))
+
+
+async def list_orders(request: Request) -> Response:
+    """Extension: the caller's orders (every order for staff), newest first."""
+    who = require(request, AUTHENTICATED)
+    limit, offset = pagination(request)
+    query = select(Order).order_by(Order.id.desc()).limit(limit).offset(offset)  # type: ignore[union-attr]
+    if not may(request, ALL_ORDERS):
+        query = query.where(Order.user_id == who.user_id)  # type: ignore[arg-type]
+    async with app_state(request).sessions() as session:
+        orders = (await session.execute(query)).scalars().all()
+        return JSONResponse([OrderPublic.from_row(o).model_dump(mode="json", by_alias=True) for o in orders])
+
+
+async def update_order(request: Request) -> Response:
+    """Extension for staff: change an order's status; ``delivered`` sells its pet."""
+    require(request, ALL_ORDERS)
+    order_id = path_id(request, "orderId", "order")
+    patch = await read_model(request, OrderPatch)
+    state = app_state(request)
+    async with state.sessions() as session:
+        order = await session.get(Order, order_id, with_for_update=True)
+        if order is None:
+            raise NotFound(f"order {order_id} not found")
+        if order.status == OrderStatus.delivered and patch.status not in (None, OrderStatus.delivered):
+            raise Conflict("a delivered order cannot go back")
+        delivered_now = patch.status is OrderStatus.delivered and order.status != OrderStatus.delivered
+        if patch.status is not None:
+            order.status = patch.status.value
+        if patch.complete is not None:
+            order.complete = patch.complete
+        if patch.ship_date is not None:
+            order.ship_date = patch.ship_date
+        if delivered_now:
+            order.complete = True
+        await session.flush()
+        public = OrderPublic.from_row(order)
+        events.order_event(session, "order.updated", public, await _owner_name(session, order))
+        if delivered_now and await _set_pet_status(session, order.pet_id, PetStatus.sold, only_from=None):
+            await _pet_changed(session, order.pet_id)
+        await session.commit()
+    state.outbox_wakeup.set()
+    return order_json(public)
+
+
+async def _release_pet(session: AsyncSession, pet_id: int) -> None:
+    """A cancelled order frees its pet, unless another open order holds it (staff re-listed it meanwhile)."""
+    open_orders = select(col(Order.id)).where(
+        col(Order.pet_id) == pet_id,
+        col(Order.status).in_([OrderStatus.placed.value, OrderStatus.approved.value]),
+    )
+    statement = (
+        update(Pet)
+        .where(col(Pet.id) == pet_id, col(Pet.status) == PetStatus.pending.value, ~open_orders.exists())
+        .values(status=PetStatus.available.value)
+    )
+    if (await session.execute(statement)).rowcount:  # type: ignore[attr-defined]
+        await _pet_changed(session, pet_id)
+
+
+async def delete_order(request: Request) -> Response:
+    who = require(request, AUTHENTICATED)
+    order_id = path_id(request, "orderId", "order")
+    state = app_state(request)
+    async with state.sessions() as session:
+        order = await _visible_order(session, request, who, order_id)
+        owner = await _owner_name(session, order)
+        public = OrderPublic.from_row(order)
+        # A conditional DELETE: of two concurrent deletions only one frees the pet, the other is 404.
+        deleted = await session.execute(delete(Order).where(col(Order.id) == order_id))
+        if not deleted.rowcount:  # type: ignore[attr-defined]
+            raise NotFound(f"order {order_id} not found")
+        events.order_event(session, "order.deleted", public, owner)
+        if public.status is not OrderStatus.delivered:
+            await _release_pet(session, public.pet_id)
+        await session.commit()
+    state.outbox_wakeup.set()
+    return JSONResponse(ApiResponse(code=200, type="ok", message=f"order {order_id} deleted").model_dump())
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/store/inventory", get_inventory, methods=["GET"], name="getInventory"),
+        Route(f"{prefix}/store/order", place_order, methods=["POST"], name="placeOrder"),
+        Route(f"{prefix}/store/orders", list_orders, methods=["GET"], name="listOrders"),
+        Route(f"{prefix}/store/order/{{orderId}}", get_order, methods=["GET"], name="getOrderById"),
+        Route(f"{prefix}/store/order/{{orderId}}", update_order, methods=["PATCH"], name="updateOrder"),
+        Route(f"{prefix}/store/order/{{orderId}}", delete_order, methods=["DELETE"], name="deleteOrder"),
+    ]

@@ -1,0 +1,173 @@
+"""``/user``: accounts. Anyone may sign up (as a customer); a user reads and changes their own
+account; admins manage every account. Another user's account is 404 (no existence leak).
+
+``/user/login`` and ``/user/logout`` belong to the auth plugin: the core authenticates no one.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from petstore.access import ALL_USERS, AUTHENTICATED, may, require
+from petstore.api.inputs import read_data, read_model, validate
+from petstore.db import sync_id_sequence
+from petstore.db.queries import find_user
+from petstore.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from petstore.models import ApiResponse, Role, User, UserBody, UserPublic
+from petstore.passwords import hash_password
+from petstore.state import app_state
+
+MAX_USERS_PER_LIST = 100
+
+
+def user_json(user: User) -> JSONResponse:
+    return JSONResponse(UserPublic.from_row(user).model_dump(mode="json", by_alias=True))
+
+
+async def create_user_row(session: AsyncSession, body: UserBody, role: Role) -> User:
+    """Insert one user (the CLI uses this too). The caller commits."""
+    if not body.password:
+        raise ValidationFailed("password: a new user needs a password")
+    if await find_user(session, body.username) is not None:
+        raise Conflict(f"username {body.username!r} is taken")
+    if body.id is not None and await session.get(User, body.id) is not None:
+        raise Conflict(f"user id {body.id} is taken")
+    user = User(
+        id=body.id,
+        username=body.username,
+        first_name=body.first_name,
+        last_name=body.last_name,
+        email=body.email,
+        phone=body.phone,
+        user_status=body.user_status,
+        password_hash=await hash_password(body.password),
+        role=role.value,
+    )
+    session.add(user)
+    await session.flush()
+    if body.id is not None:
+        await sync_id_sequence(session, "users")
+    return user
+
+
+async def _commit_unique(session: AsyncSession) -> None:
+    # Two sign-ups racing for one username: the unique index decides, the loser gets 409.
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise Conflict("username or id is taken") from None
+
+
+async def create_user(request: Request) -> Response:
+    body = await read_model(request, UserBody, form=True)
+    async with app_state(request).sessions() as session:
+        user = await create_user_row(session, body, Role.customer)
+        await _commit_unique(session)
+        return user_json(user)
+
+
+async def create_users_with_list(request: Request) -> Response:
+    require(request, ALL_USERS)
+    data = await read_data(request)
+    if not isinstance(data, list) or not data:
+        raise BadRequest("send a non-empty JSON array of users")
+    if len(data) > MAX_USERS_PER_LIST:
+        raise BadRequest(f"at most {MAX_USERS_PER_LIST} users at once")
+    bodies = [validate(UserBody, item) for item in data]
+    if len({b.username for b in bodies}) != len(bodies):
+        raise Conflict("the list names one username twice")
+    async with app_state(request).sessions() as session:
+        users = [await create_user_row(session, body, Role.customer) for body in bodies]
+        await _commit_unique(session)
+        # The Petstore document answers with one User: the first one created.
+        return user_json(users[0])
+
+
+_USERNAME = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+
+
+def path_username(request: Request) -> str:
+    """The ``{username}`` of the path. A name no account can have (NUL, spaces, too long) is not
+    found without asking the database, which would refuse some of them with an error of its own."""
+    username: str = request.path_params["username"]
+    if not _USERNAME.fullmatch(username):
+        raise NotFound(f"user {username[:64]!r} not found")
+    return username
+
+
+def _visible(request: Request, username: str) -> None:
+    who = require(request, AUTHENTICATED)
+    if who.username != username and not may(request, ALL_USERS):
+        raise NotFound(f"user {username!r} not found")
+
+
+async def get_user(request: Request) -> Response:
+    username = path_username(request)
+    _visible(request, username)
+    async with app_state(request).sessions() as session:
+        user = await find_user(session, username)
+        if user is None:
+            raise NotFound(f"user {username!r} not found")
+        return user_json(user)
+
+
+async def update_user(request: Request) -> Response:
+    username = path_username(request)
+    _visible(request, username)
+    body = await read_model(request, UserBody, form=True)
+    async with app_state(request).sessions() as session:
+        user = await find_user(session, username)
+        if user is None:
+            raise NotFound(f"user {username!r} not found")
+        if body.id is not None and body.id != user.id:
+            raise BadRequest("a user's id cannot change")
+        if body.username != user.username and await find_user(session, body.username) is not None:
+            raise Conflict(f"username {body.username!r} is taken")
+        user.first_name, user.last_name = body.first_name, body.last_name
+        user.email, user.phone, user.user_status = body.email, body.phone, body.user_status
+        # A new name or password: sessions opened with the old ones end (a new account may take
+        # the name, and its ``user:{name}`` room with it).
+        changed = body.username != user.username or bool(body.password)
+        user.username = body.username
+        if body.password:
+            user.password_hash = await hash_password(body.password)
+        await _commit_unique(session)
+        response = user_json(user)
+    if changed:
+        assert user.id is not None
+        await app_state(request).plugins.user_changed(user.id)
+    return response
+
+
+async def delete_user(request: Request) -> Response:
+    username = path_username(request)
+    _visible(request, username)
+    async with app_state(request).sessions() as session:
+        user = await find_user(session, username)
+        if user is None:
+            raise NotFound(f"user {username!r} not found")
+        user_id = user.id
+        await session.delete(user)
+        await session.commit()
+    assert user_id is not None
+    await app_state(request).plugins.user_changed(user_id)  # its live sessions end
+    return JSONResponse(ApiResponse(code=200, type="ok", message=f"user {username} deleted").model_dump())
+
+
+def routes(prefix: str) -> list[Route]:
+    return [
+        Route(f"{prefix}/user", create_user, methods=["POST"], name="createUser"),
+        Route(
+            f"{prefix}/user/createWithList", create_users_with_list, methods=["POST"], name="createUsersWithListInput"
+        ),
+        Route(f"{prefix}/user/{{username}}", get_user, methods=["GET"], name="getUserByName"),
+        Route(f"{prefix}/user/{{username}}", update_user, methods=["PUT"], name="updateUser"),
+        Route(f"{prefix}/user/{{username}}", delete_user, methods=["DELETE"], name="deleteUser"),
+    ]

@@ -1,0 +1,166 @@
+"""The real-time layer of one app: broker, hub and outbox relay, started and stopped in the lifespan.
+
+:func:`register` is called by ``create_app``'s lifespan; it adds start-up and shut-down work and
+the ``broker`` readiness check (is the broker delivering?) to ``state.extras``. Both transports
+(``/ws`` and SSE) reach the layer as ``state.extras["realtime"]`` and share
+:meth:`Realtime.subscribe`, the one place where a subscription's history, snapshot and live
+events are put together without gap or duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from petstore.access import Principal
+from petstore.db.queries import load_pet
+from petstore.errors import NotFound
+from petstore.models import PetPublic
+from petstore.realtime import events, rooms
+from petstore.realtime.broker import Broker, BrokerUnavailable, Message, Since, create_broker
+from petstore.realtime.hub import POLICY_VIOLATION, RESTARTING, Connection, Hub
+from petstore.realtime.relay import Relay
+
+if TYPE_CHECKING:
+    from petstore.state import AppState
+
+logger = logging.getLogger("petstore.realtime")
+
+SHUTDOWN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """The answer to a subscription: position, whether ``since`` was honoured, the snapshot, the replay."""
+
+    room: str
+    epoch: str
+    offset: int
+    recovered: bool
+    snapshot: Any
+    replay: list[Message]
+
+
+class Realtime:
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.hub = Hub(state.plugins.observe)
+        self.broker: Broker = create_broker(state.settings, self.hub.deliver, state.plugins.observe)
+        self.relay = Relay(state, self.broker)
+        #: Clean-up tasks started where awaiting is impossible (see ``sse.release``), kept referenced.
+        self.background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.broker.start()
+        self.relay.start()
+
+    async def stop(self) -> None:
+        # Clients first (1012: reconnect and recover elsewhere), then what feeds them.
+        await self.hub.close_all(RESTARTING, SHUTDOWN_SECONDS)
+        await self.relay.stop()
+        await self.broker.stop()
+
+    async def authorized(self, principal: Principal | None, room: str) -> bool:
+        """The core's rule and every plugin's: all must allow."""
+        if not rooms.may_join(principal, room):
+            return False
+        return await self.state.plugins.ws_authorize(principal, room) is not False
+
+    async def subscribe(self, conn: Connection, room: str, since: Since | None) -> Subscribed:
+        """Join ``room`` and read where it stands; live events wait until :meth:`go_live`.
+
+        Order matters: the broker watches the room (live events start buffering) BEFORE its
+        position and history are read, and the snapshot is read after the position, so every
+        event after ``offset`` is either buffered or still to come, and the snapshot is never
+        older than ``offset``.
+        """
+        if room in conn.subscriptions:
+            await self.unsubscribe(conn, room)
+        self.hub.join(conn, room)
+        try:
+            await self.broker.watch(room)
+        except BaseException:
+            self.hub.leave(conn, room)
+            raise
+        try:
+            history = await self.broker.history(room, since)
+            recovered = since is not None and history.messages is not None
+            snapshot = None if recovered else await self.snapshot(room)
+        except BaseException:
+            await self.unsubscribe(conn, room)
+            raise
+        return Subscribed(room, history.epoch, history.offset, recovered, snapshot, history.messages or [])
+
+    def go_live(self, conn: Connection, subscribed: Subscribed) -> None:
+        subscription = conn.subscriptions.get(subscribed.room)
+        if subscription is not None:
+            self.hub.go_live(subscription, subscribed.epoch, subscribed.offset)
+
+    async def unsubscribe(self, conn: Connection, room: str) -> bool:
+        if not self.hub.leave(conn, room):
+            return False
+        await self.broker.unwatch(room)
+        return True
+
+    async def disconnect(self, conn: Connection) -> None:
+        for room in self.hub.drop(conn):
+            await self.broker.unwatch(room)
+
+    def end_sessions(self, match: Callable[[Principal], bool]) -> int:
+        """End this instance's live sessions (WebSocket: close 1008; SSE: the stream ends) whose
+        principal ``match`` picks; how many.
+
+        For plugins whose credentials stop standing: a revoked token, a deleted account. Reaching
+        every instance is the caller's part (the auth plugin calls it wherever a revocation
+        arrives). One pass over the connections when called, nothing per event."""
+        return self.hub.close_sessions(match, POLICY_VIOLATION)
+
+    async def snapshot(self, room: str) -> Any:
+        """The current state a subscriber starts from: inventory counts, or the pet (null if gone)."""
+        kind = rooms.room_kind(room)
+        if kind == "inventory":
+            async with self.state.sessions() as session:
+                return await events.inventory_counts(session)
+        if kind == "pet":
+            pet_id = rooms.pet_id_of(room)
+            assert pet_id is not None
+            async with self.state.sessions() as session:
+                try:
+                    pet = await load_pet(session, pet_id)
+                except NotFound:
+                    return None
+                return PetPublic.from_row(pet).model_dump(mode="json", by_alias=True)
+        return None
+
+
+def realtime(state: AppState) -> Realtime:
+    layer = state.extras["realtime"]
+    assert isinstance(layer, Realtime)
+    return layer
+
+
+def register(state: AppState) -> None:
+    """Attach the real-time layer to an app's lifespan (called by ``create_app``)."""
+
+    async def start(state: AppState) -> None:
+        layer = Realtime(state)
+        state.extras["realtime"] = layer
+        await layer.start()
+
+    async def stop(state: AppState) -> None:
+        layer = state.extras.pop("realtime", None)
+        if isinstance(layer, Realtime):
+            await layer.stop()
+
+    async def broker_ready() -> None:
+        layer = state.extras.get("realtime")
+        if not isinstance(layer, Realtime) or not layer.broker.connected:
+            raise BrokerUnavailable("the broker is not delivering")
+
+    state.extras.setdefault("on_startup", []).append(start)
+    state.extras.setdefault("on_shutdown", []).append(stop)
+    state.extras.setdefault("readiness", {})["broker"] = broker_ready

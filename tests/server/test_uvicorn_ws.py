@@ -1,0 +1,167 @@
+"""petstore.server.uvicorn_ws: uvicorn's sans-I/O WebSocket protocol plus the direct-write extension,
+driven by a real uvicorn and real clients (the ``websockets`` library and a raw socket); and the
+app's message limit, applied by the protocol while it inflates, against the real petstore."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
+
+from petstore.config import Settings
+from petstore.realtime import WRITE_EXTENSION as EXTENSION
+from petstore.server.uvicorn_ws import PROTOCOL
+from tests.realtime.support import DEADLINE, until
+from tests.server.test_shutdown import assert_clean_log, running
+from tests.services import free_port
+
+PLAIN = "websockets-sansio"
+
+
+@dataclass
+class Framed:
+    payload: bytes
+    ws_frame: bytes
+
+
+def framed(*texts: str) -> list[Framed]:
+    """Messages as the hub hands them over: each with its text and its shared frame."""
+    return [Framed(text.encode(), Frame(Opcode.TEXT, text.encode()).serialize(mask=False)) for text in texts]
+
+
+class Probe:
+    """An ASGI app that uses the extension when offered and records what ``write`` answered."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, bool] = {}
+        self.offered: bool | None = None
+        self.flooded = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        extension = scope.get("extensions", {}).get(EXTENSION)
+        self.offered = extension is not None
+        await receive()  # websocket.connect
+        if extension is None:
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.send", "text": "plain"})
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        write = extension["write"]
+        self.answers["before accept"] = write(framed("too early"))
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": "through ASGI"})
+        self.answers["open"] = write(framed("direct é"))
+        self.answers["several"] = write(framed("one", "two", "three"))
+        message = await receive()
+        if message.get("text") == "flood":
+            chunk = framed("x" * 65536)
+            for _ in range(4000):  # about 256 MB at most; the socket buffers hold a few MB
+                if not write(chunk):
+                    self.answers["flood refused"] = True
+                    break
+            self.flooded.set()
+            await receive()
+            return
+        await send({"type": "websocket.close", "code": 1000})
+        self.answers["after close"] = write(framed("too late"))
+
+
+@contextlib.asynccontextmanager
+async def server(app: Probe, ws: str) -> AsyncIterator[int]:
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws=ws, lifespan="off")  # type: ignore[arg-type]
+    instance = uvicorn.Server(config)
+    task = asyncio.create_task(instance.serve())
+    await until(lambda: instance.started or task.done(), "uvicorn to start")
+    try:
+        yield port
+    finally:
+        instance.should_exit = True
+        await asyncio.wait_for(task, DEADLINE)
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_write_sends_a_text_message_once_open_and_refuses_before_and_after(compression: str | None) -> None:
+    """Without an extension the shared frame goes out as it is; with permessage-deflate the
+    protocol compresses the payload itself. Either way the client reads the same text."""
+    app = Probe()
+    async with server(app, PROTOCOL) as port, connect(f"ws://127.0.0.1:{port}/", compression=compression) as ws:
+        assert await ws.recv() == "through ASGI"
+        assert [await ws.recv() for _ in range(4)] == ["direct é", "one", "two", "three"]  # one frame each
+        await ws.send("done")
+        await until(lambda: "after close" in app.answers, "the app to close")
+    assert app.offered is True
+    assert app.answers == {"before accept": False, "open": True, "several": True, "after close": False}
+
+
+async def test_plain_uvicorn_offers_no_extension_and_the_app_uses_asgi() -> None:
+    app = Probe()
+    async with server(app, PLAIN) as port, connect(f"ws://127.0.0.1:{port}/") as ws:
+        assert await ws.recv() == "plain"
+    assert app.offered is False
+
+
+async def test_a_client_that_does_not_read_makes_write_refuse_instead_of_buffering_without_bound() -> None:
+    app = Probe()
+    async with server(app, PROTOCOL) as port:
+        sock = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            key = base64.b64encode(os.urandom(16)).decode()
+            handshake = (
+                f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            sock.sendall(handshake.encode())
+            response = b""
+            while b"\r\n\r\n" not in response:  # a client speaks only once the upgrade is answered
+                response += await asyncio.wait_for(asyncio.to_thread(sock.recv, 1), DEADLINE)
+            assert response.startswith(b"HTTP/1.1 101")
+            flood = b"flood"
+            sock.sendall(bytes([0x81, 0x80 | len(flood)]) + b"\0\0\0\0" + flood)  # masked with a zero key
+            await asyncio.wait_for(app.flooded.wait(), DEADLINE)  # never reading a byte
+        finally:
+            sock.close()
+    assert app.answers["open"] is True
+    assert app.answers.get("flood refused") is True
+
+
+@pytest.mark.process
+def test_a_compressed_message_inflating_past_the_apps_limit_is_refused_while_inflated(tmp_path: Path) -> None:
+    """8 MiB of one letter is a few KiB with permessage-deflate. uvicorn's protocol would inflate
+    and buffer it whole (its own limit is 16 MiB) before the app's 64 KiB limit applied; this one
+    gives websockets the app's limit, which stops inflating past it: close 1009 with its reason."""
+    limit = Settings.model_fields["ws_max_message_bytes"].default
+
+    async def clients(ws_url: str) -> None:
+        async with connect(f"{ws_url}/ws", compression="deflate", open_timeout=DEADLINE) as ws:
+            assert [extension.name for extension in ws.protocol.extensions] == ["permessage-deflate"]
+            await asyncio.wait_for(ws.recv(), DEADLINE)  # welcome
+            await ws.send("x" * (8 * 1024 * 1024))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), DEADLINE)
+        assert ws.close_code == 1009
+        assert ws.close_reason == f"frame exceeds limit of {limit} bytes"
+        # A message at the limit, compressed just as well, is the app's to read.
+        async with connect(f"{ws_url}/ws", compression="deflate", open_timeout=DEADLINE) as ws:
+            await asyncio.wait_for(ws.recv(), DEADLINE)
+            await ws.send('{"type": "ping", "id": "' + "p" * (limit - 64) + '"}')
+            reply = await asyncio.wait_for(ws.recv(), DEADLINE)
+            assert '"type":' in str(reply)
+
+    with running(tmp_path) as server:
+        asyncio.run(clients(server.ws_url))
+        assert_clean_log(server)
