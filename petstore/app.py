@@ -64,13 +64,13 @@ async def readyz(request: Request) -> Response:
     except (SQLAlchemyError, OSError) as exc:
         logger.warning("readiness: database unreachable: %s", type(exc).__name__)
         checks["database"] = "unreachable"
-    for name, check in state.extras.get("readiness", {}).items():
+    if state.realtime is not None:
         try:
-            await check()
-            checks[name] = "ok"
-        except Exception as exc:  # any failure of a part means "unavailable", named
-            logger.debug("readiness: %s unavailable: %s", name, type(exc).__name__)
-            checks[name] = "unavailable"
+            await state.realtime.ready()
+            checks["broker"] = "ok"
+        except Exception as exc:  # any failure of the broker means "unavailable"
+            logger.debug("readiness: broker unavailable: %s", type(exc).__name__)
+            checks["broker"] = "unavailable"
     if state.draining:
         # Stopping (SIGTERM): a load balancer still holding a connection must send nothing new here.
         checks["shutdown"] = "draining"
@@ -156,20 +156,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
             plugins=plugins,
             redis=request_client(settings),
         )
-        realtime.register(state)
         started: list[Any] = []
         try:
             for plugin in plugins:
                 await plugin.startup(state)
                 started.append(plugin)
-            for start in state.extras.get("on_startup", []):
-                await start(state)
+            state.realtime = realtime.Realtime(state)
+            await state.realtime.start()
             logger.info("petstore ready with plugins: %s", ", ".join(plugins.names()) or "none")
-            yield {"petstore": state}
+            yield {"petstore": state, "realtime": state.realtime}
         finally:
             state.begin_shutdown()  # under uvicorn it began at SIGTERM (petstore.server.shutdown)
-            for stop in reversed(state.extras.get("on_shutdown", [])):
-                await _bounded(stop(state), f"shutdown step {getattr(stop, '__qualname__', stop)}", state)
+            if state.realtime is not None:
+                await _bounded(state.realtime.stop(), "stopping the real-time layer", state)
+                state.realtime = None
             for plugin in reversed(started):
                 await _bounded(plugin.shutdown(state), f"plugin {plugin.name!r} shutdown", state)
             if state.redis is not None:

@@ -21,8 +21,11 @@ Hooks
     logs, tracing) must also see the 401s and 429s that other plugins' middleware answer.
 ``routes()``
     Extra routes, mounted beside the core's (e.g. ``/api/v3/auth/token``, ``/metrics``).
-``startup(state)`` / ``shutdown(state)``
-    Work at start and stop of the app, with the shared :class:`~petstore.state.AppState`.
+``startup(app)`` / ``shutdown(app)``
+    Work at start and stop of the app. ``app`` is the running app's :class:`App`: its settings,
+    database, plugins, Redis client, and a way to end live sessions (the core passes its
+    :class:`~petstore.state.AppState`, which has more; a plugin should use only what :class:`App`
+    names).
 ``openapi(document)``
     Edit the served OpenAPI document in place (add paths, schemes).
 ``ws_connect(websocket)``
@@ -68,11 +71,12 @@ from starlette.websockets import WebSocket
 from petstore.errors import PluginError
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
     from sqlalchemy import MetaData
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from petstore.access import Principal
     from petstore.config import Settings
-    from petstore.state import AppState
 
 ENTRY_POINT_GROUP = "petstore.plugins"
 
@@ -102,6 +106,25 @@ HAPPENINGS: Mapping[str, tuple[str, tuple[str, ...]]] = {
 logger = logging.getLogger("petstore.plugin")
 
 
+class App(Protocol):
+    """What a plugin's ``startup`` and ``shutdown`` get of the running app.
+
+    A protocol, so that this module, which the app's state holds, need not import it; the core's
+    :class:`~petstore.state.AppState` is one.
+    """
+
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    plugins: Plugins
+    #: The process's one Redis client (:mod:`petstore.redis_client`), None without Redis.
+    redis: Redis | None
+
+    def end_sessions(self, match: Callable[[Principal], bool]) -> int:
+        """End this instance's live sessions whose principal ``match`` picks; how many."""
+        ...
+
+
 @dataclass(frozen=True)
 class PluginMigrations:
     """A plugin's Alembic branch (see ``migrations()`` above)."""
@@ -122,9 +145,9 @@ class Plugin(Protocol):
 
     def routes(self) -> Sequence[BaseRoute]: ...
 
-    async def startup(self, state: AppState) -> None: ...
+    async def startup(self, app: App) -> None: ...
 
-    async def shutdown(self, state: AppState) -> None: ...
+    async def shutdown(self, app: App) -> None: ...
 
     def openapi(self, document: dict[str, Any]) -> None: ...
 
@@ -154,10 +177,10 @@ class PluginBase:
     def routes(self) -> Sequence[BaseRoute]:
         return ()
 
-    async def startup(self, state: AppState) -> None:
+    async def startup(self, app: App) -> None:
         return None
 
-    async def shutdown(self, state: AppState) -> None:
+    async def shutdown(self, app: App) -> None:
         return None
 
     def openapi(self, document: dict[str, Any]) -> None:

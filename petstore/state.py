@@ -1,20 +1,27 @@
-"""What one running app shares: built in the lifespan, reached as ``request.state.petstore``."""
+"""What one running app shares: built in the lifespan, reached as ``request.state.petstore``.
+
+The parts it holds are given only what they use: the real-time layer gets its parts through
+:class:`petstore.realtime.layer.Parts`, plugins through :class:`petstore.plugin.App`, both
+protocols this class satisfies. Nothing below it imports this module.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from petstore.access import Principal
 from petstore.config import Settings
 from petstore.plugin import Plugins
+from petstore.realtime import Realtime
 
 
-@dataclass
+@dataclass(eq=False)  # one per app, compared by identity (and usable as a key)
 class AppState:
     settings: Settings
     engine: AsyncEngine
@@ -25,8 +32,9 @@ class AppState:
     redis: Redis | None = None
     #: Set after every commit that wrote outbox rows, so the relay publishes without polling delay.
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Components the real-time layer and plugins attach (broker, hub, relay, ...), by name.
-    extras: dict[str, Any] = field(default_factory=dict)
+    #: The real-time layer (broker, hub, relay) while the app runs: set by the lifespan once the
+    #: plugins have started, None before and after.
+    realtime: Realtime | None = None
     #: Shutdown has begun (SIGTERM under uvicorn, see petstore.server.shutdown): ``/readyz`` answers 503.
     draining: bool = False
     #: The loop time by which shutdown must be over (``PETSTORE_SHUTDOWN_TIMEOUT`` after it began).
@@ -44,6 +52,11 @@ class AppState:
         if self.shutdown_deadline is None:
             return self.settings.shutdown_timeout
         return max(0.0, self.shutdown_deadline - asyncio.get_running_loop().time())
+
+    def end_sessions(self, match: Callable[[Principal], bool]) -> int:
+        """End this instance's live sessions whose principal ``match`` picks (none before the
+        real-time layer started); how many. See :meth:`Realtime.end_sessions`."""
+        return 0 if self.realtime is None else self.realtime.end_sessions(match)
 
 
 def app_state(conn: HTTPConnection) -> AppState:

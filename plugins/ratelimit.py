@@ -66,9 +66,8 @@ from petstore.access import Principal
 from petstore.api.inputs import read_data
 from petstore.config import Settings
 from petstore.errors import ApiError, ConfigurationError, error_response, unavailable_response
-from petstore.plugin import PluginBase
+from petstore.plugin import App, PluginBase
 from petstore.redis_client import PoolExhausted
-from petstore.state import AppState
 
 logger = logging.getLogger("plugins.ratelimit")
 
@@ -268,7 +267,7 @@ class MemoryLimiter:
 class RedisLimiter:
     """Shared by every instance: one budget per client however many servers answer.
 
-    On the app's Redis client (``AppState.redis``), which the app closes: :meth:`close` leaves it.
+    On the app's Redis client (``App.redis``), which the app closes: :meth:`close` leaves it.
     """
 
     def __init__(self, redis: Redis) -> None:
@@ -404,7 +403,7 @@ class RateLimitPlugin(PluginBase):
         self.messages = MemoryLimiter(clock=time.monotonic)
         #: The login budget of this instance alone, for while the shared one cannot be reached.
         self.fallback = MemoryLimiter()
-        self._state: AppState | None = None
+        self._state: App | None = None
         self._last_log = -math.inf
         self._last_busy_log = -math.inf
         #: Until this monotonic time Redis counts as down without being asked (see OUTAGE_PAUSE_SECONDS).
@@ -415,12 +414,12 @@ class RateLimitPlugin(PluginBase):
 
     # -- life cycle
 
-    async def startup(self, state: AppState) -> None:
+    async def startup(self, state: App) -> None:
         self._state = state
         if state.redis is not None:
             self.limiter = RedisLimiter(state.redis)
 
-    async def shutdown(self, state: AppState) -> None:
+    async def shutdown(self, state: App) -> None:
         await self.limiter.close()
         self.limiter = MemoryLimiter()
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from petstore import realtime
 from petstore.cli import build_parser
 from petstore.watch import Watcher, command, ws_endpoint
 from tests.realtime.support import AppServer, add_pet, serve, settings_for, until
@@ -41,7 +40,7 @@ async def test_watch_prints_the_snapshot_then_each_event_and_recovers_after_a_re
     await add_pet(app.url, "one")
     await until(lambda: len(out) == 2, "the first event")
     # The server closes every connection (1012, as on a restart) while changes keep coming.
-    await realtime.realtime(app.state).hub.close_all(1012, 5.0)
+    await app.state.realtime.hub.close_all(1012, 5.0)
     for name in ("two", "three", "four"):
         await add_pet(app.url, name)
     assert await asyncio.wait_for(task, 30) == 0

@@ -8,8 +8,8 @@ The pipeline, each stage a module of this package::
     hub        this instance's subscribers: rooms, bounded queues, fan-out
     ws, sse    the two transports; rooms says who may join what
 
-The endpoints record events (:mod:`events`), the app mounts :func:`routes` and calls
-:func:`register` in its lifespan, and ``petstore serve``'s protocols (``petstore.server``) offer
+The endpoints record events (:mod:`events`), the app mounts :func:`routes` and its lifespan
+runs one :class:`Realtime` built from its :class:`Parts`, and ``petstore serve``'s protocols (``petstore.server``) offer
 the two ASGI extensions named here. Nothing outside this package imports its other modules.
 """
 
@@ -19,7 +19,8 @@ from starlette.routing import BaseRoute
 
 from petstore.realtime import events, rooms, sse, ws
 from petstore.realtime.hub import POLICY_VIOLATION, RESTARTING, Connection, Hub
-from petstore.realtime.layer import Realtime, Subscribed, realtime, register
+from petstore.realtime.layer import Realtime, Subscribed, realtime
+from petstore.realtime.parts import Parts
 from petstore.realtime.sse import STREAM_EXTENSION
 from petstore.realtime.ws import WRITE_EXTENSION
 
@@ -30,11 +31,11 @@ __all__ = [
     "WRITE_EXTENSION",
     "Connection",
     "Hub",
+    "Parts",
     "Realtime",
     "Subscribed",
     "events",
     "realtime",
-    "register",
     "rooms",
     "routes",
 ]

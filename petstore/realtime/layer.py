@@ -1,10 +1,11 @@
 """The real-time layer of one app: broker, hub and outbox relay, started and stopped in the lifespan.
 
-:func:`register` is called by ``create_app``'s lifespan; it adds start-up and shut-down work and
-the ``broker`` readiness check (is the broker delivering?) to ``state.extras``. Both transports
-(``/ws`` and SSE) reach the layer as ``state.extras["realtime"]`` and share
-:meth:`Realtime.subscribe`, the one place where a subscription's history, snapshot and live
-events are put together without gap or duplicate.
+``create_app``'s lifespan builds one :class:`Realtime` from the app's
+:class:`~petstore.realtime.parts.Parts`, starts it
+after the plugins, checks :meth:`Realtime.ready` in ``/readyz`` and stops it first. Both
+transports (``/ws`` and SSE) reach it with :func:`realtime` and share :meth:`Realtime.subscribe`,
+the one place where a subscription's history, snapshot and live events are put together without
+gap or duplicate.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from starlette.requests import HTTPConnection
 
 from petstore.access import Principal
 from petstore.db.queries import load_pet
@@ -22,10 +25,8 @@ from petstore.models import PetPublic
 from petstore.realtime import events, rooms
 from petstore.realtime.broker import Broker, BrokerUnavailable, Message, Since, create_broker
 from petstore.realtime.hub import POLICY_VIOLATION, RESTARTING, Connection, Hub
+from petstore.realtime.parts import Parts
 from petstore.realtime.relay import Relay
-
-if TYPE_CHECKING:
-    from petstore.state import AppState
 
 logger = logging.getLogger("petstore.realtime")
 
@@ -45,18 +46,24 @@ class Subscribed:
 
 
 class Realtime:
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-        self.settings = state.settings
-        self.hub = Hub(state.plugins.observe)
-        self.broker: Broker = create_broker(state.settings, self.hub.deliver, state.plugins.observe)
-        self.relay = Relay(state, self.broker)
+    def __init__(self, parts: Parts) -> None:
+        self.settings = parts.settings
+        self.plugins = parts.plugins
+        self.sessions = parts.sessions
+        self.hub = Hub(parts.plugins.observe)
+        self.broker: Broker = create_broker(parts.settings, self.hub.deliver, parts.plugins.observe)
+        self.relay = Relay(parts, self.broker)
         #: Clean-up tasks started where awaiting is impossible (see ``sse.release``), kept referenced.
         self.background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.broker.start()
         self.relay.start()
+
+    async def ready(self) -> None:
+        """Raise :class:`BrokerUnavailable` unless the broker is delivering (``/readyz``'s ``broker``)."""
+        if not self.broker.connected:
+            raise BrokerUnavailable("the broker is not delivering")
 
     async def stop(self) -> None:
         # Clients first (1012: reconnect and recover elsewhere), then what feeds them.
@@ -68,7 +75,7 @@ class Realtime:
         """The core's rule and every plugin's: all must allow."""
         if not rooms.may_join(principal, room):
             return False
-        return await self.state.plugins.ws_authorize(principal, room) is not False
+        return await self.plugins.ws_authorize(principal, room) is not False
 
     async def subscribe(self, conn: Connection, room: str, since: Since | None) -> Subscribed:
         """Join ``room`` and read where it stands; live events wait until :meth:`go_live`.
@@ -123,12 +130,12 @@ class Realtime:
         """The current state a subscriber starts from: inventory counts, or the pet (null if gone)."""
         kind = rooms.room_kind(room)
         if kind == "inventory":
-            async with self.state.sessions() as session:
+            async with self.sessions() as session:
                 return await events.inventory_counts(session)
         if kind == "pet":
             pet_id = rooms.pet_id_of(room)
             assert pet_id is not None
-            async with self.state.sessions() as session:
+            async with self.sessions() as session:
                 try:
                     pet = await load_pet(session, pet_id)
                 except NotFound:
@@ -137,30 +144,9 @@ class Realtime:
         return None
 
 
-def realtime(state: AppState) -> Realtime:
-    layer = state.extras["realtime"]
-    assert isinstance(layer, Realtime)
+def realtime(conn: HTTPConnection) -> Realtime:
+    """The running layer of the app serving ``conn`` (its lifespan state carries it as ``realtime``)."""
+    layer = getattr(conn.state, "realtime", None)
+    if not isinstance(layer, Realtime):
+        raise RuntimeError("the real-time layer is not running (is the app's lifespan on?)")
     return layer
-
-
-def register(state: AppState) -> None:
-    """Attach the real-time layer to an app's lifespan (called by ``create_app``)."""
-
-    async def start(state: AppState) -> None:
-        layer = Realtime(state)
-        state.extras["realtime"] = layer
-        await layer.start()
-
-    async def stop(state: AppState) -> None:
-        layer = state.extras.pop("realtime", None)
-        if isinstance(layer, Realtime):
-            await layer.stop()
-
-    async def broker_ready() -> None:
-        layer = state.extras.get("realtime")
-        if not isinstance(layer, Realtime) or not layer.broker.connected:
-            raise BrokerUnavailable("the broker is not delivering")
-
-    state.extras.setdefault("on_startup", []).append(start)
-    state.extras.setdefault("on_shutdown", []).append(stop)
-    state.extras.setdefault("readiness", {})["broker"] = broker_ready

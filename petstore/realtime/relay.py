@@ -25,7 +25,7 @@ import logging
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Table, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -34,10 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from petstore.models import OutboxEvent
 from petstore.realtime import events
 from petstore.realtime.broker import Broker, BrokerUnavailable, Publication, dumps, format_ts
+from petstore.realtime.parts import Parts
 from petstore.realtime.supervisor import supervise
-
-if TYPE_CHECKING:
-    from petstore.state import AppState
 
 logger = logging.getLogger("petstore.realtime.relay")
 
@@ -64,7 +62,7 @@ _UNPUBLISHED_LOCKED = _UNPUBLISHED.with_for_update(skip_locked=True)
 class Relay:
     """Publishes the outbox; ``run()`` is the background task, ``drain()`` one full pass."""
 
-    def __init__(self, state: AppState, broker: Broker) -> None:
+    def __init__(self, state: Parts, broker: Broker) -> None:
         self._state = state
         self._broker = broker
         self._sessions = state.sessions

@@ -28,7 +28,6 @@ from petstore.realtime import rooms
 from petstore.realtime.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.realtime.hub import POLICY_VIOLATION, Connection, Outgoing, observe_lag
 from petstore.realtime.layer import Realtime, Subscribed, realtime
-from petstore.state import app_state
 
 #: The ASGI extension with which a response says it is an event stream, so that the server ends it
 #: when it stops (:mod:`petstore.server.uvicorn_http`).
@@ -63,13 +62,12 @@ def format_subscribed(result: Subscribed) -> str:
 
 
 async def events_endpoint(request: Request) -> Response:
-    state = app_state(request)
-    layer = realtime(state)
+    layer = realtime(request)
     names = list(dict.fromkeys(request.query_params.getlist("room")))
     if not names:
         raise BadRequest("name at least one room: ?room=inventory&room=pets")
-    if len(names) > state.settings.ws_max_subscriptions:
-        raise BadRequest(f"too many rooms (at most {state.settings.ws_max_subscriptions})")
+    if len(names) > layer.settings.ws_max_subscriptions:
+        raise BadRequest(f"too many rooms (at most {layer.settings.ws_max_subscriptions})")
     for name in names:
         if rooms.room_kind(name) is None:
             raise NotFound(f"no such room: {name[:80]!r}")
@@ -88,7 +86,7 @@ async def events_endpoint(request: Request) -> Response:
         room, since = parse_event_id(last_event_id)
         positions[room] = since
 
-    conn = layer.hub.connection("sse-" + uuid.uuid4().hex[:12], state.settings.ws_queue_size)
+    conn = layer.hub.connection("sse-" + uuid.uuid4().hex[:12], layer.settings.ws_queue_size)
     conn.principal = principal
     try:
         for name in names:
@@ -116,7 +114,7 @@ async def events_endpoint(request: Request) -> Response:
 
 async def stream(layer: Realtime, conn: Connection) -> AsyncIterator[str]:
     heartbeat = layer.settings.ws_heartbeat_seconds
-    observe = layer.state.plugins.observe
+    observe = layer.plugins.observe
     # The stream ends when its token expires, as a WebSocket closes (a revocation ends it sooner).
     principal = conn.principal
     expiry = None

@@ -39,7 +39,6 @@ from petstore.realtime import rooms
 from petstore.realtime.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.realtime.hub import POLICY_VIOLATION, RESTARTING, Connection, observe_lag
 from petstore.realtime.layer import Realtime, realtime
-from petstore.state import app_state
 
 logger = logging.getLogger("petstore.realtime.ws")
 
@@ -87,7 +86,7 @@ class Session:
         self.websocket = websocket
         self.layer = layer
         self.settings = layer.settings
-        self.plugins = layer.state.plugins
+        self.plugins = layer.plugins
         self.conn: Connection = layer.hub.connection(uuid.uuid4().hex[:16], self.settings.ws_queue_size)
         self.conn.principal = access.principal(websocket)
         # Served by petstore.server.uvicorn_ws: events skip the queue when they can (petstore.realtime.hub).
@@ -384,17 +383,17 @@ class Session:
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
-    state = app_state(websocket)
+    layer = realtime(websocket)
     origin = websocket.headers.get("origin")
-    if origin is not None and origin not in state.settings.allowed_origins:
+    if origin is not None and origin not in layer.settings.allowed_origins:
         await websocket.close(POLICY_VIOLATION)
         return
-    refusal = await state.plugins.ws_connect(websocket)
+    refusal = await layer.plugins.ws_connect(websocket)
     if refusal is not None:
         await websocket.close(refusal)
         return
     await websocket.accept()
-    await Session(websocket, realtime(state)).run()
+    await Session(websocket, layer).run()
 
 
 def _encodable(text: str) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -39,7 +40,8 @@ from petstore.state import AppState
 
 logger = logging.getLogger("petstore.server.shutdown")
 
-EXTRA = "shutdown.drain"
+#: Each app's drain, once begun (an app is drained once, however many protocols call begin).
+_DRAINS: weakref.WeakKeyDictionary[AppState, Drain] = weakref.WeakKeyDictionary()
 #: How long a real-time client may take to finish closing after its 1012, at most (and at most a
 #: fifth of the bound): a healthy client answers the close frame in milliseconds.
 CLOSE_GRACE_SECONDS = 2.0
@@ -82,9 +84,7 @@ class Drain:
         self.drained = False
         self._watched_gone = asyncio.Event()
         self._watched_gone.set()
-        layer = state.extras.get("realtime")
-        hub = getattr(layer, "hub", None)
-        self.hub = hub if isinstance(hub, Hub) else None
+        self.hub: Hub | None = state.realtime.hub if state.realtime is not None else None
         if self.hub is not None:
             self.hub.close_every(RESTARTING, also_new=True)
         self.task = self.loop.create_task(self.run(), name="petstore-drain")
@@ -161,9 +161,7 @@ def begin(app_state: Mapping[str, Any], config: Config) -> Drain | None:
     state = app_state.get("petstore")
     if not isinstance(state, AppState):
         return None
-    drain = state.extras.get(EXTRA)
-    if isinstance(drain, Drain):
-        return drain
-    drain = Drain(state, config)
-    state.extras[EXTRA] = drain
+    drain = _DRAINS.get(state)
+    if drain is None:
+        drain = _DRAINS[state] = Drain(state, config)
     return drain

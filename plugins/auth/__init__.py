@@ -8,7 +8,7 @@ Loaded by ``PETSTORE_PLUGINS`` (``plugins.auth``). What it does, hook by hook:
   with RS256/ES256, ``/api/v3/auth/jwks.json``.
 - ``startup`` / ``shutdown``: the token store (revocations and refresh families in the database,
   each instance's copy kept fresh by Redis pub/sub when ``PETSTORE_REDIS_URL`` is set and by a
-  database poll always: :mod:`plugins.auth.feed`, on the app's Redis client ``AppState.redis``,
+  database poll always: :mod:`plugins.auth.feed`, on the app's Redis client ``App.redis``,
   whose pool the rate limiter shares), and a log filter that keeps ``password=`` out of uvicorn's
   access log.
 - ``migrations``: the tables of :mod:`plugins.auth.schema`, created by ``petstore migrate``.
@@ -32,9 +32,8 @@ from starlette.websockets import WebSocket
 from petstore.access import AuthFailed, Principal
 from petstore.config import Settings
 from petstore.errors import ConfigurationError
-from petstore.plugin import PluginBase, PluginMigrations
+from petstore.plugin import App, PluginBase, PluginMigrations
 from petstore.realtime import rooms
-from petstore.state import AppState
 from plugins.auth.authority import Authority, BackendUnavailable
 from plugins.auth.backend import AuthMiddleware, RedactSecrets, TokenBackend, installed_filter
 from plugins.auth.config import AuthSettings
@@ -67,7 +66,7 @@ class AuthPlugin(PluginBase):
         except ValueError as exc:
             raise ConfigurationError(f"PETSTORE_RATE_LIMIT: {exc}") from None
         self.endpoints = AuthEndpoints(lambda: self.authority, rate_per_hour=hourly)
-        self._state: AppState | None = None
+        self._state: App | None = None
 
     def _observe_failure(self, reason: str) -> None:
         if self._state is not None:
@@ -83,7 +82,7 @@ class AuthPlugin(PluginBase):
     def migrations(self) -> PluginMigrations:
         return MIGRATIONS
 
-    async def startup(self, state: AppState) -> None:
+    async def startup(self, state: App) -> None:
         self._state = state
         store = TokenStore(state.engine)
         store.on_revoked = self._end_sessions
@@ -104,9 +103,8 @@ class AuthPlugin(PluginBase):
     def _end_sessions(self, keys: list[str]) -> None:
         """Revocations reached this instance (its own, the feed's, the poll's): the live sessions
         they concern end here (1008)."""
-        layer = self._state.extras.get("realtime") if self._state is not None else None
-        if layer is not None:
-            ended = layer.end_sessions(session_ended(keys))
+        if self._state is not None:
+            ended = self._state.end_sessions(session_ended(keys))
             if ended:
                 logger.info("auth: %d live session(s) ended by a revocation", ended)
 
@@ -123,7 +121,7 @@ class AuthPlugin(PluginBase):
                 user_id,
             )
 
-    async def shutdown(self, state: AppState) -> None:
+    async def shutdown(self, state: App) -> None:
         if self._filter is not None:
             flt, loggers = self._filter
             for item in loggers:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from petstore.access import AuthFailed, Principal
 from petstore.errors import PetstoreError
 from petstore.models import MAX_ID, Role, User
-from petstore.state import AppState
+from petstore.plugin import App
 from plugins.auth.config import AuthSettings
 from plugins.auth.store import Rotation, TokenStore
 from plugins.tokens import KeySet, TokenError
@@ -84,7 +84,7 @@ def credential_stamp(user: User) -> str:
 
 
 class Authority:
-    def __init__(self, config: AuthSettings, keys: KeySet, store: TokenStore, state: AppState) -> None:
+    def __init__(self, config: AuthSettings, keys: KeySet, store: TokenStore, state: App) -> None:
         self.config = config
         self.keys = keys
         self.store = store

@@ -49,7 +49,7 @@ def still_open(ws: WebSocketTestSession) -> bool:
 
 
 def live_count(app: App) -> int:
-    return len(app.state.extras["realtime"].hub.connections)
+    return len(app.state.realtime.hub.connections)
 
 
 def test_a_logout_ends_its_sessions_on_every_instance_and_no_other(tmp_path: Path, redis_url: str) -> None:

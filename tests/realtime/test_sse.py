@@ -125,9 +125,8 @@ async def test_staff_may_stream_the_orders_room(app: AppServer) -> None:
 async def test_a_stream_that_fails_half_open_gives_back_every_room(
     app: AppServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from petstore.realtime import realtime
-
-    layer = realtime(app.state)
+    layer = app.state.realtime
+    assert layer is not None
 
     async def broken_snapshot(room: str) -> Any:
         raise RuntimeError("the snapshot query failed")

@@ -14,7 +14,6 @@ from sqlmodel import col
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from petstore import realtime
 from petstore.config import Settings
 from petstore.models import OutboxEvent
 from petstore.realtime import events
@@ -202,7 +201,7 @@ async def test_events_published_while_history_is_read_are_neither_lost_nor_doubl
     """The subscription buffers live events while history is read; the merge drops what history covered."""
     async with ws_client(app.ws_url) as watcher, ws_client(app.ws_url) as client:
         base = await watcher.request({"type": "subscribe", "room": "pets"}, "subscribed")
-        layer = realtime.realtime(app.state)
+        layer = app.state.realtime
         original = layer.broker.history
 
         async def slow_history(room: str, since: Any) -> Any:
@@ -410,7 +409,7 @@ async def test_a_database_outage_during_subscribe_closes_with_1012_to_reconnect(
 ) -> None:
     from sqlalchemy.exc import OperationalError
 
-    layer = realtime.realtime(app.state)
+    layer = app.state.realtime
 
     async def unreachable(room: str) -> Any:
         raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
