@@ -40,6 +40,9 @@ API = "/api/v3"
 SHUTDOWN_STEP_SECONDS = 10.0
 MIN_STEP_SECONDS = 0.25
 STATIC_DIR = Path(__file__).parent / "static"
+#: The core's own part of the CORS contract; plugins add theirs (``cors_headers()``).
+CORS_ALLOW_HEADERS = ("Content-Type", "Last-Event-ID")
+CORS_EXPOSE_HEADERS = ("Retry-After",)
 
 
 async def healthz(request: Request) -> Response:
@@ -177,14 +180,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await _bounded(engine.dispose(), "closing the database pool", state)
 
     outermost, ordinary = plugins.middleware()
+    cors = plugins.cors_headers()
     middleware = [
         *outermost,
         Middleware(
             CORSMiddleware,
             allow_origins=list(settings.allowed_origins),
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
-            expose_headers=["RateLimit", "RateLimit-Policy", "Retry-After", "X-Rate-Limit", "X-Expires-After"],
+            allow_headers=list(dict.fromkeys([*CORS_ALLOW_HEADERS, *cors.allow])),
+            expose_headers=list(dict.fromkeys([*CORS_EXPOSE_HEADERS, *cors.expose])),
         ),
         *ordinary,
     ]

@@ -44,6 +44,11 @@ Hooks
     An account was deleted, or its name or password changed, and that is committed. Sessions
     its credentials opened before now no longer stand: an auth plugin ends them, on every
     instance (:meth:`petstore.realtime.Realtime.end_sessions` ends one instance's).
+``cors_headers()`` (optional)
+    The HTTP headers this plugin adds to the cross-origin contract, as :class:`CorsHeaders`: the
+    request headers a browser may send (``Authorization``) and the response headers its scripts
+    may read (``RateLimit``, ``X-Expires-After``). The core's CORS middleware allows its own
+    (``Content-Type``, ``Last-Event-ID``; ``Retry-After`` exposed) and every plugin's.
 ``migrations()``
     The plugin's own tables, as a :class:`PluginMigrations` (an Alembic version folder and the
     ``MetaData`` its revisions create), or None. ``petstore migrate`` runs every loaded plugin's
@@ -135,6 +140,16 @@ class PluginMigrations:
     metadata: MetaData
 
 
+@dataclass(frozen=True)
+class CorsHeaders:
+    """A plugin's part of the CORS contract (see ``cors_headers()`` above)."""
+
+    #: Request headers a cross-origin page may send.
+    allow: tuple[str, ...] = ()
+    #: Response headers a cross-origin page's scripts may read.
+    expose: tuple[str, ...] = ()
+
+
 @runtime_checkable
 class Plugin(Protocol):
     """What the core expects of a plugin. See the module docstring for each hook."""
@@ -219,6 +234,18 @@ class Plugins:
 
     def names(self) -> list[str]:
         return [plugin.name for plugin in self.items]
+
+    def cors_headers(self) -> CorsHeaders:
+        """Every plugin's ``cors_headers()``, merged in plugin order without repeats."""
+        allow: dict[str, None] = {}
+        expose: dict[str, None] = {}
+        for plugin in self.items:
+            hook = getattr(plugin, "cors_headers", None)
+            if hook is not None:
+                headers: CorsHeaders = hook()
+                allow.update(dict.fromkeys(headers.allow))
+                expose.update(dict.fromkeys(headers.expose))
+        return CorsHeaders(tuple(allow), tuple(expose))
 
     def middleware(self) -> tuple[list[Middleware], list[Middleware]]:
         """The plugins' middleware as (outermost, ordinary), each in plugin order."""

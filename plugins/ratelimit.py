@@ -66,7 +66,7 @@ from petstore.access import Principal
 from petstore.api.inputs import read_data
 from petstore.config import Settings
 from petstore.errors import ApiError, ConfigurationError, error_response, unavailable_response
-from petstore.plugin import App, PluginBase
+from petstore.plugin import App, CorsHeaders, PluginBase
 from petstore.redis_client import PoolExhausted
 
 logger = logging.getLogger("plugins.ratelimit")
@@ -422,6 +422,9 @@ class RateLimitPlugin(PluginBase):
     async def shutdown(self, state: App) -> None:
         await self.limiter.close()
         self.limiter = MemoryLimiter()
+
+    def cors_headers(self) -> CorsHeaders:
+        return CorsHeaders(expose=("RateLimit", "RateLimit-Policy"))
 
     def middleware(self) -> Sequence[Middleware]:
         return [Middleware(RateLimitMiddleware, plugin=self)]

@@ -24,7 +24,7 @@ import petstore.plugin as plugin_module
 from petstore.app import create_app
 from petstore.config import Settings
 from petstore.errors import PluginError
-from petstore.plugin import Plugin, PluginBase, Plugins, load_plugins
+from petstore.plugin import CorsHeaders, Plugin, PluginBase, Plugins, load_plugins
 from petstore.state import AppState
 
 
@@ -331,3 +331,53 @@ def test_a_stuck_shutdown_step_does_not_stop_the_others(tmp_path: Path, monkeypa
     finally:
         for name in modules:
             del sys.modules[name]
+
+
+class HeaderPlugin(PluginBase):
+    name = "headers"
+
+    def cors_headers(self) -> CorsHeaders:
+        return CorsHeaders(allow=("X-Tenant",), expose=("X-Quota",))
+
+
+ORIGIN = "http://127.0.0.1:8000"  # allowed by default
+
+
+def _cors(client: TestClient) -> tuple[set[str], set[str]]:
+    """The request headers a preflight allows, and the response headers a simple request exposes."""
+    preflight = client.options(
+        "/api/v3/pet/findByStatus",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert preflight.status_code == 200
+    allowed = {h.strip().lower() for h in preflight.headers["access-control-allow-headers"].split(",")}
+    simple = client.get("/healthz", headers={"Origin": ORIGIN})
+    exposed = {h.strip().lower() for h in simple.headers["access-control-expose-headers"].split(",")}
+    return allowed, exposed
+
+
+def test_the_cors_contract_is_the_cores_plus_each_plugins(tmp_path: Path) -> None:
+    module = types.ModuleType("header_plugin_for_test")
+    module.plugin = lambda s: HeaderPlugin()  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    try:
+        with TestClient(create_app(settings(tmp_path, ()))) as client:
+            allowed, exposed = _cors(client)
+        assert {"content-type", "last-event-id"} <= allowed and "authorization" not in allowed
+        assert exposed == {"retry-after"}  # no plugin, no RateLimit or X-Expires-After
+        with TestClient(create_app(settings(tmp_path, (module.__name__,)))) as client:
+            allowed, exposed = _cors(client)
+        assert "x-tenant" in allowed and exposed == {"retry-after", "x-quota"}
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_the_default_plugins_expose_their_own_headers(tmp_path: Path) -> None:
+    with TestClient(create_app(settings(tmp_path, ("plugins.auth", "plugins.ratelimit")))) as client:
+        allowed, exposed = _cors(client)
+    assert "authorization" in allowed
+    assert {"ratelimit", "ratelimit-policy", "x-rate-limit", "x-expires-after", "retry-after"} <= exposed

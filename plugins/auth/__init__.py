@@ -32,7 +32,7 @@ from starlette.websockets import WebSocket
 from petstore.access import AuthFailed, Principal
 from petstore.config import Settings
 from petstore.errors import ConfigurationError
-from petstore.plugin import App, PluginBase, PluginMigrations
+from petstore.plugin import App, CorsHeaders, PluginBase, PluginMigrations
 from petstore.realtime import rooms
 from plugins.auth.authority import Authority, BackendUnavailable
 from plugins.auth.backend import AuthMiddleware, RedactSecrets, TokenBackend, installed_filter
@@ -75,6 +75,10 @@ class AuthPlugin(PluginBase):
     def middleware(self) -> Sequence[Middleware]:
         backend = TokenBackend(lambda: self.authority, self._observe_failure)
         return [Middleware(AuthMiddleware, backend=backend)]
+
+    def cors_headers(self) -> CorsHeaders:
+        # Bearer tokens, and /user/login's answer headers (the Petstore document's).
+        return CorsHeaders(allow=("Authorization",), expose=("X-Rate-Limit", "X-Expires-After"))
 
     def routes(self) -> Sequence[BaseRoute]:
         return self.endpoints.routes(API, self.keys.jwks() if self.keys.is_asymmetric else None)
