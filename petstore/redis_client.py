@@ -1,7 +1,8 @@
-"""The app's Redis client for request-time work, offered to plugins as ``AppState.redis``.
+"""The process's one Redis client, offered to plugins as ``AppState.redis``.
 
-Rate limits and revocation announcements are Redis round trips made while a client waits; every
-plugin of a process makes them through this one client, on one pool:
+Rate limits and revocation announcements are Redis round trips made while a client waits, and
+the broker publishes and reads history on it too; every part of a process goes through this one
+client, on one pool (the broker's pub/sub listener alone holds a connection of its own):
 
 - bounded and blocking: a burst waits for a free connection (at most :data:`WAIT_SECONDS`)
   instead of failing, as redis-py's default pool does past 100 connections at once;

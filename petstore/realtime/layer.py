@@ -51,7 +51,7 @@ class Realtime:
         self.plugins = parts.plugins
         self.sessions = parts.sessions
         self.hub = Hub(parts.plugins.observe)
-        self.broker: Broker = create_broker(parts.settings, self.hub.deliver, parts.plugins.observe)
+        self.broker: Broker = create_broker(parts.settings, self.hub.deliver, parts.plugins.observe, parts.redis)
         self.relay = Relay(parts, self.broker)
         #: Clean-up tasks started where awaiting is impossible (see ``sse.release``), kept referenced.
         self.background: set[asyncio.Task[None]] = set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from petstore.config import Settings
@@ -21,5 +22,7 @@ class Parts(Protocol):
     sessions: async_sessionmaker[AsyncSession]
     #: The loaded plugins: their ``observe`` and ``ws_*`` hooks.
     plugins: Plugins
+    #: The process's one Redis client (None without Redis): the broker's, as auth's and the limits'.
+    redis: Redis | None
     #: Set after a commit that wrote outbox rows: the relay publishes them at once.
     outbox_wakeup: asyncio.Event

@@ -35,6 +35,8 @@ from petstore.errors import PetstoreError
 from petstore.realtime.rooms import room_kind
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from petstore.config import Settings
 
 
@@ -182,12 +184,13 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def create_broker(settings: Settings, deliver: Deliver, observe: Observe) -> Broker:
-    """The Redis broker when ``settings.redis_url`` is set, else the in-process one."""
+def create_broker(settings: Settings, deliver: Deliver, observe: Observe, redis: Redis | None = None) -> Broker:
+    """The Redis broker when ``settings.redis_url`` is set (on the process's client ``redis``, which
+    its owner closes), else the in-process one."""
     if settings.redis_url:
         from petstore.realtime.broker.redis import RedisBroker
 
-        return RedisBroker(settings, deliver, observe)
+        return RedisBroker(settings, deliver, observe, client=redis)
     from petstore.realtime.broker.memory import MemoryBroker
 
     return MemoryBroker(settings, deliver)

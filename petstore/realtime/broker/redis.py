@@ -57,6 +57,7 @@ from petstore.realtime.broker import (
 )
 from petstore.realtime.broker.memory import continuation
 from petstore.realtime.supervisor import supervise
+from petstore.redis_client import request_client
 
 logger = logging.getLogger("petstore.realtime.broker.redis")
 
@@ -117,6 +118,10 @@ MAX_BACKOFF = 2.0
 RETRIES = 2
 
 
+async def _retrying(error: Exception) -> None:
+    """Before a command is tried again: nothing to do (its connection was already dropped)."""
+
+
 def keys(room: str) -> list[str]:
     return [f"petstore:{{{room}}}:meta", f"petstore:{{{room}}}:log", f"petstore:{{{room}}}:src"]
 
@@ -137,7 +142,13 @@ class RedisBroker:
     name = "redis"
 
     def __init__(
-        self, settings: Settings, deliver: Deliver, observe: Observe, *, watchdog_seconds: float = 5.0
+        self,
+        settings: Settings,
+        deliver: Deliver,
+        observe: Observe,
+        *,
+        client: redis.asyncio.Redis | None = None,
+        watchdog_seconds: float = 5.0,
     ) -> None:
         assert settings.redis_url
         self._deliver = deliver
@@ -148,20 +159,21 @@ class RedisBroker:
         # keep: its position expires sooner, so a crawl through pet ids cannot fill Redis for a day.
         self._empty_ttl = min(self._ttl, EMPTY_ROOM_TTL_SECONDS)
         self._watchdog = watchdog_seconds
-        # A bounded pool that makes callers wait for a free connection (the default one raises
-        # when a burst of subscriptions wants more connections than it allows).
-        # A command that meets a connection broken by a Redis restart is tried again on a fresh
-        # one: every command here is safe to repeat (publishing a source twice is a no-op).
-        self._pool = redis.asyncio.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=32,
-            timeout=5.0,
-            socket_timeout=5.0,
-            socket_connect_timeout=2.0,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES),
-            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        # The process's one client (petstore.redis_client: a bounded pool that makes callers wait
+        # for a free connection), shared with auth and the rate limits; a broker made without one
+        # (a test, a tool) makes its own and closes it.
+        self._owns_client = client is None
+        own = client if client is not None else request_client(settings)
+        assert own is not None  # a redis_url is set
+        self._client: redis.asyncio.Redis = own
+        # A command that meets a connection broken by a Redis restart is tried again, with backoff,
+        # on a fresh one: every command here is safe to repeat (publishing a source twice is a
+        # no-op). The shared pool retries once at once; this rides over a restart a little longer.
+        self._retry = Retry(
+            ExponentialBackoff(cap=0.5, base=0.05),
+            RETRIES,
+            supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
         )
-        self._client = redis.asyncio.Redis(connection_pool=self._pool)
         self._publish = self._client.register_script(PUBLISH)
         self._read = self._client.register_script(READ)
         self._watched: dict[str, int] = {}
@@ -185,8 +197,8 @@ class RedisBroker:
             # Whatever the task ends with, shutdown goes on (the supervisor lets nothing else out).
             await asyncio.wait({self._task})
             self._task = None
-        await self._client.aclose()
-        await self._pool.aclose()
+        if self._owns_client:
+            await self._client.aclose(close_connection_pool=True)
 
     async def ping(self) -> None:
         await self._client.ping()
@@ -198,14 +210,19 @@ class RedisBroker:
 
     async def publish_all(self, publications: Sequence[Publication]) -> None:
         """One script call per publication, all in one pipeline (one round trip)."""
-        try:
-            if len(publications) == 1:
-                await self._publish(*self._script_call(publications[0]))
+        calls = [self._script_call(publication) for publication in publications]
+
+        async def once() -> None:
+            if len(calls) == 1:
+                await self._publish(*calls[0])
                 return
             async with self._client.pipeline(transaction=False) as pipe:
-                for publication in publications:
-                    await self._publish(*self._script_call(publication), client=pipe)
+                for call_keys, call_args in calls:
+                    await self._publish(call_keys, call_args, client=pipe)
                 await pipe.execute()
+
+        try:
+            await self._retry.call_with_retry(once, _retrying)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis publish failed: {type(exc).__name__}") from exc
 
@@ -233,7 +250,8 @@ class RedisBroker:
 
     async def _read_room(self, room: str, after: int, epoch: str) -> tuple[str, int, list[bytes]]:
         try:
-            reply: Any = await self._read(keys=keys(room), args=[uuid.uuid4().hex, self._empty_ttl, after, epoch])
+            args: list[str | int] = [uuid.uuid4().hex, self._empty_ttl, after, epoch]
+            reply: Any = await self._retry.call_with_retry(lambda: self._read(keys=keys(room), args=args), _retrying)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
         return reply[0].decode(), int(reply[1]), list(reply[2])
@@ -287,7 +305,8 @@ class RedisBroker:
         connected_before = False
         while True:
             # The listener's own connection, outside the pool: it lives as long as it works.
-            conn: AbstractConnection = self._pool.connection_class(**self._pool.connection_kwargs)
+            pool = self._client.connection_pool
+            conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
                 if connected_before:
