@@ -29,7 +29,7 @@ from petstore import realtime
 from petstore.api import docs, openapi, pets, store, users
 from petstore.config import Settings
 from petstore.db import create_engine, create_sessionmaker, ping
-from petstore.errors import EXCEPTION_HANDLERS
+from petstore.errors import EXCEPTION_HANDLERS, ConfigurationError, PluginError
 from petstore.plugin import Plugins, load_plugins
 from petstore.redis_client import request_client
 from petstore.state import AppState, app_state
@@ -144,10 +144,25 @@ async def _bounded(step: Coroutine[Any, Any, None], what: str, state: AppState) 
         logger.error("shutdown: %s failed (%s: %s); going on", what, type(exc).__name__, exc)
 
 
+def load_checked_plugins(settings: Settings) -> Plugins:
+    """The plugins of ``settings``, refusing an unsafe production configuration with every problem
+    named in one :class:`ConfigurationError`: the core's (:meth:`Settings.production_problems`)
+    and a plugin's refusal to load (the auth plugin's missing secret, say)."""
+    problems = settings.production_problems()
+    try:
+        plugins = load_plugins(settings)
+    except PluginError as refusal:
+        if not problems:
+            raise
+        problems.append(str(refusal))
+    if problems:
+        raise ConfigurationError("refusing to start with PETSTORE_ENV=production: " + "; ".join(problems))
+    return plugins
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings()
-    settings.check_production()
-    plugins = load_plugins(settings)
+    plugins = load_checked_plugins(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:

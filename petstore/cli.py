@@ -201,11 +201,10 @@ def _check_app_settings(workers: int) -> Settings:
     Loading the plugins here also creates, once, what the workers must share and would otherwise
     race to create: the development JWT secret file (plugins.auth reads it when built).
     """
-    from petstore.plugin import load_plugins
+    from petstore.app import load_checked_plugins
 
     settings = _settings()
-    settings.check_production()
-    load_plugins(settings)
+    load_checked_plugins(settings)
     if workers > 1 and not settings.redis_url:
         print(
             f"petstore: warning: PETSTORE_REDIS_URL is not set: each of the {workers} workers has its own "

@@ -7,15 +7,11 @@ tests build two apps with two configurations in one process.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from petstore.errors import ConfigurationError
 
 logger = logging.getLogger("petstore.config")
 
@@ -33,7 +29,6 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./petstore.db"
     redis_url: str | None = None
-    jwt_secret: str | None = Field(default=None, repr=False)
     plugins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_PLUGINS
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ("http://127.0.0.1:8000", "http://localhost:8000")
     rate_limit: str = "100/minute"
@@ -72,7 +67,7 @@ class Settings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("redis_url", "jwt_secret", "limit_concurrency", mode="before")
+    @field_validator("redis_url", "limit_concurrency", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -81,51 +76,18 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
-    def check_production(self) -> None:
-        """Refuse unsafe defaults when ``PETSTORE_ENV=production``, naming every problem at once."""
+    def production_problems(self) -> list[str]:
+        """What is unsafe about these settings when ``PETSTORE_ENV=production`` (nothing otherwise).
+
+        The core's part: plugins refuse their own unsafe settings when they load (the auth plugin
+        a missing or short ``PETSTORE_JWT_SECRET``); :func:`petstore.app.load_checked_plugins`
+        reports them together.
+        """
         if self.env != "production":
-            return
+            return []
         problems = []
-        if not self.jwt_secret:
-            problems.append("PETSTORE_JWT_SECRET is not set")
-        elif len(self.jwt_secret) < 32:
-            problems.append("PETSTORE_JWT_SECRET is shorter than 32 characters")
         if self.is_sqlite:
             problems.append("PETSTORE_DATABASE_URL points at SQLite; use postgresql+asyncpg://")
         if any(origin == "*" or not origin for origin in self.allowed_origins):
             problems.append("PETSTORE_ALLOWED_ORIGINS contains a wildcard")
-        if problems:
-            raise ConfigurationError("refusing to start with PETSTORE_ENV=production: " + "; ".join(problems))
-
-    def secret_file(self) -> Path:
-        """Where the development JWT secret is kept: beside the SQLite database, else in the working dir."""
-        if self.is_sqlite and ":memory:" not in self.database_url:
-            db_path = Path(self.database_url.split(":///", 1)[1])
-            return db_path.parent / ".petstore-jwt-secret"
-        return Path(".petstore-jwt-secret")
-
-    def resolved_jwt_secret(self) -> str:
-        """The signing key: configured, or (development only) generated once and kept on disk."""
-        if self.jwt_secret:
-            return self.jwt_secret
-        if self.env == "production":
-            raise ConfigurationError("PETSTORE_JWT_SECRET is required when PETSTORE_ENV=production")
-        path = self.secret_file()
-        if path.exists():
-            return path.read_text().strip()
-        secret = secrets.token_urlsafe(48)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # `serve --workers N` starts N processes at once: each writes a private temp file (0600 from
-        # the start) and links it into place; link fails if another won, and then everyone uses its
-        # secret, so tokens from one worker verify in all of them.
-        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
-            file.write(secret)
-        try:
-            os.link(temp, path)
-        except FileExistsError:
-            return path.read_text().strip()
-        finally:
-            temp.unlink(missing_ok=True)
-        logger.warning("PETSTORE_JWT_SECRET is not set: generated a development secret in %s", path)
-        return secret
+        return problems

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from petstore.app import create_app
 from petstore.config import DEFAULT_PLUGINS, Settings
-from petstore.errors import ConfigurationError
+from petstore.errors import ConfigurationError, PluginError
+from plugins.auth.config import AuthSettings
 
 
 def test_defaults_are_those_of_the_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -39,45 +41,60 @@ def test_an_empty_plugin_list_means_no_plugins(monkeypatch: pytest.MonkeyPatch) 
     assert Settings().plugins == ()
 
 
-def test_production_refuses_every_unsafe_default_in_one_message() -> None:
-    s = Settings(env="production", database_url="sqlite+aiosqlite:///./x.db", jwt_secret=None, allowed_origins=("*",))
+def test_production_refuses_every_unsafe_default_in_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core's problems and the auth plugin's refusal, named together."""
+    monkeypatch.delenv("PETSTORE_JWT_SECRET", raising=False)
+    s = Settings(env="production", database_url="sqlite+aiosqlite:///./x.db", allowed_origins=("*",))
     with pytest.raises(ConfigurationError) as caught:
         create_app(s)
     message = str(caught.value)
     assert "PETSTORE_JWT_SECRET is not set" in message
+    assert "plugins.auth" in message  # whose setting it is
     assert "SQLite" in message
     assert "wildcard" in message
 
 
-def test_production_accepts_a_safe_configuration() -> None:
+def test_production_accepts_a_safe_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PETSTORE_JWT_SECRET", "x" * 40)
     s = Settings(
         env="production",
         database_url="postgresql+asyncpg://petstore@127.0.0.1/petstore",
-        jwt_secret="x" * 40,
-        plugins=(),
+        plugins=("plugins.auth",),
     )
-    s.check_production()
+    assert s.production_problems() == []
     assert create_app(s) is not None
 
 
-def test_production_refuses_a_short_secret() -> None:
-    s = Settings(env="production", database_url="postgresql+asyncpg://h/db", jwt_secret="short", plugins=())
-    with pytest.raises(ConfigurationError, match="shorter than 32"):
-        s.check_production()
+def test_the_core_knows_no_jwt_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PETSTORE_JWT_SECRET is the auth plugin's: without it loaded, production does not ask for it."""
+    monkeypatch.delenv("PETSTORE_JWT_SECRET", raising=False)
+    s = Settings(env="production", database_url="postgresql+asyncpg://h/db", plugins=())
+    assert not any("jwt" in name for name in Settings.model_fields)
+    assert create_app(s) is not None
 
 
-def test_development_secret_is_generated_once_and_kept_beside_the_database(tmp_path: Path) -> None:
-    s = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db/petstore.db", jwt_secret=None)
-    first = s.resolved_jwt_secret()
+def test_production_refuses_a_short_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PETSTORE_JWT_SECRET", "short")
+    s = Settings(env="production", database_url="postgresql+asyncpg://h/db", plugins=("plugins.auth",))
+    with pytest.raises(PluginError, match="shorter than 32"):
+        create_app(s)
+
+
+def test_development_secret_is_generated_once_and_kept_beside_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PETSTORE_JWT_SECRET", raising=False)
+    s = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db/petstore.db")
+    first = AuthSettings().resolved_secret(s)
     assert len(first) >= 48
     kept = tmp_path / "db" / ".petstore-jwt-secret"
     assert kept.read_text() == first
     assert kept.stat().st_mode & 0o777 == 0o600
-    assert s.resolved_jwt_secret() == first
+    assert AuthSettings().resolved_secret(s) == first
 
 
 def test_the_secret_never_appears_in_the_settings_repr() -> None:
-    assert "s3cret-value" not in repr(Settings(jwt_secret="s3cret-value"))
+    assert "s3cret-value" not in repr(AuthSettings(secret="s3cret-value"))
 
 
 @pytest.mark.process
@@ -87,11 +104,13 @@ def test_workers_starting_together_agree_on_one_development_secret(tmp_path: Pat
     import sys
 
     code = (
-        "from petstore.config import Settings; "
-        f"print(Settings(database_url='sqlite+aiosqlite:///{tmp_path}/petstore.db', jwt_secret=None)"
-        ".resolved_jwt_secret())"
+        "from petstore.config import Settings; from plugins.auth.config import AuthSettings; "
+        f"print(AuthSettings().resolved_secret(Settings(database_url='sqlite+aiosqlite:///{tmp_path}/petstore.db')))"
     )
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    env = {name: value for name, value in os.environ.items() if name != "PETSTORE_JWT_SECRET"}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) for _ in range(8)
+    ]
     secrets = {proc.communicate(timeout=60)[0].strip() for proc in procs}
     assert len(secrets) == 1 and "" not in secrets
     kept = tmp_path / ".petstore-jwt-secret"

@@ -55,7 +55,6 @@ def test_the_broker_auth_and_rate_limits_share_the_one_client(redis_url: str, tm
         database_url=f"sqlite+aiosqlite:///{tmp_path}/p.db",
         media_dir=tmp_path / "media",
         plugins=("plugins.auth", "plugins.ratelimit"),
-        jwt_secret="shared-client-test-secret-0123456789abcdef",
     )
     with TestClient(create_app(settings)) as client:
         state = client.app_state["petstore"]

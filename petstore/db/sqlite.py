@@ -14,7 +14,7 @@ the URL or ``connect_args`` give (as SQLite's busy handler would, without holdin
 
 The price: a query runs on the loop, so a long one (a scan of a big table) delays everything
 else meanwhile. SQLite is the development and single-process database; production runs
-PostgreSQL (``Settings.check_production`` insists).
+PostgreSQL (``Settings.production_problems`` insists).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The auth plugin's own settings (``PETSTORE_JWT_*``), and the key set they describe.
 
-HS256 with ``PETSTORE_JWT_SECRET`` (the core's setting) is the default. For RS256/ES256, point
+HS256 with ``PETSTORE_JWT_SECRET`` is the default: required when ``PETSTORE_ENV=production``
+(at least 32 characters), otherwise generated once and kept beside the SQLite database (or in
+the working directory) with a warning. For RS256/ES256, point
 ``PETSTORE_JWT_PRIVATE_KEY_FILE`` at a PEM private key; during a rotation list the previous
 public keys in ``PETSTORE_JWT_PUBLIC_KEYS`` (``path`` or ``kid=path``, comma-separated) so that
 tokens signed before the switch stay valid until they expire. ``PETSTORE_JWT_PREVIOUS_SECRETS``
@@ -10,6 +12,9 @@ a token revoked on another instance is still accepted here while Redis is away.
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +24,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from petstore.config import Settings
 from petstore.errors import ConfigurationError
 from plugins.tokens import KeySet
+
+logger = logging.getLogger("plugins.auth.config")
+
+#: The shortest HS256 secret production accepts (RFC 7518 §3.2: a key as long as the hash).
+MIN_SECRET_LENGTH = 32
 
 
 def _split_csv(value: object) -> object:
@@ -30,6 +40,8 @@ def _split_csv(value: object) -> object:
 class AuthSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PETSTORE_JWT_", env_file=".env", extra="ignore", frozen=True)
 
+    #: ``PETSTORE_JWT_SECRET``: the HS256 signing key.
+    secret: str | None = Field(default=None, repr=False)
     algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     private_key_file: Path | None = None
     key_id: str | None = None
@@ -49,7 +61,7 @@ class AuthSettings(BaseSettings):
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("private_key_file", "key_id", mode="before")
+    @field_validator("secret", "private_key_file", "key_id", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -58,7 +70,7 @@ class AuthSettings(BaseSettings):
         """The keys to sign and verify with; a clear :class:`ConfigurationError` when they are unusable."""
         try:
             if self.algorithm == "HS256":
-                return KeySet.hmac(settings.resolved_jwt_secret(), self.previous_secrets)
+                return KeySet.hmac(self.resolved_secret(settings), self.previous_secrets)
             if self.private_key_file is None:
                 raise ConfigurationError(f"PETSTORE_JWT_ALGORITHM={self.algorithm} needs PETSTORE_JWT_PRIVATE_KEY_FILE")
             previous = []
@@ -70,3 +82,39 @@ class AuthSettings(BaseSettings):
             raise ConfigurationError(f"cannot read a JWT key file: {exc.strerror}: {exc.filename}") from None
         except ValueError as exc:
             raise ConfigurationError(f"unusable JWT key: {exc}") from None
+
+    def secret_file(self, settings: Settings) -> Path:
+        """Where the development JWT secret is kept: beside the SQLite database, else in the working dir."""
+        if settings.is_sqlite and ":memory:" not in settings.database_url:
+            db_path = Path(settings.database_url.split(":///", 1)[1])
+            return db_path.parent / ".petstore-jwt-secret"
+        return Path(".petstore-jwt-secret")
+
+    def resolved_secret(self, settings: Settings) -> str:
+        """The signing key: configured, or (development only) generated once and kept on disk."""
+        if settings.env == "production":
+            if not self.secret:
+                raise ConfigurationError("PETSTORE_JWT_SECRET is not set (required when PETSTORE_ENV=production)")
+            if len(self.secret) < MIN_SECRET_LENGTH:
+                raise ConfigurationError(f"PETSTORE_JWT_SECRET is shorter than {MIN_SECRET_LENGTH} characters")
+        if self.secret:
+            return self.secret
+        path = self.secret_file(settings)
+        if path.exists():
+            return path.read_text().strip()
+        secret = secrets.token_urlsafe(48)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # `serve --workers N` starts N processes at once: each writes a private temp file (0600 from
+        # the start) and links it into place; link fails if another won, and then everyone uses its
+        # secret, so tokens from one worker verify in all of them.
+        temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+            file.write(secret)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return path.read_text().strip()
+        finally:
+            temp.unlink(missing_ok=True)
+        logger.warning("PETSTORE_JWT_SECRET is not set: generated a development secret in %s", path)
+        return secret

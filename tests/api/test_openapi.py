@@ -365,7 +365,7 @@ def test_an_upload_never_makes_a_pet_its_own_schema_refuses(live: tuple[ApiHarne
 
 def test_with_the_default_plugins_the_document_stays_valid_and_complete(tmp_path: Path) -> None:
     """Their hooks add /auth/token, /user/login, 429s...: still valid 3.1, still every routed operation."""
-    app_settings = settings(tmp_path, plugins=DEFAULT_PLUGINS).model_copy(update={"jwt_secret": "s" * 40})
+    app_settings = settings(tmp_path, plugins=DEFAULT_PLUGINS)
     with TestClient(create_app(app_settings)) as client:
         document = client.get(f"{API}/openapi.json").json()
         routes = client.app.routes  # type: ignore[attr-defined]

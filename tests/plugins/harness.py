@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest import mock
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -138,7 +140,6 @@ def make_settings(tmp_path: Path, **settings: Any) -> Settings:
         "database_url": f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}",
         "plugins": PLUGINS,
         "media_dir": tmp_path / "media",
-        "jwt_secret": SECRET,
         "env": "test",
     }
     return Settings(**(fields | settings))
@@ -165,12 +166,20 @@ def prepare_tables(settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def running_app(tmp_path: Path, client: tuple[str, int] = ("127.0.0.1", 50000), **settings: Any) -> Iterator[App]:
-    """The started app on a SQLite file in ``tmp_path`` (tables created first); keyword arguments are Settings."""
+def running_app(
+    tmp_path: Path, client: tuple[str, int] = ("127.0.0.1", 50000), jwt_secret: str = SECRET, **settings: Any
+) -> Iterator[App]:
+    """The started app on a SQLite file in ``tmp_path`` (tables created first); keyword arguments are
+    Settings, and ``jwt_secret`` the auth plugin's ``PETSTORE_JWT_SECRET``."""
     full = make_settings(tmp_path, **settings)
     prepare_tables(full)
-    with TestClient(create_app(full), client=client) as test_client:
+    with auth_secret(jwt_secret), TestClient(create_app(full), client=client) as test_client:
         yield App(test_client)
+
+
+def auth_secret(secret: str = SECRET) -> contextlib.AbstractContextManager[Any]:
+    """``PETSTORE_JWT_SECRET`` set while the auth plugin loads (it reads its settings when built)."""
+    return mock.patch.dict(os.environ, {"PETSTORE_JWT_SECRET": secret})
 
 
 def assert_error(response: Any, status: int, type: str | None = None) -> None:

@@ -34,7 +34,16 @@ from petstore.models import Role, UserBody
 from plugins.auth import AuthPlugin
 from plugins.auth.backend import RedactSecrets, redact
 from plugins.tokens import KeySet
-from tests.plugins.harness import PASSWORD, App, assert_error, bearer, create_tables, make_settings, running_app
+from tests.plugins.harness import (
+    PASSWORD,
+    SECRET,
+    App,
+    assert_error,
+    bearer,
+    create_tables,
+    make_settings,
+    running_app,
+)
 from tests.services import UvicornServer, http_get
 
 pytestmark = pytest.mark.redis
@@ -528,7 +537,7 @@ def test_uvicorn_access_log_never_shows_the_login_password(tmp_path: Path) -> No
     env = {
         "PETSTORE_DATABASE_URL": settings.database_url,
         "PETSTORE_PLUGINS": "plugins.auth,plugins.ratelimit",
-        "PETSTORE_JWT_SECRET": settings.jwt_secret or "",
+        "PETSTORE_JWT_SECRET": SECRET,
         "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
         "PETSTORE_ENV": "test",
     }

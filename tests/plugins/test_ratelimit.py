@@ -23,7 +23,16 @@ from petstore.app import create_app
 from petstore.errors import PluginError
 from petstore.models import Role, UserBody
 from plugins.ratelimit import Budget, MemoryLimiter, Policy, Rate, RateLimitPlugin, client_ip, parse_rates
-from tests.plugins.harness import PASSWORD, App, assert_error, bearer, create_tables, make_settings, running_app
+from tests.plugins.harness import (
+    PASSWORD,
+    SECRET,
+    App,
+    assert_error,
+    bearer,
+    create_tables,
+    make_settings,
+    running_app,
+)
 from tests.services import RedisServer, UvicornServer, wait_until
 
 pytestmark = pytest.mark.redis
@@ -305,7 +314,7 @@ def server_env(tmp_path: Path, database_url: str, redis_url: str) -> dict[str, s
         "PETSTORE_REDIS_URL": redis_url,
         "PETSTORE_PLUGINS": "plugins.auth,plugins.ratelimit",
         "PETSTORE_RATE_LIMIT": "6/hour",  # one request back every 10 min: nothing refills mid-test
-        "PETSTORE_JWT_SECRET": make_settings(tmp_path).jwt_secret or "",
+        "PETSTORE_JWT_SECRET": SECRET,
         "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
         "PETSTORE_ENV": "test",
     }
