@@ -61,6 +61,7 @@ Hooks
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import logging
@@ -326,27 +327,24 @@ def load_plugins(
     """Load the plugins named by ``settings.plugins``, then those registered as entry points."""
     loaded: list[Plugin] = []
     seen: set[int] = set()
-    for path in settings.plugins:
+
+    def add(name: str, load: Callable[[], Any], *, once: bool) -> None:
+        """Load one plugin (with ``once``, unless its factory is loaded already); any failure names it."""
         try:
-            factory = _import(path)
-            plugin = _instantiate(path, factory, settings)
+            factory = load()
+            if once and id(factory) in seen:
+                return
+            plugin = _instantiate(name, factory, settings)
         except PluginError:
             raise
         except Exception as exc:
-            raise PluginError(f"plugin {path!r} failed to load: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(f"plugin {name!r} failed to load: {type(exc).__name__}: {exc}") from exc
         seen.add(id(factory))
         loaded.append(plugin)
+
+    for path in settings.plugins:
+        add(path, functools.partial(_import, path), once=False)
     found = entry_points() if entry_points else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     for entry_point in found:
-        try:
-            factory = entry_point.load()
-            if id(factory) in seen:
-                continue
-            plugin = _instantiate(entry_point.name, factory, settings)
-        except PluginError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"plugin {entry_point.name!r} failed to load: {type(exc).__name__}: {exc}") from exc
-        seen.add(id(factory))
-        loaded.append(plugin)
+        add(entry_point.name, entry_point.load, once=True)
     return Plugins(loaded)
