@@ -12,10 +12,9 @@ Settings come from ``PETSTORE_*`` variables and ``.env``, as for the server. Bad
 with status 2 and a usage line; a configuration, plugin, input or database problem exits with
 status 1 and one line on stderr, never a traceback.
 
-``serve --workers N`` (N > 1) runs uvicorn's supervisor with prometheus_client's multiprocess
-mode: ``PROMETHEUS_MULTIPROC_DIR`` is created (a temporary directory unless it is set), emptied
-at start, passed to the workers through the environment, and each worker that exits (crashed,
-restarted by the supervisor, or stopped) is marked dead so its live gauges stop counting.
+``serve --workers N`` (N > 1) runs uvicorn's supervisor (:mod:`petstore.server.workers`); what a
+plugin needs around several workers it sets up through its ``workers()`` hook (the metrics
+plugin: its multiprocess mode).
 """
 
 from __future__ import annotations
@@ -24,12 +23,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.engine import make_url
@@ -39,6 +35,9 @@ from petstore import watch
 from petstore.config import Settings
 from petstore.errors import ApiError, ConfigurationError, PetstoreError, PluginError
 
+if TYPE_CHECKING:
+    from petstore.plugin import Plugins
+
 T = TypeVar("T")
 
 APP = "petstore.app:create_app"
@@ -47,7 +46,6 @@ WS_PROTOCOL = "petstore.server.uvicorn_ws:WebSocketProtocol"
 #: uvicorn's httptools protocol, ending event streams and stalled responses on shutdown (petstore.server.uvicorn_http)
 HTTP_PROTOCOL = "petstore.server.uvicorn_http:HttpProtocol"
 SHUTDOWN_ENV = "PETSTORE_SHUTDOWN_TIMEOUT"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ROLES = ("admin", "staff", "customer")
 PROGRESS_THRESHOLD = 200  # below this many pets, seeding is too quick for a progress bar to help
 
@@ -117,85 +115,7 @@ def _port(text: str) -> int:
 # --------------------------------------------------------------------------------------- serve
 
 
-@contextlib.contextmanager
-def metrics_directory() -> Iterator[Path]:
-    """``PROMETHEUS_MULTIPROC_DIR`` for one run: the configured one emptied, else a temporary one removed after."""
-    configured = os.environ.get(MULTIPROC_ENV)
-    if configured:
-        path = Path(configured)
-        path.mkdir(parents=True, exist_ok=True)
-        # A previous run's files would be added to this run's counts.
-        for stale in path.glob("*.db"):
-            stale.unlink()
-        yield path
-        return
-    path = Path(tempfile.mkdtemp(prefix="petstore-metrics-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _supervisor_class() -> type[Any]:
-    # Imported here: `petstore migrate` and friends need neither uvicorn's supervisor nor prometheus_client.
-    from prometheus_client.multiprocess import mark_process_dead
-    from uvicorn.supervisors.multiprocess import Multiprocess
-
-    class MetricsSupervisor(Multiprocess):
-        """uvicorn's worker supervisor, telling prometheus_client about every worker that exits.
-
-        uvicorn replaces a dead or hung worker in ``keep_subprocess_alive``, swaps all of them on
-        SIGHUP and drops one on SIGTTOU; after each of these, and at shutdown, the pids no longer
-        running are marked dead, which removes their live gauge files (requests in progress,
-        connections, subscriptions) while their counters keep counting.
-        """
-
-        def __init__(self, *args: Any, metrics_dir: Path, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.metrics_dir = metrics_dir
-            self.known: set[int] = set()
-
-        def mark_exited(self) -> None:
-            running = {p.pid for p in self.processes if p.pid is not None and p.process.is_alive()}
-            for pid in self.known - running:
-                mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
-            self.known = running
-
-        def init_processes(self) -> None:
-            super().init_processes()
-            self.mark_exited()
-
-        def keep_subprocess_alive(self) -> None:
-            super().keep_subprocess_alive()
-            self.mark_exited()
-
-        def handle_hup(self) -> None:
-            super().handle_hup()
-            self.mark_exited()
-
-        def handle_ttin(self) -> None:
-            super().handle_ttin()
-            self.mark_exited()
-
-        def handle_ttou(self) -> None:
-            super().handle_ttou()
-            self.mark_exited()
-
-        def join_all(self) -> None:
-            super().join_all()
-            self.mark_exited()
-
-        def terminate_all(self) -> None:
-            # Workers close their copies of the listening socket when they begin to stop; this one
-            # too, or the kernel would go on accepting connections nobody will ever serve.
-            for sock in self.sockets:
-                sock.close()
-            super().terminate_all()
-
-    return MetricsSupervisor
-
-
-def _check_app_settings(workers: int) -> Settings:
+def _check_app_settings(workers: int) -> tuple[Settings, Plugins]:
     """Fail in this process, with one line, on what would make every worker fail at start-up.
 
     Loading the plugins here also creates, once, what the workers must share and would otherwise
@@ -204,14 +124,14 @@ def _check_app_settings(workers: int) -> Settings:
     from petstore.app import load_checked_plugins
 
     settings = _settings()
-    load_checked_plugins(settings)
+    plugins = load_checked_plugins(settings)
     if workers > 1 and not settings.redis_url:
         print(
             f"petstore: warning: PETSTORE_REDIS_URL is not set: each of the {workers} workers has its own "
             "in-process broker, so live events reach only the clients of one worker",
             file=sys.stderr,
         )
-    return settings
+    return settings, plugins
 
 
 #: Open files kept out of ``limit_concurrency``'s default: the database, Redis, logs, the listener.
@@ -266,18 +186,15 @@ def serve(args: argparse.Namespace) -> int:
     if args.shutdown_timeout is not None:
         os.environ[SHUTDOWN_ENV] = str(args.shutdown_timeout)  # read by the app, in every worker
     if args.workers == 1:
-        # One process needs no multiprocess mode; a directory left in the environment would make
-        # this process add up stale files of some earlier run.
-        os.environ.pop(MULTIPROC_ENV, None)
-        settings = _check_app_settings(1)
+        settings, _ = _check_app_settings(1)
         uvicorn.run(APP, factory=True, host=args.host, port=args.port, **_protocols(settings), **PROXY_HEADERS)
         return 0
-    with metrics_directory() as path:
-        # The supervisor records no metrics: keep its prometheus_client out of multiprocess mode
-        # (it picks its value store on first import), so only workers write files.
-        os.environ.pop(MULTIPROC_ENV, None)
-        settings = _check_app_settings(args.workers)
-        os.environ[MULTIPROC_ENV] = str(path)  # inherited by the workers uvicorn spawns
+    from petstore.server.workers import Supervisor
+
+    settings, plugins = _check_app_settings(args.workers)
+    with contextlib.ExitStack() as around:
+        # What the plugins prepare for the workers (they inherit this process's environment).
+        on_exit = [around.enter_context(manager) for manager in plugins.workers(args.workers)]
         config = uvicorn.Config(
             APP,
             factory=True,
@@ -289,7 +206,7 @@ def serve(args: argparse.Namespace) -> int:
         )
         sock = config.bind_socket()
         try:
-            _supervisor_class()(config, sockets=[sock], metrics_dir=path).run()
+            Supervisor(config, sockets=[sock], on_exit=on_exit).run()
         finally:
             sock.close()
     return 0

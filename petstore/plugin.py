@@ -49,6 +49,12 @@ Hooks
     request headers a browser may send (``Authorization``) and the response headers its scripts
     may read (``RateLimit``, ``X-Expires-After``). The core's CORS middleware allows its own
     (``Content-Type``, ``Last-Event-ID``; ``Retry-After`` exposed) and every plugin's.
+``workers(count)`` (optional)
+    ``petstore serve --workers N`` is about to run ``count`` (> 1) worker processes. Return a
+    context manager, entered in the supervisor around the whole run (to prepare what the workers
+    inherit, such as an environment variable or a directory, and clean it up after), whose value
+    is called with the pid of each worker that is gone (crashed, replaced, stopped); or None. The
+    metrics plugin keeps prometheus_client's multiprocess mode this way.
 ``migrations()``
     The plugin's own tables, as a :class:`PluginMigrations` (an Alembic version folder and the
     ``MetaData`` its revisions create), or None. ``petstore migrate`` runs every loaded plugin's
@@ -61,6 +67,7 @@ Hooks
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
@@ -235,6 +242,16 @@ class Plugins:
 
     def names(self) -> list[str]:
         return [plugin.name for plugin in self.items]
+
+    def workers(self, count: int) -> list[contextlib.AbstractContextManager[Callable[[int], None]]]:
+        """Every plugin's ``workers(count)`` that is not None, in plugin order."""
+        managers = []
+        for plugin in self.items:
+            hook = getattr(plugin, "workers", None)
+            manager = hook(count) if hook is not None else None
+            if manager is not None:
+                managers.append(manager)
+        return managers
 
     def cors_headers(self) -> CorsHeaders:
         """Every plugin's ``cors_headers()``, merged in plugin order without repeats."""

@@ -14,19 +14,24 @@ Where each metric comes from:
   at each scrape, so they are right from the first scrape and whatever the relay reports.
 
 Each plugin instance (so each app) has its own ``CollectorRegistry``: two apps in one process
-never share counters. With several worker processes (``petstore serve --workers N``, which
-sets ``PROMETHEUS_MULTIPROC_DIR``), prometheus_client's multiprocess mode is used: each worker
+never share counters. With several worker processes (``petstore serve --workers N``: the
+plugin's ``workers()`` hook prepares ``PROMETHEUS_MULTIPROC_DIR`` in the supervisor, and marks
+each worker that is gone dead), prometheus_client's multiprocess mode is used: each worker
 writes its values to files in that directory and ``/metrics`` adds them up with
-``MultiProcessCollector``. Gauges say how: live sums for what each worker holds (requests in
+``MultiProcessCollector``. One process reads only its own values, whatever the environment.
+Gauges say how: live sums for what each worker holds (requests in
 progress, connections, subscriptions), the most recent live value for the database-wide counts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -39,7 +44,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import values as prometheus_values
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
@@ -60,6 +65,10 @@ from petstore.state import AppState, app_state
 logger = logging.getLogger("plugins.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Set by :meth:`MetricsPlugin.workers` beside ``PROMETHEUS_MULTIPROC_DIR``, for the workers it
+#: prepares: a directory left in the environment of a single process is not read (it would add
+#: up the files of some earlier run).
+WORKERS_ENV = "PETSTORE_METRICS_WORKERS"
 UNMATCHED = "unmatched"
 OTHER = "other"
 
@@ -304,9 +313,47 @@ class HttpMetricsMiddleware:
             self.instruments.http_duration.labels(method, route).observe(elapsed)
 
 
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for one run: the configured one emptied, else a temporary one removed after."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        # A previous run's files would be added to this run's counts.
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix="petstore-metrics-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def multiprocess_run() -> Iterator[Callable[[int], None]]:
+    """Around ``petstore serve --workers N``, in the supervisor: the directory the workers write
+    to, in the environment they inherit; its value marks a gone worker dead (its live gauges,
+    such as connections open, stop counting; its counters keep counting)."""
+    saved = {name: os.environ.get(name) for name in (MULTIPROC_ENV, WORKERS_ENV)}
+    with metrics_directory() as path:
+        os.environ[MULTIPROC_ENV] = str(path)
+        os.environ[WORKERS_ENV] = "1"
+        try:
+            yield lambda pid: mark_process_dead(pid, str(path))  # type: ignore[no-untyped-call]
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
 def _multiprocess_dir() -> Path | None:
     value = os.environ.get(MULTIPROC_ENV)
-    if not value:
+    if not value or not os.environ.get(WORKERS_ENV):
         return None
     path = Path(value)
     if not path.is_dir():
@@ -339,6 +386,9 @@ class MetricsPlugin(PluginBase):
             MultiProcessCollector(self.exposition, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
         else:
             self.exposition = self.registry
+
+    def workers(self, count: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
+        return multiprocess_run()
 
     def middleware(self) -> Sequence[Middleware]:
         return [Middleware(HttpMetricsMiddleware, instruments=self.instruments)]

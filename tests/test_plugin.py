@@ -381,3 +381,18 @@ def test_the_default_plugins_expose_their_own_headers(tmp_path: Path) -> None:
         allowed, exposed = _cors(client)
     assert "authorization" in allowed
     assert {"ratelimit", "ratelimit-policy", "x-rate-limit", "x-expires-after", "retry-after"} <= exposed
+
+
+def test_the_core_imports_no_metrics_or_token_library() -> None:
+    """SPEC §4: metrics and auth are plugins; the core reaches them only through hooks."""
+    core = Path(__file__).parents[1] / "petstore"
+    for source in core.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in {"prometheus_client", "jose"}, f"{source} imports {name}"
