@@ -49,6 +49,13 @@ Hooks
     request headers a browser may send (``Authorization``) and the response headers its scripts
     may read (``RateLimit``, ``X-Expires-After``). The core's CORS middleware allows its own
     (``Content-Type``, ``Last-Event-ID``; ``Retry-After`` exposed) and every plugin's.
+``login_routes()`` (optional)
+    Which of this plugin's routes check a password, as :class:`LoginRoute` objects: method,
+    path, and how to read the username a request to it names, exactly as its endpoint reads it
+    (the same parser, the same size limit). A rate limiter asks once, at start-up, and holds
+    password guessing to a budget per username and per address (``plugins.ratelimit``); it
+    calls ``read_username`` before the app sees the request, with a request whose body it
+    replays to the endpoint afterwards.
 ``workers(count)`` (optional)
     ``petstore serve --workers N`` is about to run ``count`` (> 1) worker processes. Return a
     context manager, entered in the supervisor around the whole run (to prepare what the workers
@@ -72,12 +79,13 @@ import functools
 import importlib
 import importlib.metadata
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
 
@@ -158,6 +166,18 @@ class CorsHeaders:
     expose: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class LoginRoute:
+    """A route whose endpoint checks a password (see ``login_routes()`` above)."""
+
+    method: str
+    #: The whole path, as in the scope (``/api/v3/auth/token``).
+    path: str
+    #: The username a request names, or None when it names none the endpoint would check a
+    #: password of (a body it refuses, a missing field): a login still, counted per address.
+    read_username: Callable[[Request], Awaitable[str | None]]
+
+
 @runtime_checkable
 class Plugin(Protocol):
     """What the core expects of a plugin. See the module docstring for each hook."""
@@ -226,6 +246,9 @@ class PluginBase:
 
     async def user_changed(self, user_id: int) -> None:
         return None
+
+    def login_routes(self) -> Sequence[LoginRoute]:
+        return ()
 
     def migrations(self) -> PluginMigrations | None:
         return None
@@ -314,6 +337,15 @@ class Plugins:
                 await hook(user_id)
             except Exception:
                 logger.exception("plugin %r: user_changed(%d) failed", plugin.name, user_id)
+
+    def login_routes(self) -> dict[tuple[str, str], LoginRoute]:
+        """Every plugin's ``login_routes()``, by (method, path); the first plugin to name one wins."""
+        found: dict[tuple[str, str], LoginRoute] = {}
+        for plugin in self.items:
+            hook = getattr(plugin, "login_routes", None)
+            for route in hook() if hook is not None else ():
+                found.setdefault((route.method.upper(), route.path), route)
+        return found
 
     async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None:
         for plugin in self.items:

@@ -14,6 +14,8 @@ Loaded by ``PETSTORE_PLUGINS`` (``plugins.auth``). What it does, hook by hook:
 - ``migrations``: the tables of :mod:`plugins.auth.schema`, created by ``petstore migrate``.
 - ``openapi``: the paths and schemas above, and the bearer scheme.
 - ``ws_authenticate`` / ``ws_authorize``: the same tokens and the rooms rule of SPEC §3.
+- ``login_routes``: ``POST /auth/token`` and ``GET /user/login`` check passwords, and how to read
+  their username, for a rate limiter's per-username budget (:meth:`AuthEndpoints.login_routes`).
 
 Settings of its own: see :mod:`plugins.auth.config` (``PETSTORE_JWT_*``).
 """
@@ -31,8 +33,8 @@ from starlette.websockets import WebSocket
 
 from petstore.access import AuthFailed, Principal
 from petstore.config import Settings
-from petstore.errors import ConfigurationError
-from petstore.plugin import App, CorsHeaders, PluginBase, PluginMigrations
+from petstore.plugin import App, CorsHeaders, LoginRoute, PluginBase, PluginMigrations
+from petstore.rates import parse_rates
 from petstore.realtime import rooms
 from plugins.auth.authority import Authority, BackendUnavailable
 from plugins.auth.backend import AuthMiddleware, RedactSecrets, TokenBackend, installed_filter
@@ -42,7 +44,6 @@ from plugins.auth.feed import RevocationFeed
 from plugins.auth.openapi import API, extend
 from plugins.auth.schema import MIGRATIONS
 from plugins.auth.store import TokenStore, session_ended, user_key
-from plugins.ratelimit import parse_rates
 
 logger = logging.getLogger("plugins.auth")
 
@@ -60,12 +61,7 @@ class AuthPlugin(PluginBase):
         self.authority: Authority | None = None
         self.feed: RevocationFeed | None = None
         self._filter: tuple[RedactSecrets, list[logging.Logger]] | None = None
-        try:
-            # For /user/login's X-Rate-Limit ("calls per hour allowed"): the tightest default rate.
-            hourly = min(rate.per_hour() for rate in parse_rates(settings.rate_limit))
-        except ValueError as exc:
-            raise ConfigurationError(f"PETSTORE_RATE_LIMIT: {exc}") from None
-        self.endpoints = AuthEndpoints(lambda: self.authority, rate_per_hour=hourly)
+        self.endpoints = AuthEndpoints(lambda: self.authority, rate_per_hour=_hourly(settings.rate_limit))
         self._state: App | None = None
 
     def _observe_failure(self, reason: str) -> None:
@@ -139,6 +135,9 @@ class AuthPlugin(PluginBase):
     def openapi(self, document: dict[str, Any]) -> None:
         extend(document, asymmetric=self.keys.is_asymmetric)
 
+    def login_routes(self) -> Sequence[LoginRoute]:
+        return self.endpoints.login_routes(API)
+
     async def ws_authenticate(self, websocket: WebSocket, token: str) -> Principal | None:
         if self.authority is None:
             raise AuthFailed("unavailable", "authentication is not ready")
@@ -154,6 +153,16 @@ class AuthPlugin(PluginBase):
 
     async def ws_authorize(self, principal: Principal | None, room: str) -> bool | None:
         return rooms.may_join(principal, room)
+
+
+def _hourly(rate_limit: str) -> int | None:
+    """For /user/login's X-Rate-Limit ("calls per hour allowed"): the tightest rate of
+    ``PETSTORE_RATE_LIMIT``. One that does not parse is the rate limiter's to refuse (it stops
+    start-up naming the variable); here it only means no header."""
+    try:
+        return min(rate.per_hour() for rate in parse_rates(rate_limit))
+    except ValueError:
+        return None
 
 
 def plugin(settings: Settings) -> AuthPlugin:

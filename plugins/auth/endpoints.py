@@ -4,26 +4,28 @@ Token responses carry ``Cache-Control: no-store`` (RFC 6749 §5.1). A login for 
 verifies the password against a dummy hash, so it costs what a wrong password costs.
 
 Credentials come from :func:`petstore.api.inputs.read_data` (JSON, any ``+json`` type or none, or a form,
-up to ``PETSTORE_MAX_BODY_BYTES``) and ``/user/login``'s query: the rate limiter reads the username
-of a login with the very same calls, so no body reaches a password check uncounted.
+up to ``PETSTORE_MAX_BODY_BYTES``) and ``/user/login``'s query. :meth:`AuthEndpoints.login_routes`
+(the ``login_routes`` hook) tells the rate limiter how to read a login's username: with the very
+same calls, so no body reaches a password check uncounted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from petstore.access import AuthFailed
 from petstore.api.inputs import read_data
 from petstore.db.queries import find_user
-from petstore.errors import BadRequest, ServiceUnavailable, Unauthorized
+from petstore.errors import ApiError, BadRequest, ServiceUnavailable, Unauthorized
 from petstore.models import ApiResponse, User
 from petstore.passwords import verify_password
+from petstore.plugin import LoginRoute
 from petstore.state import app_state
 from plugins.auth.authority import ACCESS, Authority, BackendUnavailable, TokenPair
 from plugins.auth.backend import bearer_token
@@ -33,7 +35,7 @@ MAX_CREDENTIAL_LENGTH = 1024  # Argon2 of a megabyte "password" is a cheap way t
 
 
 class AuthEndpoints:
-    def __init__(self, authority: Callable[[], Authority | None], rate_per_hour: int) -> None:
+    def __init__(self, authority: Callable[[], Authority | None], rate_per_hour: int | None) -> None:
         self._authority = authority
         self.rate_per_hour = rate_per_hour
 
@@ -62,7 +64,7 @@ class AuthEndpoints:
 
     async def token(self, request: Request) -> Response:
         """OAuth2 password grant (RFC 6749 §4.3), form or JSON."""
-        data = await read_data(request, form=True)
+        data = await _grant(request)
         if not isinstance(data, dict):
             raise BadRequest("send username and password")
         if data.get("grant_type") not in (None, "password"):
@@ -115,7 +117,9 @@ class AuthEndpoints:
             raise BadRequest("invalid username/password supplied")
         pair = await self._issue(user, with_refresh=False)
         expires = datetime.fromtimestamp(pair.expires_at, UTC).isoformat().replace("+00:00", "Z")
-        headers = {**NO_STORE, "X-Rate-Limit": str(self.rate_per_hour), "X-Expires-After": expires}
+        headers = {**NO_STORE, "X-Expires-After": expires}
+        if self.rate_per_hour is not None:
+            headers["X-Rate-Limit"] = str(self.rate_per_hour)
         return JSONResponse(pair.access_token, headers=headers)
 
     def routes(self, prefix: str, jwks: dict[str, Any] | None) -> list[Route]:
@@ -134,3 +138,34 @@ class AuthEndpoints:
 
             routes.append(Route(f"{prefix}/auth/jwks.json", jwks_json, methods=["GET"], name="authJwks"))
         return routes
+
+    def login_routes(self, prefix: str) -> list[LoginRoute]:
+        """The ``login_routes`` hook: of :meth:`routes`, the two that check a password."""
+        return [
+            LoginRoute("POST", f"{prefix}/auth/token", _grant_username),
+            LoginRoute("GET", f"{prefix}/user/login", _query_username),
+        ]
+
+
+async def _grant(request: Request) -> Any:
+    """The credentials of ``POST /auth/token`` (form or JSON, up to ``PETSTORE_MAX_BODY_BYTES``)."""
+    return await read_data(request, form=True)
+
+
+async def _grant_username(request: Request) -> str | None:
+    """The username :meth:`AuthEndpoints.token` checks a password of."""
+    try:
+        data = await _grant(request)
+    except (ApiError, ClientDisconnect):
+        return None  # the endpoint refuses this body before it checks any password
+    return _username(data)
+
+
+async def _query_username(request: Request) -> str | None:
+    """The username :meth:`AuthEndpoints.user_login` checks a password of."""
+    return _username(request.query_params)
+
+
+def _username(data: object) -> str | None:
+    name = data.get("username") if isinstance(data, Mapping) else None
+    return name if isinstance(name, str) and name else None
