@@ -47,7 +47,7 @@ from bench.support import PETS, prepare, server_env, token_for  # noqa: E402
 from petstore import db  # noqa: E402
 from petstore.api.pets import apply_body  # noqa: E402
 from petstore.config import Settings  # noqa: E402
-from petstore.models import Pet, PetBody, PetPublic, PetStatus  # noqa: E402
+from petstore.models import Pet, PetBody, PetPublic  # noqa: E402
 from tests.services import UvicornServer  # noqa: E402
 
 UVICORN = [sys.executable, "-m", "uvicorn", "--host", "{host}", "--port", "{port}", "--no-access-log"]
@@ -72,7 +72,7 @@ def bare_app() -> Starlette:
     relations = (selectinload(Pet.category), selectinload(Pet.tags))  # type: ignore[arg-type]
 
     def dump(pet: Pet) -> dict[str, object]:
-        return PetPublic.from_row(pet).model_dump(mode="json", by_alias=True)
+        return PetPublic.model_validate(pet, from_attributes=True).model_dump(mode="json", by_alias=True)
 
     async def get_pet(request: Request) -> Response:
         query = select(Pet).options(*relations).where(Pet.id == int(request.path_params["petId"]))  # type: ignore[arg-type]
@@ -91,7 +91,7 @@ def bare_app() -> Starlette:
     async def add_pet(request: Request) -> Response:
         body = PetBody.model_validate_json(await request.body())
         async with sessions() as session:
-            pet = Pet(name=body.name, status=(body.status or PetStatus.available).value, tags=[])
+            pet = Pet(name=body.name, tags=[])
             session.add(pet)
             await apply_body(session, pet, body)
             await session.commit()

@@ -52,7 +52,10 @@ def rows(url: str) -> dict[str, list[Any]]:
                     .all()
                 )
                 return {
-                    "pets": [PetPublic.from_row(pet).model_dump(mode="json", by_alias=True) for pet in pets],
+                    "pets": [
+                        PetPublic.model_validate(pet, from_attributes=True).model_dump(mode="json", by_alias=True)
+                        for pet in pets
+                    ],
                     "users": list((await session.execute(select(User))).scalars().all()),
                     "events": list((await session.execute(select(OutboxEvent))).scalars().all()),
                 }

@@ -57,7 +57,7 @@ _IMAGE_TYPES = {
 
 
 def pet_json(pet: Pet) -> JSONResponse:
-    return JSONResponse(PetPublic.from_row(pet).model_dump(mode="json", by_alias=True))
+    return JSONResponse(PetPublic.model_validate(pet, from_attributes=True).model_dump(mode="json", by_alias=True))
 
 
 async def _category(session: AsyncSession, body: CategoryBody | None) -> Category | None:
@@ -66,7 +66,7 @@ async def _category(session: AsyncSession, body: CategoryBody | None) -> Categor
     if body.id is not None:
         category = await session.get(Category, body.id)
         if category is None:
-            category = Category(id=body.id, name=body.name)
+            category = Category.model_validate(body)
             session.add(category)
             await session.flush()
             await sync_id_sequence(session, "category")
@@ -75,7 +75,7 @@ async def _category(session: AsyncSession, body: CategoryBody | None) -> Categor
         return category
     found = (await session.execute(select(Category).where(Category.name == body.name).limit(1))).scalar_one_or_none()  # type: ignore[arg-type]
     if found is None:
-        found = Category(name=body.name)
+        found = Category.model_validate(body)
         session.add(found)
     return found
 
@@ -87,7 +87,7 @@ async def _tags(session: AsyncSession, bodies: list[TagBody]) -> list[Tag]:
         if body.id is not None:
             tag = await session.get(Tag, body.id)
             if tag is None:
-                tag = Tag(id=body.id, name=body.name)
+                tag = Tag.model_validate(body)
                 session.add(tag)
                 await session.flush()
                 await sync_id_sequence(session, "tag")
@@ -96,7 +96,7 @@ async def _tags(session: AsyncSession, bodies: list[TagBody]) -> list[Tag]:
         elif body.name is not None:
             tag = (await session.execute(select(Tag).where(Tag.name == body.name).limit(1))).scalar_one_or_none()  # type: ignore[arg-type]
             if tag is None:
-                tag = Tag(name=body.name)
+                tag = Tag.model_validate(body)
                 session.add(tag)
                 await session.flush()
         if tag is not None:
@@ -128,13 +128,13 @@ async def create_pet(session: AsyncSession, body: PetBody, *, inventory: bool = 
     """
     if body.id is not None and await session.get(Pet, body.id) is not None:
         raise Conflict(f"pet {body.id} already exists")
-    pet = Pet(id=body.id, name=body.name, status=(body.status or PetStatus.available).value, tags=[])
+    pet = Pet(id=body.id, name=body.name, tags=[])  # apply_body sets the rest; no status sent: the default
     session.add(pet)
     await apply_body(session, pet, body)
     await session.flush()
     if body.id is not None:
         await sync_id_sequence(session, "pet")
-    events.pet_event(session, "pet.created", PetPublic.from_row(pet))
+    events.pet_event(session, "pet.created", PetPublic.model_validate(pet, from_attributes=True))
     if inventory:
         events.inventory_changed(session)
     return pet
@@ -161,7 +161,7 @@ async def update_pet(request: Request) -> Response:
         old_status = pet.status
         await apply_body(session, pet, body)
         await session.flush()
-        events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+        events.pet_event(session, "pet.updated", PetPublic.model_validate(pet, from_attributes=True))
         if pet.status != old_status:
             events.inventory_changed(session)
         await commit(state, session)
@@ -196,7 +196,9 @@ async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Respon
     query = select(Pet).options(*WITH_RELATIONS).where(condition).order_by(col(Pet.id)).limit(limit).offset(offset)
     async with app_state(request).sessions() as session:
         pets = (await session.execute(query)).scalars().all()
-        return JSONResponse([PetPublic.from_row(p).model_dump(mode="json", by_alias=True) for p in pets])
+        return JSONResponse(
+            [PetPublic.model_validate(p, from_attributes=True).model_dump(mode="json", by_alias=True) for p in pets]
+        )
 
 
 async def get_pet(request: Request) -> Response:
@@ -226,7 +228,7 @@ async def update_pet_with_form(request: Request) -> Response:
         if status is not None:
             pet.status = status
         await session.flush()
-        events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+        events.pet_event(session, "pet.updated", PetPublic.model_validate(pet, from_attributes=True))
         if pet.status != old_status:
             events.inventory_changed(session)
         await commit(state, session)
@@ -306,7 +308,7 @@ async def upload_image(request: Request) -> Response:
         url = f"/media/pets/{pet_id}/{name}"
         pet.photo_urls = [*pet.photo_urls, url]
         await session.flush()
-        events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+        events.pet_event(session, "pet.updated", PetPublic.model_validate(pet, from_attributes=True))
         await session.commit()
     state.outbox_wakeup.set()
     message = f"image stored at {url}"

@@ -39,7 +39,7 @@ from petstore.state import app_state
 
 
 def order_json(order: Order | OrderPublic) -> JSONResponse:
-    public = order if isinstance(order, OrderPublic) else OrderPublic.from_row(order)
+    public = order if isinstance(order, OrderPublic) else OrderPublic.model_validate(order, from_attributes=True)
     return JSONResponse(public.model_dump(mode="json", by_alias=True))
 
 
@@ -61,7 +61,7 @@ async def _set_pet_status(
 
 async def _pet_changed(session: AsyncSession, pet_id: int) -> None:
     pet = await load_pet(session, pet_id, fresh=True)
-    events.pet_event(session, "pet.updated", PetPublic.from_row(pet))
+    events.pet_event(session, "pet.updated", PetPublic.model_validate(pet, from_attributes=True))
     events.inventory_changed(session)
 
 
@@ -95,20 +95,15 @@ async def place_order(request: Request) -> Response:
             if await session.get(Pet, body.pet_id) is None:
                 raise NotFound(f"pet {body.pet_id} not found")
             raise Conflict(f"pet {body.pet_id} is not available")
-        order = Order(
-            id=chosen_id,
-            pet_id=body.pet_id,
-            quantity=body.quantity,
-            ship_date=body.ship_date,
-            status=status.value,
-            complete=bool(body.complete) or status is OrderStatus.delivered,
-            user_id=who.user_id,
+        complete = bool(body.complete) or status is OrderStatus.delivered
+        order = Order.model_validate(
+            body, update={"id": chosen_id, "status": status.value, "complete": complete, "user_id": who.user_id}
         )
         session.add(order)
         await session.flush()
         if chosen_id is not None:
             await sync_id_sequence(session, "purchase_order")
-        public = OrderPublic.from_row(order)
+        public = OrderPublic.model_validate(order, from_attributes=True)
         events.order_event(session, "order.placed", public, who.username)
         await _pet_changed(session, body.pet_id)
         await session.commit()
@@ -139,7 +134,9 @@ async def list_orders(request: Request) -> Response:
         query = query.where(Order.user_id == who.user_id)  # type: ignore[arg-type]
     async with app_state(request).sessions() as session:
         orders = (await session.execute(query)).scalars().all()
-        return JSONResponse([OrderPublic.from_row(o).model_dump(mode="json", by_alias=True) for o in orders])
+        return JSONResponse(
+            [OrderPublic.model_validate(o, from_attributes=True).model_dump(mode="json", by_alias=True) for o in orders]
+        )
 
 
 async def update_order(request: Request) -> Response:
@@ -155,16 +152,11 @@ async def update_order(request: Request) -> Response:
         if order.status == OrderStatus.delivered and patch.status not in (None, OrderStatus.delivered):
             raise Conflict("a delivered order cannot go back")
         delivered_now = patch.status is OrderStatus.delivered and order.status != OrderStatus.delivered
-        if patch.status is not None:
-            order.status = patch.status.value
-        if patch.complete is not None:
-            order.complete = patch.complete
-        if patch.ship_date is not None:
-            order.ship_date = patch.ship_date
+        order.sqlmodel_update(patch.model_dump(exclude_none=True, by_alias=False))  # null changes nothing
         if delivered_now:
             order.complete = True
         await session.flush()
-        public = OrderPublic.from_row(order)
+        public = OrderPublic.model_validate(order, from_attributes=True)
         events.order_event(session, "order.updated", public, await _owner_name(session, order))
         if delivered_now and await _set_pet_status(session, order.pet_id, PetStatus.sold, only_from=None):
             await _pet_changed(session, order.pet_id)
@@ -195,7 +187,7 @@ async def delete_order(request: Request) -> Response:
     async with state.sessions() as session:
         order = await _visible_order(session, request, who, order_id)
         owner = await _owner_name(session, order)
-        public = OrderPublic.from_row(order)
+        public = OrderPublic.model_validate(order, from_attributes=True)
         # A conditional DELETE: of two concurrent deletions only one frees the pet, the other is 404.
         deleted = await session.execute(delete(Order).where(col(Order.id) == order_id))
         if not deleted.rowcount:  # type: ignore[attr-defined]

@@ -26,8 +26,12 @@ from petstore.state import app_state
 MAX_USERS_PER_LIST = 100
 
 
+#: What a PUT of an account replaces: every field it shows but its id (the password only when sent).
+_REPLACED = tuple(name for name in UserPublic.model_fields if name != "id")
+
+
 def user_json(user: User) -> JSONResponse:
-    return JSONResponse(UserPublic.from_row(user).model_dump(mode="json", by_alias=True))
+    return JSONResponse(UserPublic.model_validate(user, from_attributes=True).model_dump(mode="json", by_alias=True))
 
 
 async def create_user_row(session: AsyncSession, body: UserBody, role: Role) -> User:
@@ -38,17 +42,7 @@ async def create_user_row(session: AsyncSession, body: UserBody, role: Role) -> 
         raise Conflict(f"username {body.username!r} is taken")
     if body.id is not None and await session.get(User, body.id) is not None:
         raise Conflict(f"user id {body.id} is taken")
-    user = User(
-        id=body.id,
-        username=body.username,
-        first_name=body.first_name,
-        last_name=body.last_name,
-        email=body.email,
-        phone=body.phone,
-        user_status=body.user_status,
-        password_hash=await hash_password(body.password),
-        role=role.value,
-    )
+    user = User.model_validate(body, update={"password_hash": await hash_password(body.password), "role": role.value})
     session.add(user)
     await session.flush()
     if body.id is not None:
@@ -130,12 +124,10 @@ async def update_user(request: Request) -> Response:
             raise BadRequest("a user's id cannot change")
         if body.username != user.username and await find_user(session, body.username) is not None:
             raise Conflict(f"username {body.username!r} is taken")
-        user.first_name, user.last_name = body.first_name, body.last_name
-        user.email, user.phone, user.user_status = body.email, body.phone, body.user_status
         # A new name or password: sessions opened with the old ones end (a new account may take
         # the name, and its ``user:{name}`` room with it).
         changed = body.username != user.username or bool(body.password)
-        user.username = body.username
+        user.sqlmodel_update({name: getattr(body, name) for name in _REPLACED})
         if body.password:
             user.password_hash = await hash_password(body.password)
         await _commit_unique(session)

@@ -140,7 +140,7 @@ class Realtime:
                     pet = await load_pet(session, pet_id)
                 except NotFound:
                     return None
-                return PetPublic.from_row(pet).model_dump(mode="json", by_alias=True)
+                return PetPublic.model_validate(pet, from_attributes=True).model_dump(mode="json", by_alias=True)
         return None
 
 
