@@ -155,6 +155,9 @@ def _protocols(settings: Settings) -> dict[str, Any]:
     (petstore.server.uvicorn_http); the WebSocket protocol applies the app's message limit by itself too,
     ``ws_max_size`` says it for uvicorn's other protocols.
     """
+    # Imported here, before any worker starts, to run their checks of uvicorn's internals
+    # (petstore.internals): a uvicorn they were not tested with stops `serve` with one line.
+    from petstore.server import uvicorn_http, uvicorn_ws  # noqa: F401
     from petstore.server.shutdown import connections_timeout
 
     return {

@@ -4,6 +4,7 @@ The tree::
 
     PetstoreError
     ├── ConfigurationError          bad settings; start-up stops
+    │   └── InternalsChanged        a dependency's release changed what petstore relies on (petstore.internals)
     ├── PluginError                 a plugin failed to load; start-up stops, naming it
     ├── AuthFailed                  a presented credential is bad (petstore.access; 401, WebSocket 1008)
     ├── BrokerUnavailable           the broker cannot be reached now (petstore.realtime.broker; 503, WebSocket 1012)

@@ -151,9 +151,10 @@ async def ping(engine: AsyncEngine) -> bool:
         if engine.dialect.name != "sqlite":
             return True
         driver = (await conn.get_raw_connection()).driver_connection
-        if not isinstance(driver, sqlite.Connection) or driver._connection is None:
+        raw = driver.sqlite_connection if isinstance(driver, sqlite.Connection) else None
+        if raw is None:
             return True  # not petstore's inline driver: no probe that could hold the loop
-        return await _sqlite_writable(driver._connection)
+        return await _sqlite_writable(raw)
 
 
 async def _sqlite_writable(conn: sqlite3.Connection) -> bool:

@@ -15,6 +15,14 @@ the URL or ``connect_args`` give (as SQLite's busy handler would, without holdin
 The price: a query runs on the loop, so a long one (a scan of a big table) delays everything
 else meanwhile. SQLite is the development and single-process database; production runs
 PostgreSQL (``Settings.production_problems`` insists).
+
+SQLAlchemy's adapter (``AsyncAdapt_aiosqlite_connection``) reads, besides aiosqlite's API, three
+private attributes of an ``aiosqlite.Connection``, which :class:`Connection` therefore has too:
+``_conn`` (the ``sqlite3`` connection) and ``_tx`` (the queue of aiosqlite's thread), to set the
+isolation level, and ``_connection`` (None once closed), before each commit and rollback. They
+are in :data:`USES`, checked at the first connection (:mod:`petstore.internals`): a SQLAlchemy
+that reads another private attribute refuses to connect, naming it, instead of failing somewhere
+in a query. This module is the only one that knows them.
 """
 
 from __future__ import annotations
@@ -24,6 +32,10 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
+
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection
+
+from petstore import internals
 
 T = TypeVar("T")
 
@@ -37,8 +49,9 @@ class Connection:
     """What SQLAlchemy's aiosqlite adapter uses of ``aiosqlite.Connection``, run inline."""
 
     def __init__(self, conn: sqlite3.Connection, busy_timeout: float) -> None:
+        # aiosqlite's private names, because SQLAlchemy's adapter reads them (USES, module docstring):
         self._conn = conn
-        #: The adapter reads this to know whether the connection is still open.
+        #: None once closed.
         self._connection: sqlite3.Connection | None = conn
         self._tx = _Inline()
         self.busy_timeout = busy_timeout
@@ -59,6 +72,11 @@ class Connection:
                     raise
                 await asyncio.sleep(min(pause, deadline - now))
                 pause = min(pause * 2, _LONGEST_PAUSE)
+
+    @property
+    def sqlite_connection(self) -> sqlite3.Connection | None:
+        """The ``sqlite3`` connection, while this one is open (petstore's own use; ``_connection`` is SQLAlchemy's)."""
+        return self._connection
 
     @property
     def isolation_level(self) -> str | None:
@@ -157,8 +175,26 @@ class _Inline:
             future.set_exception(exc)
 
 
+#: The private attributes of aiosqlite's connection that SQLAlchemy's adapter reads (module docstring).
+USES = (
+    internals.Uses(
+        __name__,
+        "SQLAlchemy",
+        Connection,
+        ("_conn", "_tx", "_connection"),
+        reader=AsyncAdapt_aiosqlite_connection,
+        via="_connection",
+    ),
+)
+
+
 def connect(args: Sequence[Any], kwargs: dict[str, Any]) -> Connection:
-    """A connection from the arguments the dialect would give ``aiosqlite.connect``."""
+    """A connection from the arguments the dialect would give ``aiosqlite.connect``.
+
+    Raises :class:`~petstore.internals.InternalsChanged` if the installed SQLAlchemy's adapter
+    reads what :class:`Connection` lacks (checked once)."""
+    for uses in USES:
+        uses.check()
     options = dict(kwargs)
     busy_timeout = float(options.pop("timeout", 5.0))
     options.pop("iter_chunk_size", None)

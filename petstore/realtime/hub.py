@@ -6,14 +6,14 @@ queue with :meth:`Connection.put_nowait`. Nothing here awaits a client: one send
 connection (in the transport) drains its queue, and a connection whose queue is full is closed
 with 1013 instead of slowing the others down.
 
-The direct path: a transport that can write synchronously (``Connection.write_now``, see
-:mod:`petstore.server.uvicorn_ws`) skips the queue and the sender task. An event for a connection with
-nothing queued or being sent is set aside, and once the events of this turn of the loop are
-delivered (``call_soon``) each connection gets what was set aside for it in one write: one event
-alone when the server keeps up, several back to back when it falls behind, so a busy server
-makes fewer, larger writes instead of queueing up. Order holds: anything queued later goes
-behind what was set aside, and what the writer refuses (a client that does not read) goes to
-the bounded queue like everything else.
+The direct path: a transport that can write synchronously (the ``write_now`` it gives
+:meth:`Connection.attach`; see :mod:`petstore.server.uvicorn_ws`) skips the queue and the sender
+task. An event for a connection with nothing queued or being sent is set aside, and once the
+events of this turn of the loop are delivered (``call_soon``) each connection gets what was set
+aside for it in one write: one event alone when the server keeps up, several back to back when
+it falls behind, so a busy server makes fewer, larger writes instead of queueing up. Order
+holds: anything queued later goes behind what was set aside, and what the writer refuses (a
+client that does not read) goes to the bounded queue like everything else.
 
 A new subscription starts *buffering*: live events are held aside while the transport reads
 history and the snapshot, then :meth:`Hub.go_live` releases the ones the history did not
@@ -47,8 +47,35 @@ RESTARTING = 1012
 Outgoing = Message | str
 
 
+#: A transport's synchronous write of events (the direct path): True when it wrote them all, in order.
+WriteNow = Callable[[list[Message]], bool]
+
+
 class Connection:
-    """One client of a transport: its bounded queue, its subscriptions, its principal."""
+    """One client of a transport: its bounded queue, its subscriptions, its principal.
+
+    The transport that serves it attaches its writer once, with :meth:`attach`, and lets go of it
+    with :meth:`detach`; everything else it changes goes through a method too (:meth:`sign_in`,
+    :meth:`next_batch` and :meth:`sent`, :meth:`close`).
+    """
+
+    __slots__ = (
+        "_closing",
+        "_items",
+        "_observe",
+        "_on_close",
+        "_principal",
+        "_ready",
+        "_sending",
+        "_set_aside",
+        "_write_now",
+        "aside",
+        "close_after_sending",
+        "close_code",
+        "id",
+        "limit",
+        "subscriptions",
+    )
 
     def __init__(
         self,
@@ -56,20 +83,19 @@ class Connection:
         limit: int,
         observe: Callable[..., None],
         set_aside: Callable[[Connection], None] | None = None,
+        principal: Principal | None = None,
     ) -> None:
         self.id = connection_id
         self.limit = limit
-        self.principal: Principal | None = None
+        self._principal = principal
         self.subscriptions: dict[str, Subscription] = {}
         self.close_code: int | None = None
         #: Close with this code once what is queued now has gone out (see ``close_when_sent``).
         self.close_after_sending: int | None = None
-        #: Called once when the connection must close, so the transport can interrupt its tasks.
-        self.on_close: Callable[[], None] | None = None
-        #: Set by a transport that can write events synchronously: True when it did.
-        self.write_now: Callable[[list[Message]], bool] | None = None
-        #: The sender task holds a batch it has not finished sending (events must wait behind it).
-        self.sending = False
+        self._on_close: Callable[[], None] | None = None
+        self._write_now: WriteNow | None = None
+        #: The sender holds a batch it has not finished sending (events must wait behind it).
+        self._sending = False
         self._items: deque[Outgoing] = deque()
         self._ready = asyncio.Event()
         self._closing = asyncio.Event()
@@ -77,6 +103,28 @@ class Connection:
         #: Events for the direct path, written when the hub flushes (see the module docstring).
         self.aside: list[Message] = []
         self._set_aside = set_aside
+
+    def attach(self, *, write_now: WriteNow | None = None, on_close: Callable[[], None] | None = None) -> None:
+        """The transport serving this connection, once it runs: ``write_now`` writes events at once
+        when it can (the direct path, see the module docstring; None: every event goes through the
+        queue), ``on_close`` is called once when the connection must close, so that the transport
+        can interrupt its tasks."""
+        self._write_now = write_now
+        self._on_close = on_close
+
+    def detach(self) -> None:
+        """The transport is done with this connection: nothing is written or interrupted through it any more."""
+        self._write_now = None
+        self._on_close = None
+
+    @property
+    def principal(self) -> Principal | None:
+        """Who the client is (None: anonymous), for permissions and :meth:`Hub.close_sessions`."""
+        return self._principal
+
+    def sign_in(self, principal: Principal) -> None:
+        """The client proved it is ``principal`` (a WebSocket ``auth``): it is who it is from now on."""
+        self._principal = principal
 
     @property
     def closing(self) -> bool:
@@ -89,7 +137,7 @@ class Connection:
             return
         items = self._items
         aside = self.aside
-        if self.write_now is not None and not items and not self.sending and not isinstance(item, str):
+        if self._write_now is not None and not items and not self._sending and not isinstance(item, str):
             if len(aside) >= self.limit:
                 self.overflow()
                 return
@@ -133,8 +181,8 @@ class Connection:
             self.aside = []
             self._closing.set()
             self._ready.set()
-            if self.on_close is not None:
-                self.on_close()
+            if self._on_close is not None:
+                self._on_close()
 
     def close_when_sent(self, code: int) -> None:
         """Close with ``code`` after what is already queued (say, the error explaining why) is sent."""
@@ -149,7 +197,10 @@ class Connection:
 
     async def next_batch(self, most: int, max_chars: int = 256 * 1024) -> list[Outgoing]:
         """Wait for queued items and take up to ``most`` of them, about ``max_chars`` of text at most
-        (at least one), so a batch of large events stays a reasonable frame; empty once closing."""
+        (at least one), so a batch of large events stays a reasonable frame; empty once closing.
+
+        The sender holds the batch until it calls :meth:`sent`: meanwhile new events queue behind
+        it instead of taking the direct path, so the order holds."""
         items = self._items
         while not items:
             if self.close_code is not None:
@@ -168,7 +219,12 @@ class Connection:
             if size > max_chars:
                 break
             batch.append(items.popleft())
+        self._sending = True
         return batch
+
+    def sent(self) -> None:
+        """The batch from :meth:`next_batch` is written (or given up on)."""
+        self._sending = False
 
 
 def observe_lag(observe: Callable[..., None], message: Message) -> None:
@@ -218,8 +274,9 @@ class Hub:
         #: Set by :meth:`close_every` when the server stops: a connection made now closes at once.
         self.closing_code: int | None = None
 
-    def connection(self, connection_id: str, limit: int) -> Connection:
-        conn = Connection(connection_id, limit, self._observe, self._set_aside)
+    def connection(self, connection_id: str, limit: int, principal: Principal | None = None) -> Connection:
+        """A new connection of a transport, which then attaches its writer (:meth:`Connection.attach`)."""
+        conn = Connection(connection_id, limit, self._observe, self._set_aside, principal)
         self.connections.add(conn)
         self._empty.clear()
         if self.closing_code is not None:
@@ -247,7 +304,8 @@ class Hub:
             messages = conn.aside
             if not messages or conn.close_code is not None:
                 continue
-            if conn.write_now is not None and conn.write_now(messages):
+            write_now = conn._write_now
+            if write_now is not None and write_now(messages):
                 conn.aside = []
                 for message in messages:
                     written[message] = written.get(message, 0) + 1
@@ -287,7 +345,7 @@ class Hub:
         left = list(conn.subscriptions)
         for room in left:
             self.leave(conn, room)
-        conn.write_now = None
+        conn.detach()
         conn.aside = []
         self.connections.discard(conn)
         if not self.connections:

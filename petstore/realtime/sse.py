@@ -86,8 +86,7 @@ async def events_endpoint(request: Request) -> Response:
         room, since = parse_event_id(last_event_id)
         positions[room] = since
 
-    conn = layer.hub.connection("sse-" + uuid.uuid4().hex[:12], layer.settings.ws_queue_size)
-    conn.principal = principal
+    conn = layer.hub.connection("sse-" + uuid.uuid4().hex[:12], layer.settings.ws_queue_size, principal)
     try:
         for name in names:
             result = await layer.subscribe(conn, name, positions.get(name))
@@ -139,6 +138,7 @@ async def stream(layer: Realtime, conn: Connection) -> AsyncIterator[str]:
                 chunks.append(format_event(item))
                 observe_lag(observe, item)
             yield "".join(chunks)
+            conn.sent()
     finally:
         if expiry is not None:
             expiry.cancel()

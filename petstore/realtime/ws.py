@@ -87,10 +87,9 @@ class Session:
         self.layer = layer
         self.settings = layer.settings
         self.plugins = layer.plugins
-        self.conn: Connection = layer.hub.connection(uuid.uuid4().hex[:16], self.settings.ws_queue_size)
-        self.conn.principal = access.principal(websocket)
-        # Served by petstore.server.uvicorn_ws: events skip the queue when they can (petstore.realtime.hub).
-        self.conn.write_now = websocket.scope.get("extensions", {}).get(WRITE_EXTENSION, {}).get("write")
+        self.conn: Connection = layer.hub.connection(
+            uuid.uuid4().hex[:16], self.settings.ws_queue_size, access.principal(websocket)
+        )
         self.active = False  # an auth or a subscription arrived: the auth deadline is met
         self.reader: asyncio.Task[Any] | None = None
         self.reading = False  # the reader is interrupted only inside read_loop, never while closing
@@ -120,7 +119,9 @@ class Session:
         loop = asyncio.get_running_loop()
         self.reader = asyncio.current_task()
         self.sender = asyncio.create_task(self.send_loop())
-        conn.on_close = self.interrupt
+        # Served by petstore.server.uvicorn_ws: events skip the queue when they can (petstore.realtime.hub).
+        write_now = self.websocket.scope.get("extensions", {}).get(WRITE_EXTENSION, {}).get("write")
+        conn.attach(write_now=write_now, on_close=self.interrupt)
         if principal is None:
             self.deadline = loop.call_later(self.settings.ws_auth_timeout_seconds, self.deadline_passed)
         self.arm_expiry()
@@ -142,7 +143,7 @@ class Session:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.websocket.close(code), CLOSE_SECONDS)
         finally:
-            conn.on_close = None
+            conn.detach()
             for timer in (self.deadline, self.expiry):
                 if timer is not None:
                     timer.cancel()
@@ -212,13 +213,12 @@ class Session:
                 frames.append(item.frame)
                 sent[item.kind] = sent.get(item.kind, 0) + 1
                 observe_lag(observe, item)
-            conn.sending = True
             try:
                 await self.websocket.send_text(encode_batch(frames))
             except (WebSocketDisconnect, OSError, RuntimeError):
                 return  # the client is gone; the reader sees the disconnect
             finally:
-                conn.sending = False
+                conn.sent()
             for kind, count in sent.items():
                 observe("ws.message_sent", float(count), room_kind=kind)
 
@@ -323,7 +323,7 @@ class Session:
             raise Refused("unauthorized", "this server does not accept tokens")
         if principal.expires_at is not None and principal.expires_at <= time.time():
             raise Refused("unauthorized", "token expired")
-        self.conn.principal = principal
+        self.conn.sign_in(principal)
         self.active = True
         self.arm_expiry()
         for room in list(self.conn.subscriptions):

@@ -39,6 +39,11 @@ The SSE endpoint says its response is a stream through the ASGI extension ``pets
 (``scope["extensions"]["petstore.http.stream"]["mark"]()``). ``uvicorn --http
 petstore.server.uvicorn_http:HttpProtocol`` gives plain uvicorn the same; under any other server the
 lifespan shutdown ends the streams.
+
+uvicorn's httptools protocol, its request cycle and its flow control are its implementation, not
+its API: what this module reads and overrides of them is in :data:`USES`, checked when it is
+imported (:mod:`petstore.internals`), so a release that changed them stops uvicorn from starting
+with this protocol, naming what is missing, rather than serving without the bounds above.
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ import asyncio
 import json
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from petstore import internals
 from petstore.config import Settings
 from petstore.realtime import STREAM_EXTENSION
 from petstore.server import shutdown
@@ -57,6 +64,61 @@ from petstore.state import AppState
 #: The import string for uvicorn's ``http`` setting (``--http`` on its command line).
 PROTOCOL = "petstore.server.uvicorn_http:HttpProtocol"
 
+#: What :class:`HttpProtocol` relies on of uvicorn's implementation (besides ``STATUS_LINE``, whose
+#: import would fail by itself): checked at import.
+USES = (
+    internals.Uses(
+        __name__,
+        "uvicorn",
+        HttpToolsProtocol,
+        (
+            # read (and, for app and timeout_keep_alive_task, replaced for a while)
+            "app",
+            "app_state",
+            "config",
+            "connections",
+            "cycle",
+            "flow",
+            "headers",
+            "limit_concurrency",
+            "loop",
+            "parser",
+            "pipeline",
+            "scope",
+            "timeout_keep_alive_handler",
+            "timeout_keep_alive_task",
+            "transport",
+            "url",
+            # overridden, each calling uvicorn's own
+            "connection_made",
+            "connection_lost",
+            "data_received",
+            "handle_websocket_upgrade",
+            "on_headers_complete",
+            "on_message_begin",
+            "on_message_complete",
+            "on_response_complete",
+            "shutdown",
+        ),
+    ),
+    internals.Uses(
+        __name__,
+        "uvicorn",
+        RequestResponseCycle,
+        (
+            "disconnected",
+            "keep_alive",
+            "message_event",
+            "response_complete",
+            "response_started",
+            "scope",
+            "waiting_for_100_continue",
+        ),
+    ),
+    internals.Uses(__name__, "uvicorn", FlowControl, ("read_paused", "write_paused")),
+)
+for _uses in USES:
+    _uses.check()
 
 _DEFAULTS = Settings.model_fields
 #: Per header line, what ``on_header`` does not hand over: ": " and CRLF; and the request line's

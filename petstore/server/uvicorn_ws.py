@@ -8,13 +8,14 @@ lets the hub write shared event frames synchronously instead::
     write = scope["extensions"]["petstore.websocket.write"]["write"]
     write(messages)  # True: handed to the socket, in order, in one write; False: use ``send``
 
-Each message has ``payload``, its UTF-8 text, and ``ws_frame``, the same text already framed as
-an unmasked, uncompressed text frame (RFC 6455 §5.2), built once per event and shared by every
-connection (:class:`petstore.realtime.broker.Message`). A connection that negotiated
-``permessage-deflate`` frames (and compresses) each payload itself. ``write`` refuses, and the
-caller queues for its sender task, whenever the plain path must decide: before the handshake,
-once closing, and while the transport's buffer is over its high-water mark (flow control, so a
-slow client's queue fills and it is closed with 1013).
+Each message has ``payload``, its UTF-8 text, and ``wire``, a dict in which this module keeps
+the same text framed as an unmasked, uncompressed text frame (RFC 6455 §5.2, :func:`frame`):
+built by the first connection that writes the event and shared by every other one (the messages
+are :class:`petstore.realtime.broker.Message`, which never looks inside). A connection that
+negotiated ``permessage-deflate`` frames (and compresses) each payload itself. ``write`` refuses,
+and the caller queues for its sender task, whenever the plain path must decide: before the
+handshake, once closing, and while the transport's buffer is over its high-water mark (flow
+control, so a slow client's queue fills and it is closed with 1013).
 
 The app keeps working under any ASGI server; without the extension every send takes the usual
 path. ``uvicorn --ws petstore.server.uvicorn_ws:WebSocketProtocol`` gives plain uvicorn the same.
@@ -24,6 +25,11 @@ hub was still writing, and waits forever for a client that does not read. This o
 close to the app, which the first ``shutdown()`` tells to drain (:mod:`petstore.server.shutdown`): the
 hub closes every connection with 1012, one close frame each, and a connection still open after
 the drain's grace is aborted.
+
+Neither uvicorn's protocol class nor the websockets protocol inside it is uvicorn's API: what this
+module reads and overrides of them is in :data:`USES`, checked when it is imported, so a release
+that changed them stops uvicorn from starting with this protocol, with a message that names what
+is missing (:mod:`petstore.internals`), rather than running without the fast path or the limit.
 """
 
 from __future__ import annotations
@@ -32,27 +38,79 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
+from petstore import internals
 from petstore.realtime import WRITE_EXTENSION
 from petstore.server import shutdown
 from petstore.state import AppState
 
 #: The import string for uvicorn's ``ws`` setting (``--ws`` on its command line).
 PROTOCOL = "petstore.server.uvicorn_ws:WebSocketProtocol"
-#: What :meth:`WebSocketProtocol.write` reads of uvicorn's protocol; a uvicorn without one of
-#: them gets no extension (the plain path still works) rather than a broken one.
-_USES = ("handshake_complete", "close_sent", "disconnected", "initial_response", "writable", "conn", "transport")
+
+#: What this module relies on past the two projects' APIs: the state :meth:`WebSocketProtocol.write`
+#: and the drain read of uvicorn's protocol and the methods they override or call; and what
+#: ``write`` and ``__init__`` use of the websockets protocol in ``conn`` (its sans-I/O API, but for
+#: ``max_message_size``, the app's message limit). Checked at import.
+USES = (
+    internals.Uses(
+        __name__,
+        "uvicorn",
+        WebSocketsSansIOProtocol,
+        (
+            # what write() reads: the direct path depends on these seven
+            "handshake_complete",
+            "close_sent",
+            "disconnected",
+            "initial_response",
+            "writable",
+            "conn",
+            "transport",
+            # what __init__, handle_connect and the drain read
+            "app_state",
+            "config",
+            "scope",
+            # overridden or called
+            "handle_connect",
+            "connection_lost",
+            "shutdown",
+            "stop_keepalive",
+        ),
+    ),
+    internals.Uses(
+        __name__,
+        "websockets",
+        ServerProtocol,
+        ("state", "extensions", "send_text", "data_to_send", "max_message_size"),
+    ),
+)
+for _uses in USES:
+    _uses.check()
+
+#: The key of this module's encoding in a message's ``wire``.
+_WIRE = __name__
 
 
 class Framed(Protocol):
-    """A text message with its shared frame (see the module docstring)."""
+    """A text message as the hub hands it over (see the module docstring)."""
 
     @property
     def payload(self) -> bytes: ...
 
     @property
-    def ws_frame(self) -> bytes: ...
+    def wire(self) -> dict[str, bytes]: ...
+
+
+def frame(message: Framed) -> bytes:
+    """``message`` as one unmasked, uncompressed WebSocket text frame, built once per event: by the
+    first connection that writes it, then taken from its ``wire`` by every other one."""
+    try:
+        return message.wire[_WIRE]
+    except KeyError:
+        data = message.wire[_WIRE] = Frame(Opcode.TEXT, message.payload).serialize(mask=False)
+        return data
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
@@ -63,7 +121,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         state = self.app_state.get("petstore")
-        if isinstance(state, AppState) and hasattr(self.conn, "max_message_size"):
+        if isinstance(state, AppState):
             # The app's own limit, enforced by websockets as it reads: on the inflated size of a
             # permessage-deflate message, so nothing past it is ever decompressed or buffered
             # (uvicorn's ws_max_size, 16 MiB by default, is all it would otherwise stop at).
@@ -97,7 +155,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope: Any = getattr(self, "scope", None)  # None: the upgrade was refused before the app ran
-        if scope is not None and all(hasattr(self, name) for name in _USES):
+        if scope is not None:
             scope["extensions"][WRITE_EXTENSION] = {"write": self.write}
 
     def write(self, messages: Sequence[Framed]) -> bool:
@@ -117,7 +175,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
                 self.conn.send_text(message.payload)
             self.transport.write(b"".join(self.conn.data_to_send()))
         elif len(messages) == 1:
-            self.transport.write(messages[0].ws_frame)
+            message = messages[0]
+            try:
+                data = message.wire[_WIRE]  # frame(message), inlined: once per subscriber per event
+            except KeyError:
+                data = frame(message)
+            self.transport.write(data)
         else:
-            self.transport.write(b"".join([message.ws_frame for message in messages]))
+            self.transport.write(b"".join([frame(message) for message in messages]))
         return True

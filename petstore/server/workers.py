@@ -5,6 +5,10 @@ and adds or drops one on SIGTTIN / SIGTTOU; after each of these, and at shutdown
 longer running is passed to the plugins' ``workers()`` callbacks (a metrics plugin removes what
 the dead worker held: its live gauges). The core knows no metrics library; what a plugin needs
 around a several-worker run (an environment for the workers, a directory) is its own.
+
+uvicorn's supervisor is its implementation, not its API: the methods :class:`Supervisor` extends
+and what it reads are in :data:`USES`, checked when this module is imported, before any worker
+starts (:mod:`petstore.internals`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.supervisors.multiprocess import Multiprocess, Process
+
+from petstore import internals
+
+#: What :class:`Supervisor` relies on of uvicorn's supervisor: checked at import.
+USES = (
+    internals.Uses(
+        __name__,
+        "uvicorn",
+        Multiprocess,
+        (
+            "processes",
+            "sockets",
+            "init_processes",
+            "keep_subprocess_alive",
+            "handle_hup",
+            "handle_ttin",
+            "handle_ttou",
+            "join_all",
+            "terminate_all",
+        ),
+    ),
+    internals.Uses(__name__, "uvicorn", Process, ("pid", "process")),
+)
+for _uses in USES:
+    _uses.check()
 
 #: Told the pid of a worker that is gone.
 WorkerExited = Callable[[int], None]

@@ -14,8 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from petstore import db
 from petstore.config import Settings
+from petstore.db import sqlite
+from petstore.internals import InternalsChanged
 from petstore.models import Pet
 from tests.realtime.support import until
+from tests.releases import check_all, simulate
 
 
 @pytest.fixture
@@ -89,3 +92,40 @@ async def test_many_concurrent_writers_on_one_file_all_commit(engine: AsyncEngin
 
     await asyncio.gather(*(write(n) for n in range(20)))
     assert await pets(engine) == [f"p{n:02d}" for n in range(20)]
+
+
+def newer_sqlalchemy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SQLAlchemy whose adapter asks aiosqlite's connection whether it is open by another private name."""
+    simulate(
+        monkeypatch,
+        "SQLAlchemy",
+        "sqlalchemy.dialects.sqlite.aiosqlite",
+        "self._connection._connection",
+        "self._connection._running",
+        "2.2.0",
+    )
+
+
+def test_a_sqlalchemy_that_reads_another_private_attribute_of_aiosqlite_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    newer_sqlalchemy(monkeypatch)
+    with pytest.raises(InternalsChanged) as refused:
+        check_all(sqlite.USES)
+    message = str(refused.value)
+    assert message.startswith("petstore.db.sqlite cannot run on SQLAlchemy 2.2.0")
+    assert "reads self._connection._running, which petstore.db.sqlite.Connection does not provide" in message
+
+
+async def test_the_check_runs_at_the_first_connection_before_any_query(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    newer_sqlalchemy(monkeypatch)
+    engine = db.create_engine(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/new.db", plugins=()))
+    try:
+        with pytest.raises(InternalsChanged):
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert not (tmp_path / "new.db").exists()

@@ -158,7 +158,8 @@ class Writer:
 
 def direct(hub: Hub, name: str, room: str = "pets") -> tuple[Any, Writer]:
     conn = hub.connection(name, 10)
-    conn.write_now = writer = Writer()
+    writer = Writer()
+    conn.attach(write_now=writer)
     hub.go_live(hub.join(conn, room), "e1", 0)
     return conn, writer
 
@@ -195,15 +196,15 @@ async def test_events_queue_behind_what_is_queued_or_being_sent_so_order_holds()
     conn.put_nowait("subscribed")  # ... so a later control message must not overtake it
     await next_turn()
     assert writer.writes == []
-    batch = await conn.next_batch(10)
+    batch = await conn.next_batch(10)  # the sender holds a batch it has not finished writing ...
     assert [m if isinstance(m, str) else m.offset for m in batch] == [1, "subscribed"]
-    conn.sending = True  # the sender holds a batch it has not finished writing
     hub.deliver(message("pets", 2))
-    conn.sending = False
+    conn.sent()  # ... until now
     hub.deliver(message("pets", 3))  # the queue still holds 2: 3 goes behind it
     await next_turn()
     assert writer.writes == []
     assert [m.offset for m in await conn.next_batch(10)] == [2, 3]  # type: ignore[union-attr]
+    conn.sent()
     hub.deliver(message("pets", 4))
     await next_turn()
     assert writer.offsets == [[4]]
@@ -216,8 +217,7 @@ async def test_what_the_writer_refuses_is_queued_and_still_bounded() -> None:
     writer.refusing = True  # say, the client's socket buffer is full
     hub.deliver(message("pets", 1))
     await next_turn()
-    assert [m.offset for m in await conn.next_batch(10)] == [1]  # type: ignore[union-attr]
-    conn.sending = True
+    assert [m.offset for m in await conn.next_batch(10)] == [1]  # type: ignore[union-attr]  (not yet sent)
     for offset in range(2, 13):
         hub.deliver(message("pets", offset))
     assert writer.writes == [] and observed.counts["ws.message_sent"] == 0

@@ -23,8 +23,10 @@ from uvicorn.config import Config
 from uvicorn.server import ServerState
 
 from petstore.config import Settings
-from petstore.server.uvicorn_http import HttpProtocol
+from petstore.internals import InternalsChanged
+from petstore.server.uvicorn_http import USES, HttpProtocol
 from tests.realtime.support import DEADLINE
+from tests.releases import check_all, simulate
 from tests.server.test_shutdown import PETSTORE, assert_clean_log, running
 from tests.services import DEFAULT_APP_COMMAND, HOST, UvicornServer
 
@@ -345,3 +347,16 @@ def test_half_sent_requests_do_not_use_up_the_servers_descriptors(tmp_path: Path
                 sock.close()
         log = assert_clean_log(server)
         assert "out of system resource" not in log, log
+
+
+def test_a_uvicorn_whose_protocol_lost_what_the_read_bounds_use_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rather than serving without the bounds (or failing on the first request)."""
+    module = "uvicorn.protocols.http.httptools_impl"
+    simulate(monkeypatch, "uvicorn", module, "self.flow", "self.flow_control", "0.99.0")
+    with pytest.raises(InternalsChanged) as refused:
+        check_all(USES)
+    message = str(refused.value)
+    assert message.startswith("petstore.server.uvicorn_http cannot run on uvicorn 0.99.0")
+    assert "HttpToolsProtocol has no attribute 'flow'" in message

@@ -10,7 +10,7 @@ import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
 
 from petstore.config import Settings
+from petstore.internals import InternalsChanged
 from petstore.realtime import WRITE_EXTENSION as EXTENSION
-from petstore.server.uvicorn_ws import PROTOCOL
+from petstore.server.uvicorn_ws import PROTOCOL, USES, frame
 from tests.realtime.support import DEADLINE, until
+from tests.releases import check_all, simulate
 from tests.server.test_shutdown import assert_clean_log, running
 from tests.services import free_port
 
@@ -33,12 +35,42 @@ PLAIN = "websockets-sansio"
 @dataclass
 class Framed:
     payload: bytes
-    ws_frame: bytes
+    wire: dict[str, bytes] = field(default_factory=dict)
 
 
 def framed(*texts: str) -> list[Framed]:
-    """Messages as the hub hands them over: each with its text and its shared frame."""
-    return [Framed(text.encode(), Frame(Opcode.TEXT, text.encode()).serialize(mask=False)) for text in texts]
+    """Messages as the hub hands them over: each with its text, and room for the shared frame."""
+    return [Framed(text.encode()) for text in texts]
+
+
+def test_a_messages_frame_is_built_once_and_shared_by_every_connection_that_writes_it() -> None:
+    message = framed("shared é")[0]
+    built = frame(message)
+    assert built == Frame(Opcode.TEXT, "shared é".encode()).serialize(mask=False)
+    assert frame(message) is built
+
+
+def test_a_uvicorn_whose_protocol_lost_what_write_reads_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It used to be silent: the extension was not offered, and every event took the slow path."""
+    module = "uvicorn.protocols.websockets.websockets_sansio_impl"
+    simulate(monkeypatch, "uvicorn", module, "self.writable", "self.ready", "0.99.0")
+    with pytest.raises(InternalsChanged) as refused:
+        check_all(USES)
+    message = str(refused.value)
+    assert message.startswith("petstore.server.uvicorn_ws cannot run on uvicorn 0.99.0")
+    assert "WebSocketsSansIOProtocol has no attribute 'writable'" in message
+
+
+def test_a_websockets_without_max_message_size_is_refused_rather_than_run_without_the_apps_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It used to be silent too: the app's message limit was not applied, only uvicorn's 16 MiB."""
+    simulate(monkeypatch, "websockets", "websockets.protocol", "self.max_message_size", "self.max_size", "18.0")
+    with pytest.raises(InternalsChanged) as refused:
+        check_all(USES)
+    message = str(refused.value)
+    assert message.startswith("petstore.server.uvicorn_ws cannot run on websockets 18.0")
+    assert "ServerProtocol has no attribute 'max_message_size'" in message
 
 
 class Probe:

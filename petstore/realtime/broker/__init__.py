@@ -17,7 +17,11 @@ Contract, for both:
   ``since`` is given and the history still proves continuity from it, every event after it.
 
 An event travels as its ``frame``: the JSON text of the ``event`` message of SPEC §3, encoded
-once by the publisher (offset and epoch inside) and sent unchanged to every subscriber.
+once by the publisher (offset and epoch inside, :func:`encode_frame`, which the Redis publish
+script mirrors) and sent unchanged to every subscriber, whatever the transport. How a transport
+puts that text on the wire (a WebSocket frame's header, say) is the transport's own business: it
+may keep its encoding in the message's ``wire``, built once per event, which the broker and the
+hub never read (:func:`petstore.server.uvicorn_ws.frame` does).
 """
 
 from __future__ import annotations
@@ -28,8 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
-
-from websockets.frames import Frame, Opcode
 
 from petstore.errors import PetstoreError
 from petstore.realtime.rooms import room_kind
@@ -67,17 +69,14 @@ class Message:
     kind: str = ""
     #: Set by the first transport that sends it, so the lag is observed once per event and instance.
     lag_observed: bool = field(default=False, compare=False)
+    #: The transports' encodings of the frame, each built once per event by the transport that
+    #: owns it, under a key of its own, and shared by every connection it writes to (opaque here).
+    wire: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def payload(self) -> bytes:
         """The frame in UTF-8, encoded once for every connection that sends it."""
         return self.frame.encode()
-
-    @cached_property
-    def ws_frame(self) -> bytes:
-        """The frame as one unmasked, uncompressed WebSocket text frame, built once and written
-        as it is to every connection without an extension (see :mod:`petstore.server.uvicorn_ws`)."""
-        return Frame(Opcode.TEXT, self.payload).serialize(mask=False)
 
     @classmethod
     def parse(cls, frame: str | bytes) -> Message:
@@ -170,12 +169,15 @@ def parse_ts(text: str) -> float:
 
 
 def frame_tail(event: str, data_json: str, ts: str) -> str:
-    """The part of an event frame that does not depend on offset and epoch."""
+    """The part of an event's frame (its JSON text) that does not depend on offset and epoch: built
+    once per publication, for each of its rooms."""
     return f'"event":{json.dumps(event)},"data":{data_json},"ts":{json.dumps(ts)}}}'
 
 
 def encode_frame(room: str, offset: int, epoch: str, tail: str) -> str:
-    """Must build exactly what the Redis publish script builds, so both backends send the same bytes."""
+    """An event's frame: the JSON text of its ``event`` message, the same for every transport.
+
+    Must build exactly what the Redis publish script builds, so both backends send the same bytes."""
     return f'{{"type":"event","room":{json.dumps(room)},"offset":{offset},"epoch":"{epoch}",{tail}'
 
 
