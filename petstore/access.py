@@ -1,9 +1,10 @@
-"""Who may do what (SPEC §2), expressed as Starlette scopes that the endpoints require.
+"""Who may do what (SPEC §2), expressed as Starlette scopes that operations need.
 
 The core never authenticates anyone. An auth plugin puts a :class:`Principal` in
 ``scope["user"]`` and its scopes in ``scope["auth"]`` (Starlette's ``AuthenticationMiddleware``
-does exactly that); the endpoints only read them. Without an auth plugin every request is
-anonymous, so reads work and writes answer 401.
+does exactly that); the endpoints only read them. Each operation declares the scope it needs
+(:mod:`petstore.operations`), and its route checks it with :func:`require` before the handler
+runs. Without an auth plugin every request is anonymous, so reads work and writes answer 401.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from starlette.requests import Request
 
 from petstore.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
 from petstore.models import INT64_MAX
+from petstore.operations import Param
 from petstore.state import app_state
 
 M = TypeVar("M", bound=BaseModel)
@@ -118,6 +119,11 @@ def _integer(raw: str) -> int | None:
     return int(raw) if _INTEGER.fullmatch(raw) else None
 
 
+def id_param(name: str, what: str) -> Param:
+    """How an operation declares the ``{name}`` that :func:`path_id` reads."""
+    return Param(name, "path", {"type": "integer", "format": "int64", "minimum": 0, "maximum": INT64_MAX}, what)
+
+
 def path_id(request: Request, name: str, what: str) -> int:
     """The ``{name}`` id of the path: 400 when it is no int64 (the document's format).
 
@@ -139,6 +145,20 @@ def query_list(request: Request, name: str) -> list[str]:
     for raw in request.query_params.getlist(name):
         values.extend(part.strip() for part in raw.split(",") if part.strip())
     return values
+
+
+#: How an operation declares the ``limit`` and ``offset`` that :func:`pagination` reads.
+PAGE = (
+    Param(
+        "limit",
+        "query",
+        {"type": "integer", "minimum": 0, "maximum": MAX_LIMIT, "default": 100},
+        "At most this many results",
+    ),
+    Param(
+        "offset", "query", {"type": "integer", "minimum": 0, "maximum": INT64_MAX, "default": 0}, "Skip this many first"
+    ),
+)
 
 
 def pagination(request: Request, default_limit: int = 100) -> tuple[int, int]:

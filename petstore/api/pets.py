@@ -14,8 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from petstore.access import WRITE_PETS, require
+from petstore.access import WRITE_PETS, Principal
 from petstore.api.inputs import (
+    PAGE,
+    id_param,
     limited_stream,
     pagination,
     path_id,
@@ -40,6 +42,7 @@ from petstore.models import (
     Tag,
     TagBody,
 )
+from petstore.operations import FORM, JSON, READ_ERRORS, Body, Param, operation, ref
 from petstore.realtime import events
 from petstore.state import AppState, app_state
 
@@ -53,6 +56,15 @@ _IMAGE_TYPES = {
     b"\xff\xd8\xff": ".jpg",
     b"GIF87a": ".gif",
     b"GIF89a": ".gif",
+}
+
+PET_ID = id_param("petId", "ID of the pet")
+BAD_PET_ID = "Invalid ID supplied: not an integer, or out of range"
+# A URL-encoded form is flat: PetForm has the Pet fields a form can carry.
+PET_CONTENT = {JSON: ref("Pet"), FORM: ref("PetForm")}
+PETS = {"type": "array", "items": ref("Pet")}
+PET_LINKS = {
+    op: {"petId": "$response.body#/id"} for op in ("getPetById", "updatePetWithForm", "uploadFile", "deletePet")
 }
 
 
@@ -140,8 +152,20 @@ async def create_pet(session: AsyncSession, body: PetBody, *, inventory: bool = 
     return pet
 
 
-async def add_pet(request: Request) -> Response:
-    require(request, WRITE_PETS)
+@operation(
+    "POST",
+    "/pet",
+    "addPet",
+    permission=WRITE_PETS,
+    tag="pet",
+    summary="Add a new pet to the store.",
+    description="Staff and admins. Without an id, the server assigns one.",
+    body=Body(PET_CONTENT, "Create a new pet in the store"),
+    ok=ref("Pet"),
+    links=PET_LINKS,
+    errors={409: "A pet with this id exists"},
+)
+async def add_pet(request: Request, who: Principal) -> Response:
     body = await read_model(request, PetBody, form=True)
     state = app_state(request)
     async with state.sessions() as session:
@@ -150,8 +174,20 @@ async def add_pet(request: Request) -> Response:
     return pet_json(pet)
 
 
-async def update_pet(request: Request) -> Response:
-    require(request, WRITE_PETS)
+@operation(
+    "PUT",
+    "/pet",
+    "updatePet",
+    permission=WRITE_PETS,
+    tag="pet",
+    summary="Update an existing pet.",
+    description="Update an existing pet by id (staff and admins).",
+    body=Body(PET_CONTENT, "The pet, with its id"),
+    ok=ref("Pet"),
+    links=PET_LINKS,
+    errors={400: "or the pet's id is missing", 404: "Pet not found"},
+)
+async def update_pet(request: Request, who: Principal) -> Response:
     body = await read_model(request, PetBody, form=True)
     if body.id is None:
         raise BadRequest("invalid ID supplied: the pet's id is required")
@@ -168,6 +204,26 @@ async def update_pet(request: Request) -> Response:
     return pet_json(pet)
 
 
+@operation(
+    "GET",
+    "/pet/findByStatus",
+    "findPetsByStatus",
+    permission=None,
+    tag="pet",
+    summary="Finds Pets by status.",
+    description="`status=a,b` and `status=a&status=b` alike; `available` when absent. Ordered by id.",
+    params=(
+        Param(
+            "status",
+            "query",
+            {"type": "array", "items": ref("PetStatus"), "default": ["available"]},
+            "Status values to consider",
+        ),
+        *PAGE,
+    ),
+    ok=PETS,
+    errors={400: "Invalid status value, limit or offset"},
+)
 async def find_by_status(request: Request) -> Response:
     statuses = query_list(request, "status") or [PetStatus.available.value]
     invalid = [s for s in statuses if s not in PetStatus.__members__]
@@ -176,6 +232,27 @@ async def find_by_status(request: Request) -> Response:
     return await _list_pets(request, col(Pet.status).in_(statuses))
 
 
+@operation(
+    "GET",
+    "/pet/findByTags",
+    "findPetsByTags",
+    permission=None,
+    tag="pet",
+    summary="Finds Pets by tags.",
+    description="Pets with any of the tags: `tags=a,b` and `tags=a&tags=b` alike. Ordered by id.",
+    params=(
+        Param(
+            "tags",
+            "query",
+            {"type": "array", "items": {"type": "string", "maxLength": 255}, "minItems": 1},
+            "Tag names to filter by",
+            required=True,
+        ),
+        *PAGE,
+    ),
+    ok=PETS,
+    errors={400: "No tag given, a tag longer than 255 characters, or an invalid limit or offset"},
+)
 async def find_by_tags(request: Request) -> Response:
     names = query_list(request, "tags")
     if not names:
@@ -201,14 +278,58 @@ async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Respon
         )
 
 
+@operation(
+    "GET",
+    "/pet/{petId}",
+    "getPetById",
+    permission=None,
+    tag="pet",
+    summary="Find pet by ID.",
+    params=(PET_ID,),
+    ok=ref("Pet"),
+    errors={400: BAD_PET_ID, 404: "Pet not found"},
+)
 async def get_pet(request: Request) -> Response:
     pet_id = path_id(request, "petId", "pet")
     async with app_state(request).sessions() as session:
         return pet_json(await load_pet(session, pet_id))
 
 
-async def update_pet_with_form(request: Request) -> Response:
-    require(request, WRITE_PETS)
+@operation(
+    "POST",
+    "/pet/{petId}",
+    "updatePetWithForm",
+    permission=WRITE_PETS,
+    tag="pet",
+    summary="Updates a pet in the store with form data.",
+    description="`name` and `status` from the query string or a form body (the form wins). Staff and admins.",
+    params=(
+        PET_ID,
+        Param("name", "query", {"type": "string", "minLength": 1, "maxLength": 255}, "New name of the pet"),
+        Param("status", "query", ref("PetStatus"), "New status of the pet"),
+    ),
+    # Read when the Content-Type starts as a form's (one that only starts so is a 415).
+    body=Body(
+        {
+            FORM: {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "status": ref("PetStatus"),
+                },
+            }
+        },
+        required=False,
+        errors={status: READ_ERRORS[status] for status in (413, 415)},
+    ),
+    ok=ref("Pet"),
+    errors={
+        400: BAD_PET_ID + "; invalid status value; or a form body that is not UTF-8",
+        404: "Pet not found",
+        422: "Invalid name",
+    },
+)
+async def update_pet_with_form(request: Request, who: Principal) -> Response:
     pet_id = path_id(request, "petId", "pet")
     fields = dict(request.query_params)
     if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
@@ -235,8 +356,19 @@ async def update_pet_with_form(request: Request) -> Response:
     return pet_json(pet)
 
 
-async def delete_pet(request: Request) -> Response:
-    require(request, WRITE_PETS)
+@operation(
+    "DELETE",
+    "/pet/{petId}",
+    "deletePet",
+    permission=WRITE_PETS,
+    tag="pet",
+    summary="Deletes a pet.",
+    description="Staff and admins.",
+    params=(PET_ID,),
+    ok=ref("ApiResponse"),
+    errors={400: BAD_PET_ID, 404: "Pet not found"},
+)
+async def delete_pet(request: Request, who: Principal) -> Response:
     pet_id = path_id(request, "petId", "pet")
     state = app_state(request)
     async with state.sessions() as session:
@@ -280,8 +412,38 @@ async def _read_multipart_file(request: Request, limit: int) -> bytes:
         await form.close()
 
 
-async def upload_image(request: Request) -> Response:
-    require(request, WRITE_PETS)
+@operation(
+    "POST",
+    "/pet/{petId}/uploadImage",
+    "uploadFile",
+    permission=WRITE_PETS,
+    tag="pet",
+    summary="Uploads an image.",
+    description="Stores a PNG, JPEG, GIF or WebP image, sent as the body or as the file of a multipart form, "
+    "and appends its URL to the pet's `photoUrls`. Staff and admins.",
+    params=(PET_ID, Param("additionalMetadata", "query", {"type": "string"}, "Additional metadata")),
+    # Not read_model's: the statuses are this handler's own.
+    body=Body(
+        {
+            "application/octet-stream": {"type": "string", "format": "binary"},
+            "multipart/form-data": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}},
+            },
+        },
+        errors={},
+    ),
+    ok=ref("ApiResponse"),
+    errors={
+        400: BAD_PET_ID + "; no file uploaded; or a malformed multipart body",
+        404: "Pet not found",
+        409: "The pet already has as many photos as a pet may have",
+        413: "Image larger than the server accepts",
+        415: "Not a PNG, JPEG, GIF or WebP image, or a Content-Type not accepted",
+    },
+)
+async def upload_image(request: Request, who: Principal) -> Response:
     pet_id = path_id(request, "petId", "pet")
     state = app_state(request)
     limit = state.settings.max_image_bytes
@@ -319,13 +481,15 @@ async def upload_image(request: Request) -> Response:
 
 
 def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/pet", add_pet, methods=["POST"], name="addPet"),
-        Route(f"{prefix}/pet", update_pet, methods=["PUT"], name="updatePet"),
-        Route(f"{prefix}/pet/findByStatus", find_by_status, methods=["GET"], name="findPetsByStatus"),
-        Route(f"{prefix}/pet/findByTags", find_by_tags, methods=["GET"], name="findPetsByTags"),
-        Route(f"{prefix}/pet/{{petId}}", get_pet, methods=["GET"], name="getPetById"),
-        Route(f"{prefix}/pet/{{petId}}", update_pet_with_form, methods=["POST"], name="updatePetWithForm"),
-        Route(f"{prefix}/pet/{{petId}}", delete_pet, methods=["DELETE"], name="deletePet"),
-        Route(f"{prefix}/pet/{{petId}}/uploadImage", upload_image, methods=["POST"], name="uploadFile"),
+    # /pet/findBy* before /pet/{petId}, which would take them.
+    operations = [
+        add_pet,
+        update_pet,
+        find_by_status,
+        find_by_tags,
+        get_pet,
+        update_pet_with_form,
+        delete_pet,
+        upload_image,
     ]
+    return [operation.route(prefix) for operation in operations]

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from petstore.access import ALL_ORDERS, AUTHENTICATED, PLACE_ORDERS, Principal, may, require
-from petstore.api.inputs import pagination, path_id, read_model
+from petstore.access import ALL_ORDERS, AUTHENTICATED, PLACE_ORDERS, Principal, may
+from petstore.api.inputs import PAGE, id_param, pagination, path_id, read_model
 from petstore.db import sync_id_sequence
 from petstore.db.queries import load_pet
 from petstore.errors import Conflict, Forbidden, NotFound, Unauthorized
@@ -34,8 +34,12 @@ from petstore.models import (
     PetStatus,
     User,
 )
+from petstore.operations import FORM, JSON, Body, operation, ref
 from petstore.realtime import events
 from petstore.state import app_state
+
+ORDER_ID = id_param("orderId", "ID of the order")
+ORDER_LINKS = {op: {"orderId": "$response.body#/id"} for op in ("getOrderById", "updateOrder", "deleteOrder")}
 
 
 def order_json(order: Order | OrderPublic) -> JSONResponse:
@@ -43,6 +47,16 @@ def order_json(order: Order | OrderPublic) -> JSONResponse:
     return JSONResponse(public.model_dump(mode="json", by_alias=True))
 
 
+@operation(
+    "GET",
+    "/store/inventory",
+    "getInventory",
+    permission=None,
+    tag="store",
+    summary="Returns pet inventories by status.",
+    description="Counts pets by status.",
+    ok=ref("Inventory"),
+)
 async def get_inventory(request: Request) -> Response:
     async with app_state(request).sessions() as session:
         return JSONResponse(await events.inventory_counts(session))
@@ -72,8 +86,25 @@ async def _owner_name(session: AsyncSession, order: Order) -> str | None:
     return user.username if user else None
 
 
-async def place_order(request: Request) -> Response:
-    who = require(request, PLACE_ORDERS)
+@operation(
+    "POST",
+    "/store/order",
+    "placeOrder",
+    permission=PLACE_ORDERS,
+    tag="store",
+    summary="Place an order for a pet.",
+    description="The pet must be `available`; it becomes `pending` (`sold` for an order placed as delivered). "
+    "The server picks the id of a customer's order (an `id` sent is ignored); staff may choose it.",
+    body=Body({JSON: ref("Order"), FORM: ref("Order")}),
+    ok=ref("Order"),
+    links=ORDER_LINKS,
+    errors={
+        403: "Only staff may place an order as delivered",
+        404: "Pet not found",
+        409: "The pet is not available, or (staff) an order with this id exists",
+    },
+)
+async def place_order(request: Request, who: Principal) -> Response:
     body = await read_model(request, OrderBody, form=True)
     status = body.status or OrderStatus.placed
     if status is not OrderStatus.placed and not may(request, ALL_ORDERS):
@@ -118,16 +149,37 @@ async def _visible_order(session: AsyncSession, request: Request, who: Principal
     return order
 
 
-async def get_order(request: Request) -> Response:
-    who = require(request, AUTHENTICATED)
+@operation(
+    "GET",
+    "/store/order/{orderId}",
+    "getOrderById",
+    permission=AUTHENTICATED,
+    tag="store",
+    summary="Find purchase order by ID.",
+    params=(ORDER_ID,),
+    ok=ref("Order"),
+    errors={400: "Invalid ID supplied", 404: "Order not found (or not yours)"},
+)
+async def get_order(request: Request, who: Principal) -> Response:
     order_id = path_id(request, "orderId", "order")
     async with app_state(request).sessions() as session:
         return order_json(await _visible_order(session, request, who, order_id))
 
 
-async def list_orders(request: Request) -> Response:
+@operation(
+    "GET",
+    "/store/orders",
+    "listOrders",
+    permission=AUTHENTICATED,
+    tag="store",
+    summary="Lists orders, newest first.",
+    description="Your own orders; every order for staff and admins. (Not in the Petstore document.)",
+    params=PAGE,
+    ok={"type": "array", "items": ref("Order")},
+    errors={400: "Invalid limit or offset"},
+)
+async def list_orders(request: Request, who: Principal) -> Response:
     """Extension: the caller's orders (every order for staff), newest first."""
-    who = require(request, AUTHENTICATED)
     limit, offset = pagination(request)
     query = select(Order).order_by(Order.id.desc()).limit(limit).offset(offset)  # type: ignore[union-attr]
     if not may(request, ALL_ORDERS):
@@ -139,9 +191,21 @@ async def list_orders(request: Request) -> Response:
         )
 
 
-async def update_order(request: Request) -> Response:
+@operation(
+    "PATCH",
+    "/store/order/{orderId}",
+    "updateOrder",
+    permission=ALL_ORDERS,
+    tag="store",
+    summary="Change an order's status.",
+    description="Staff and admins; `delivered` makes the pet `sold`. (Not in the Petstore document.)",
+    params=(ORDER_ID,),
+    body=Body({JSON: ref("OrderPatch")}),
+    ok=ref("Order"),
+    errors={400: "or an invalid ID", 404: "Order not found", 409: "A delivered order cannot go back"},
+)
+async def update_order(request: Request, who: Principal) -> Response:
     """Extension for staff: change an order's status; ``delivered`` sells its pet."""
-    require(request, ALL_ORDERS)
     order_id = path_id(request, "orderId", "order")
     patch = await read_model(request, OrderPatch)
     state = app_state(request)
@@ -180,8 +244,19 @@ async def _release_pet(session: AsyncSession, pet_id: int) -> None:
         await _pet_changed(session, pet_id)
 
 
-async def delete_order(request: Request) -> Response:
-    who = require(request, AUTHENTICATED)
+@operation(
+    "DELETE",
+    "/store/order/{orderId}",
+    "deleteOrder",
+    permission=AUTHENTICATED,
+    tag="store",
+    summary="Delete purchase order by identifier.",
+    description="An order not yet delivered gives its pet back (`available`).",
+    params=(ORDER_ID,),
+    ok=ref("ApiResponse"),
+    errors={400: "Invalid ID supplied", 404: "Order not found (or not yours)"},
+)
+async def delete_order(request: Request, who: Principal) -> Response:
     order_id = path_id(request, "orderId", "order")
     state = app_state(request)
     async with state.sessions() as session:
@@ -201,11 +276,5 @@ async def delete_order(request: Request) -> Response:
 
 
 def routes(prefix: str) -> list[Route]:
-    return [
-        Route(f"{prefix}/store/inventory", get_inventory, methods=["GET"], name="getInventory"),
-        Route(f"{prefix}/store/order", place_order, methods=["POST"], name="placeOrder"),
-        Route(f"{prefix}/store/orders", list_orders, methods=["GET"], name="listOrders"),
-        Route(f"{prefix}/store/order/{{orderId}}", get_order, methods=["GET"], name="getOrderById"),
-        Route(f"{prefix}/store/order/{{orderId}}", update_order, methods=["PATCH"], name="updateOrder"),
-        Route(f"{prefix}/store/order/{{orderId}}", delete_order, methods=["DELETE"], name="deleteOrder"),
-    ]
+    operations = [get_inventory, place_order, list_orders, get_order, update_order, delete_order]
+    return [operation.route(prefix) for operation in operations]

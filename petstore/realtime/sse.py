@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from petstore import access
 from petstore.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable, Unauthorized
+from petstore.operations import Param, operation, ref
 from petstore.realtime import rooms
 from petstore.realtime.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.realtime.hub import POLICY_VIOLATION, Connection, Outgoing, observe_lag
@@ -61,6 +62,53 @@ def format_subscribed(result: Subscribed) -> str:
     return f"event: subscribed\ndata: {dumps(body)}\n\n"
 
 
+EVENT_ID = {"type": "string", "pattern": "^.+:.+:[0-9]+$"}
+
+
+@operation(
+    "GET",
+    "/events",
+    "events",
+    # Each room's rule decides (rooms.may_join), after the rooms are known.
+    permission=None,
+    tag="events",
+    summary="Stream rooms' events as Server-Sent Events.",
+    description="Each room first sends `event: subscribed` (its position and snapshot), then every event as "
+    "`id: <room>:<epoch>:<offset>`, `event: <name>`, `data: <the event message>`. A reconnect with "
+    "`Last-Event-ID`, or `since` once per room, recovers what was missed. `orders` needs staff; "
+    "`user:{username}` that user or an admin (401 when anonymous).",
+    params=(
+        Param(
+            "room",
+            "query",
+            {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            "Rooms: `inventory`, `pets`, `pet:{id}`, `orders`, `user:{username}`",
+            required=True,
+        ),
+        Param(
+            "since",
+            "query",
+            {"type": "array", "items": EVENT_ID},
+            "`<room>:<epoch>:<offset>` of the last event seen, once per room",
+        ),
+        Param(
+            "Last-Event-ID",
+            "header",
+            EVENT_ID,
+            "Sent by a reconnecting EventSource: the id of the last event it saw",
+        ),
+    ),
+    ok=ref("ServerSentEvent"),
+    ok_media="text/event-stream",
+    ok_description="The event stream, until the client goes away",
+    errors={
+        400: "No room named, too many rooms, or a malformed `since` / `Last-Event-ID`",
+        401: "A room that needs a signed-in user (`orders`, `user:{username}`), asked for anonymously",
+        403: "Your role may not subscribe to one of the rooms",
+        404: "No such room",
+        503: "Events are unavailable right now (the broker is down); retry shortly",
+    },
+)
 async def events_endpoint(request: Request) -> Response:
     layer = realtime(request)
     names = list(dict.fromkeys(request.query_params.getlist("room")))
@@ -162,4 +210,4 @@ async def unwatch_all(layer: Realtime, names: list[str]) -> None:
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/api/v3/events", events_endpoint, methods=["GET"], name="events")]
+    return [events_endpoint.route("/api/v3")]

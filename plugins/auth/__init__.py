@@ -12,7 +12,8 @@ Loaded by ``PETSTORE_PLUGINS`` (``plugins.auth``). What it does, hook by hook:
   whose pool the rate limiter shares), and a log filter that keeps ``password=`` out of uvicorn's
   access log.
 - ``migrations``: the tables of :mod:`plugins.auth.schema`, created by ``petstore migrate``.
-- ``openapi``: the paths and schemas above, and the bearer scheme.
+- ``openapi``: the paths and schemas above, the bearer scheme, and on each of the core's
+  operations the ``security`` and 401 that its ``x-petstore-permission`` implies.
 - ``ws_authenticate`` / ``ws_authorize``: the same tokens and the rooms rule of SPEC §3.
 - ``login_routes``: ``POST /auth/token`` and ``GET /user/login`` check passwords, and how to read
   their username, for a rate limiter's per-username budget (:meth:`AuthEndpoints.login_routes`).

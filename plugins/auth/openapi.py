@@ -1,4 +1,6 @@
-"""What the auth plugin adds to the served OpenAPI document: its paths, schemas and the bearer scheme."""
+"""What the auth plugin adds to the served OpenAPI document: its paths and schemas, the bearer
+scheme, and on each of the core's operations (those with ``x-petstore-permission``) the security
+requirement and the 401 that follow from the permission it needs."""
 
 from __future__ import annotations
 
@@ -8,6 +10,18 @@ from typing import Any
 API = "/api/v3"
 
 ERROR = {"$ref": "#/components/schemas/ApiResponse"}
+#: The scope a core operation needs, or null when anyone may call it (petstore.api.openapi).
+PERMISSION = "x-petstore-permission"
+SCHEME = "bearerAuth"
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "bearerFormat": "JWT",
+    "description": "An access token: `Authorization: Bearer <token>`",
+}
+UNAUTHORIZED_WITHOUT = "A bearer token is required: it is missing, malformed, expired or revoked"
+UNAUTHORIZED_SENT = "a bearer token was sent and is not valid (malformed, expired or revoked)"
+SIGNING_IN = "Signed in means a bearer token: `Authorization: Bearer <token>`, from `POST /auth/token`."
 
 SCHEMAS: dict[str, Any] = {
     "TokenResponse": {
@@ -55,7 +69,7 @@ def _tokens(description: str) -> dict[str, Any]:
 
 
 def _paths(asymmetric: bool) -> dict[str, Any]:
-    bearer: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    bearer: list[dict[str, list[str]]] = [{SCHEME: []}]
     paths: dict[str, Any] = {
         "/auth/token": {
             "post": {
@@ -181,7 +195,37 @@ def _prefix(document: dict[str, Any]) -> str:
     return "" if base.rstrip("/").endswith(API) else API
 
 
+def _secure(operation: dict[str, Any]) -> None:
+    """A permission needs a token; without one, a token sent is still checked (and 401 if bad)."""
+    needed = operation[PERMISSION] is not None
+    responses = operation.setdefault("responses", {})
+    own = responses.get("401", {}).get("description")  # the core's reason (a room that needs a user)
+    if needed:
+        description = UNAUTHORIZED_WITHOUT
+    elif own:
+        description = f"{own}; or {UNAUTHORIZED_SENT}"
+    else:
+        description = UNAUTHORIZED_SENT.capitalize()
+    responses["401"] = {
+        "description": description,
+        "headers": {
+            "WWW-Authenticate": {"description": "The scheme to authenticate with", "schema": {"type": "string"}}
+        },
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    operation["responses"] = dict(sorted(responses.items()))
+    # An empty requirement makes the token optional.
+    operation["security"] = [{SCHEME: []}] if needed else [{}, {SCHEME: []}]
+
+
 def extend(document: dict[str, Any], *, asymmetric: bool) -> None:
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            if isinstance(operation, dict) and PERMISSION in operation:
+                _secure(operation)
+    info = document.get("info")
+    if isinstance(info, dict) and info.get("description"):
+        info["description"] += "\n" + SIGNING_IN
     prefix = _prefix(document)
     paths = document.setdefault("paths", {})
     # Copies: the document is edited by other plugins after us and must not reach our constants.
@@ -189,9 +233,7 @@ def extend(document: dict[str, Any], *, asymmetric: bool) -> None:
         paths[prefix + path] = item
     components = document.setdefault("components", {})
     components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
-    components.setdefault("securitySchemes", {}).setdefault(
-        "bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-    )
+    components.setdefault("securitySchemes", {})[SCHEME] = copy.deepcopy(BEARER)
     tags = document.setdefault("tags", [])
     if not any(tag.get("name") == "auth" for tag in tags):
         tags.append({"name": "auth", "description": "Bearer tokens: log in, refresh, log out"})
