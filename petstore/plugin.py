@@ -27,7 +27,9 @@ Hooks
     :class:`~petstore.state.AppState`, which has more; a plugin should use only what :class:`App`
     names).
 ``openapi(document)``
-    Edit the served OpenAPI document in place (add paths, schemes).
+    Edit the served OpenAPI document in place (add paths, schemes). Each core operation carries
+    ``x-petstore-permission``: the scope it requires (:mod:`petstore.access`), or null for anyone;
+    an auth plugin turns it into ``security`` and its own 401s.
 ``ws_connect(websocket)``
     Before a WebSocket is accepted. Return a close code to refuse it (1008, 1013), else None.
 ``ws_authenticate(websocket, token)``
