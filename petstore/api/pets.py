@@ -133,6 +133,15 @@ async def commit(state: AppState, session: AsyncSession) -> None:
     state.outbox_wakeup.set()
 
 
+async def _updated(state: AppState, session: AsyncSession, pet: Pet, old_status: str) -> None:
+    """Record a changed pet's events (the inventory's only when its status changed) and commit."""
+    await session.flush()
+    events.pet_event(session, "pet.updated", PetPublic.model_validate(pet, from_attributes=True))
+    if pet.status != old_status:
+        events.inventory_changed(session)
+    await commit(state, session)
+
+
 async def create_pet(session: AsyncSession, body: PetBody, *, inventory: bool = True) -> Pet:
     """Insert a pet and record its events: shared by ``addPet`` and ``petstore seed``. The caller commits.
 
@@ -196,11 +205,7 @@ async def update_pet(request: Request, who: Principal) -> Response:
         pet = await load_pet(session, body.id)
         old_status = pet.status
         await apply_body(session, pet, body)
-        await session.flush()
-        events.pet_event(session, "pet.updated", PetPublic.model_validate(pet, from_attributes=True))
-        if pet.status != old_status:
-            events.inventory_changed(session)
-        await commit(state, session)
+        await _updated(state, session, pet, old_status)
     return pet_json(pet)
 
 
@@ -348,11 +353,7 @@ async def update_pet_with_form(request: Request, who: Principal) -> Response:
             pet.name = name
         if status is not None:
             pet.status = status
-        await session.flush()
-        events.pet_event(session, "pet.updated", PetPublic.model_validate(pet, from_attributes=True))
-        if pet.status != old_status:
-            events.inventory_changed(session)
-        await commit(state, session)
+        await _updated(state, session, pet, old_status)
     return pet_json(pet)
 
 

@@ -65,6 +65,13 @@ NEW_USER = {"allOf": [ref("User")], "required": ["username", "password"]}
 USER_LINKS = {op: {"username": "$response.body#/username"} for op in ("getUserByName", "updateUser", "deleteUser")}
 
 
+async def _existing(session: AsyncSession, username: str) -> User:
+    user = await find_user(session, username)
+    if user is None:
+        raise NotFound(f"user {username!r} not found")
+    return user
+
+
 @operation(
     "POST",
     "/user",
@@ -154,9 +161,7 @@ async def get_user(request: Request, who: Principal) -> Response:
     username = path_username(request)
     _visible(request, who, username)
     async with app_state(request).sessions() as session:
-        user = await find_user(session, username)
-        if user is None:
-            raise NotFound(f"user {username!r} not found")
+        user = await _existing(session, username)
         return user_json(user)
 
 
@@ -182,9 +187,7 @@ async def update_user(request: Request, who: Principal) -> Response:
     _visible(request, who, username)
     body = await read_model(request, UserBody, form=True)
     async with app_state(request).sessions() as session:
-        user = await find_user(session, username)
-        if user is None:
-            raise NotFound(f"user {username!r} not found")
+        user = await _existing(session, username)
         if body.id is not None and body.id != user.id:
             raise BadRequest("a user's id cannot change")
         if body.username != user.username and await find_user(session, body.username) is not None:
@@ -219,9 +222,7 @@ async def delete_user(request: Request, who: Principal) -> Response:
     username = path_username(request)
     _visible(request, who, username)
     async with app_state(request).sessions() as session:
-        user = await find_user(session, username)
-        if user is None:
-            raise NotFound(f"user {username!r} not found")
+        user = await _existing(session, username)
         user_id = user.id
         await session.delete(user)
         await session.commit()
