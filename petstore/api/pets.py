@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -72,45 +73,43 @@ def pet_json(pet: Pet) -> JSONResponse:
     return JSONResponse(PetPublic.model_validate(pet, from_attributes=True).model_dump(mode="json", by_alias=True))
 
 
-async def _category(session: AsyncSession, body: CategoryBody | None) -> Category | None:
-    if body is None or (body.id is None and body.name is None):
-        return None
+_Named = TypeVar("_Named", Category, Tag)
+
+
+async def _named(
+    session: AsyncSession, model: type[_Named], body: CategoryBody | TagBody, sequence: str
+) -> _Named | None:
+    """The category or tag a body names: by id (made with that id if missing, renamed if the body
+    names it otherwise), else by name (made if missing); None when it names neither."""
     if body.id is not None:
-        category = await session.get(Category, body.id)
-        if category is None:
-            category = Category.model_validate(body)
-            session.add(category)
+        row = await session.get(model, body.id)
+        if row is None:
+            row = model.model_validate(body)
+            session.add(row)
             await session.flush()
-            await sync_id_sequence(session, "category")
+            await sync_id_sequence(session, sequence)
         elif body.name is not None:
-            category.name = body.name
-        return category
-    found = (await session.execute(select(Category).where(Category.name == body.name).limit(1))).scalar_one_or_none()  # type: ignore[arg-type]
+            row.name = body.name
+        return row
+    if body.name is None:
+        return None
+    query = select(model).where(model.name == body.name).limit(1)  # type: ignore[arg-type]
+    found = (await session.execute(query)).scalar_one_or_none()
     if found is None:
-        found = Category.model_validate(body)
+        found = model.model_validate(body)
         session.add(found)
+        await session.flush()
     return found
+
+
+async def _category(session: AsyncSession, body: CategoryBody | None) -> Category | None:
+    return None if body is None else await _named(session, Category, body, "category")
 
 
 async def _tags(session: AsyncSession, bodies: list[TagBody]) -> list[Tag]:
     tags: dict[int | str, Tag] = {}
     for body in bodies:
-        tag: Tag | None = None
-        if body.id is not None:
-            tag = await session.get(Tag, body.id)
-            if tag is None:
-                tag = Tag.model_validate(body)
-                session.add(tag)
-                await session.flush()
-                await sync_id_sequence(session, "tag")
-            elif body.name is not None:
-                tag.name = body.name
-        elif body.name is not None:
-            tag = (await session.execute(select(Tag).where(Tag.name == body.name).limit(1))).scalar_one_or_none()  # type: ignore[arg-type]
-            if tag is None:
-                tag = Tag.model_validate(body)
-                session.add(tag)
-                await session.flush()
+        tag = await _named(session, Tag, body, "tag")
         if tag is not None:
             assert tag.id is not None or tag.name is not None
             tags[tag.id if tag.id is not None else f"name:{tag.name}"] = tag
