@@ -167,7 +167,9 @@ async def test_two_relays_on_one_postgresql_publish_every_row_once_in_order(pg_u
         async def relaying(relay: Relay) -> None:
             while len(broker.published) < 200:
                 await relay.drain()
-                await asyncio.sleep(0)
+                await asyncio.sleep(
+                    0
+                )  # yield the loop to the writer and the other relay: interleaving, not a synchronisation
 
         await asyncio.wait_for(asyncio.gather(writer(), *(relaying(r) for r in relays)), 60)
     finally:

@@ -316,6 +316,8 @@ def test_a_body_that_stops_coming_gets_408_and_the_connection_closes(server: Uvi
         started = time.monotonic()
         while time.monotonic() - started < 2.5:
             assert http.get("/healthz").status_code == 200
+            # The pace of a client keeping its connection busy past both timeouts: what is tested is
+            # that time passes, so this is not a synchronisation (there is no condition to wait on).
             time.sleep(0.2)
     assert_clean_log(server)
 
