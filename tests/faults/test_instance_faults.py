@@ -27,7 +27,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.faults.proxy import TcpProxy
-from tests.realtime.support import DEADLINE, Client, staff_headers, until, ws_client
+from tests.realtime.support import DEADLINE, Client, petstore_instances, staff_headers, until, ws_client
 from tests.services import PostgresServer, UvicornServer
 from tests.services.haproxy import HaproxyServer
 
@@ -61,29 +61,8 @@ def migrate(database_url: str) -> None:
 def instances(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Instances]:
     """``instances(n, database_url=...)`` starts n servers on the test's (migrated) database and Redis."""
     migrate(pg_url)
-    servers: list[UvicornServer] = []
-
-    def start(count: int, database_url: str = pg_url) -> list[UvicornServer]:
-        started = []
-        for _ in range(count):
-            server = UvicornServer(
-                env={
-                    "PETSTORE_DATABASE_URL": database_url,
-                    "PETSTORE_REDIS_URL": redis_url,
-                    "PETSTORE_PLUGINS": "tests.fakes,tests.realtime.support:probe",
-                    "PETSTORE_ENV": "test",
-                    "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
-                }
-            )
-            servers.append(server)
-            started.append(server.start())
-        return started
-
-    try:
+    with petstore_instances(pg_url, redis_url, tmp_path / "media") as start:
         yield start
-    finally:
-        for server in servers:
-            server.close()
 
 
 def logs(*servers: UvicornServer | HaproxyServer) -> str:

@@ -16,7 +16,7 @@ import inspect
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from petstore.plugin import PluginBase
 from petstore.server import uvicorn_ws
 from petstore.state import AppState
 from tests.fakes import HeaderAuthPlugin, parse_principal
-from tests.services import free_port
+from tests.services import UvicornServer, free_port
 
 DEADLINE = 10.0
 
@@ -247,3 +247,35 @@ async def set_status(url: str, pet_id: int, status: str) -> None:
     async with httpx.AsyncClient(base_url=url, timeout=DEADLINE) as http:
         response = await http.post(f"/api/v3/pet/{pet_id}", params={"status": status}, headers=staff_headers())
         assert response.status_code == 200, response.text
+
+
+@contextlib.contextmanager
+def petstore_instances(
+    database_url: str, redis_url: str, media_dir: Any
+) -> Iterator[Callable[..., list[UvicornServer]]]:
+    """``start(count, database_url=..., **env)`` starts petstore servers that share a database and
+    a Redis (``env``: more ``PETSTORE_*`` settings, by lower-case name); all stop at the end."""
+    servers: list[UvicornServer] = []
+
+    def start(count: int = 2, database_url: str = database_url, **env: str) -> list[UvicornServer]:
+        started = []
+        for _ in range(count):
+            server = UvicornServer(
+                env={
+                    "PETSTORE_DATABASE_URL": database_url,
+                    "PETSTORE_REDIS_URL": redis_url,
+                    "PETSTORE_PLUGINS": "tests.fakes,tests.realtime.support:probe",
+                    "PETSTORE_ENV": "test",
+                    "PETSTORE_MEDIA_DIR": str(media_dir),
+                    **{f"PETSTORE_{key.upper()}": value for key, value in env.items()},
+                }
+            )
+            servers.append(server)
+            started.append(server.start())
+        return started
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.close()

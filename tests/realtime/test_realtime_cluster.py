@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import petstore.models  # noqa: F401  (registers the tables)
-from tests.realtime.support import DEADLINE, Client, add_pet, until, ws_client
+from tests.realtime.support import DEADLINE, Client, add_pet, petstore_instances, until, ws_client
 from tests.services import RedisServer, UvicornServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -39,30 +39,8 @@ async def create_tables(pg_url: str) -> None:
 def cluster(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Cluster]:
     """``cluster(n, **env)`` starts n servers on the test's database and Redis; all stop at the end."""
     asyncio.run(create_tables(pg_url))
-    servers: list[UvicornServer] = []
-
-    def start(count: int = 2, **env: str) -> list[UvicornServer]:
-        started = []
-        for _ in range(count):
-            server = UvicornServer(
-                env={
-                    "PETSTORE_DATABASE_URL": pg_url,
-                    "PETSTORE_REDIS_URL": redis_url,
-                    "PETSTORE_PLUGINS": "tests.fakes,tests.realtime.support:probe",
-                    "PETSTORE_ENV": "test",
-                    "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
-                    **{f"PETSTORE_{key.upper()}": value for key, value in env.items()},
-                }
-            )
-            servers.append(server)
-            started.append(server.start())
-        return started
-
-    try:
+    with petstore_instances(pg_url, redis_url, tmp_path / "media") as start:
         yield start
-    finally:
-        for server in servers:
-            server.close()
 
 
 async def observed(server: UvicornServer) -> dict[str, float]:
