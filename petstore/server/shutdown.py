@@ -156,6 +156,28 @@ class Drain:
             )
 
 
+class Participant(Watched, Protocol):
+    """A uvicorn protocol that takes part in the drain (it keeps the drain it joined)."""
+
+    drain: Drain | None
+
+    @property
+    def app_state(self) -> Mapping[str, Any]: ...
+
+    @property
+    def config(self) -> Config: ...
+
+
+def join(protocol: Participant, uvicorn_shutdown: Callable[[], None]) -> Drain | None:
+    """For a protocol's ``shutdown()``: the drain it now takes part in, or None once uvicorn's own
+    ``shutdown()`` has run because the app is not petstore."""
+    drain = begin(protocol.app_state, protocol.config)
+    if drain is None:
+        uvicorn_shutdown()
+    protocol.drain = drain
+    return drain
+
+
 def begin(app_state: Mapping[str, Any], config: Config) -> Drain | None:
     """The process's drain, started by the first call: None when the app is not petstore."""
     state = app_state.get("petstore")

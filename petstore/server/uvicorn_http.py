@@ -322,11 +322,9 @@ class HttpProtocol(HttpToolsProtocol):
 
     def shutdown(self) -> None:
         """The server is stopping (see the module docstring)."""
-        drain = shutdown.begin(self.app_state, self.config)
+        drain = shutdown.join(self, super().shutdown)
         if drain is None:
-            super().shutdown()
             return
-        self.drain = drain
         if self.cycle is None or self.cycle.response_complete:
             drain.after_drain(self._shutdown_now)
         else:

@@ -129,11 +129,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def shutdown(self) -> None:
         """The server is stopping: let the app close with 1012 (see the module docstring)."""
-        drain = shutdown.begin(self.app_state, self.config)
+        drain = shutdown.join(self, super().shutdown)
         if drain is None:
-            super().shutdown()
             return
-        self.drain = drain
         drain.watch(self)
         if not self.handshake_complete or self.close_sent or self.initial_response is not None:
             super().shutdown()  # not an open WebSocket (yet, or any more): uvicorn's own way
