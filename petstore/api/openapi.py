@@ -43,7 +43,7 @@ from petstore.models import (
     TagBody,
     UserBody,
 )
-from petstore.operations import Operation, OperationRoute, Param, Schema, ref
+from petstore.operations import IF_NONE_MATCH, Operation, OperationRoute, Param, Schema, ref
 from petstore.plugin import Plugins
 
 API = "/api/v3"
@@ -205,6 +205,10 @@ def render(op: Operation) -> Schema:
             for target, parameters in op.links.items()
         }
     responses = {"200": ok} | {str(status): _error(when) for status, when in op.statuses().items()}
+    if op.etag:  # petstore.api.caching.conditional
+        etag = {"ETag": {"description": "A weak tag of this JSON body", "schema": {"type": "string"}}}
+        ok["headers"] = etag
+        responses["304"] = {"description": responses["304"]["description"], "headers": etag}
     if "401" in responses:  # petstore.errors.Unauthorized
         responses["401"]["headers"] = {
             "WWW-Authenticate": {"description": "The scheme to authenticate with", "schema": {"type": "string"}}
@@ -216,8 +220,9 @@ def render(op: Operation) -> Schema:
     rendered: Schema = {"tags": [op.tag], "summary": op.summary, "operationId": op.operation_id}
     if op.description:
         rendered["description"] = op.description
-    if op.params:
-        rendered["parameters"] = [_param(param) for param in op.params]
+    params = (*op.params, IF_NONE_MATCH) if op.etag else op.params
+    if params:
+        rendered["parameters"] = [_param(param) for param in params]
     if op.body is not None:
         body: Schema = {
             "required": op.body.required,

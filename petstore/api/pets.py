@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from petstore.access import WRITE_PETS, Principal
+from petstore.api.caching import conditional
 from petstore.api.inputs import (
     PAGE,
     id_param,
@@ -292,11 +293,12 @@ async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Respon
     params=(PET_ID,),
     ok=ref("Pet"),
     errors={400: BAD_PET_ID, 404: "Pet not found"},
+    etag=True,
 )
 async def get_pet(request: Request) -> Response:
     pet_id = path_id(request, "petId", "pet")
     async with app_state(request).sessions() as session:
-        return pet_json(await load_pet(session, pet_id))
+        return conditional(request, pet_json(await load_pet(session, pet_id)))
 
 
 @operation(

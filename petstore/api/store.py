@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from petstore.access import ALL_ORDERS, AUTHENTICATED, PLACE_ORDERS, Principal, may
+from petstore.api.caching import conditional
 from petstore.api.inputs import PAGE, id_param, pagination, path_id, read_model
 from petstore.db import sync_id_sequence
 from petstore.db.queries import load_pet
@@ -56,10 +57,11 @@ def order_json(order: Order | OrderPublic) -> JSONResponse:
     summary="Returns pet inventories by status.",
     description="Counts pets by status.",
     ok=ref("Inventory"),
+    etag=True,
 )
 async def get_inventory(request: Request) -> Response:
     async with app_state(request).sessions() as session:
-        return JSONResponse(await events.inventory_counts(session))
+        return conditional(request, JSONResponse(await events.inventory_counts(session)))
 
 
 async def _set_pet_status(
@@ -159,11 +161,13 @@ async def _visible_order(session: AsyncSession, request: Request, who: Principal
     params=(ORDER_ID,),
     ok=ref("Order"),
     errors={400: "Invalid ID supplied", 404: "Order not found (or not yours)"},
+    etag=True,
 )
 async def get_order(request: Request, who: Principal) -> Response:
     order_id = path_id(request, "orderId", "order")
     async with app_state(request).sessions() as session:
-        return order_json(await _visible_order(session, request, who, order_id))
+        order = await _visible_order(session, request, who, order_id)
+    return conditional(request, order_json(order), private=True)
 
 
 @operation(
