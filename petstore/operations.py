@@ -25,16 +25,23 @@ declared. Paths are relative to the API's prefix (``/api/v3``).
 from __future__ import annotations
 
 import inspect
+import json
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, Unpack, cast, overload
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from petstore.access import ROLE_SCOPES, Principal, require
+from petstore.access import ROLE_SCOPES, Principal, principal, require
+from petstore.errors import ApiError
 from petstore.models import Role
+
+audit_logger = logging.getLogger("petstore.audit")
+#: A created object's answer larger than this is not read back for its id (a pet is far smaller).
+_AUDIT_BODY_LIMIT = 64 * 1024
 
 Schema = dict[str, Any]
 Handler = Callable[[Request], Awaitable[Response]]
@@ -50,6 +57,8 @@ READ_ERRORS: Mapping[int, str] = {
     415: "Content-Type not accepted",
     422: "The body does not match the schema (wrong types, unknown fields, values out of range)",
 }
+#: What a conditional read answers when the client's copy is current (:attr:`Operation.etag`).
+NOT_MODIFIED = "Not modified: `If-None-Match` holds the current ETag"
 #: What the permission check answers to an anonymous request.
 UNAUTHENTICATED = "Authentication required: the request is anonymous"
 #: Every role, as a 403 names those that hold a scope ("Only staff and admins hold `pets:write`").
@@ -68,6 +77,15 @@ class Param:
     schema: Schema
     description: str
     required: bool = False
+
+
+#: The request header of a conditional read.
+IF_NONE_MATCH = Param(
+    "If-None-Match",
+    "header",
+    {"type": "string"},
+    "ETags of the copies the client holds (or `*`): 304, without a body, if one is current",
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,7 @@ class Doc(TypedDict, total=False):
     ok_media: str
     ok_description: str
     links: Mapping[str, Mapping[str, str]]
+    etag: bool
 
 
 def _refusal(scope: str) -> str | None:
@@ -121,6 +140,9 @@ class Operation:
     ok_description: str = "Successful operation"
     #: Operations that take something of the 200 body: operationId -> {parameter: runtime expression}.
     links: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    #: The handler answers through :func:`petstore.api.caching.conditional`: an ETag on its 200,
+    #: and 304 to an ``If-None-Match`` that holds it (both in the document).
+    etag: bool = False
 
     def statuses(self) -> dict[int, str]:
         """Every status but 200, and when: what the check and the body answer, then ``errors``
@@ -131,11 +153,27 @@ class Operation:
             refusal = _refusal(self.permission)
             if refusal is not None:
                 derived[403] = refusal
+        if self.etag:
+            derived[304] = NOT_MODIFIED
         for status, when in self.errors.items():
             derived[status] = f"{derived[status]}; {when}" if status in derived else when
         return dict(sorted(derived.items()))
 
     async def endpoint(self, request: Request) -> Response:
+        if self.method == "GET":
+            return await self._call(request)
+        try:
+            response = await self._call(request)
+        except ApiError as refused:
+            _audit(self, request, refused.status, refused.type, None)
+            raise
+        except BaseException:
+            _audit(self, request, 500, "internal_error", None)
+            raise
+        _audit(self, request, response.status_code, "ok", response)
+        return response
+
+    async def _call(self, request: Request) -> Response:
         if self.permission is None:
             return await cast(Handler, self.handler)(request)
         who = require(request, self.permission)
@@ -153,6 +191,37 @@ class OperationRoute(Route):
             prefix + operation.path, operation.endpoint, methods=[operation.method], name=operation.operation_id
         )
         self.operation = operation
+
+
+def _target(request: Request, response: Response | None) -> str | None:
+    """What a write was about: its path's ids, else the id (or username) of what it created."""
+    if request.path_params:
+        return ",".join(f"{name}={value}" for name, value in request.path_params.items())
+    if isinstance(response, JSONResponse) and len(response.body) <= _AUDIT_BODY_LIMIT:
+        created = json.loads(bytes(response.body))
+        if isinstance(created, dict):
+            for key in ("id", "username"):
+                if key in created:
+                    return f"{key}={created[key]}"
+    return None
+
+
+def _audit(op: Operation, request: Request, status: int, result: str, response: Response | None) -> None:
+    """One ``petstore.audit`` line per write: who, what, which, and how it ended. Never a body."""
+    if not audit_logger.isEnabledFor(logging.INFO):
+        return
+    who = principal(request)
+    actor = who.username if who is not None else None
+    target = _target(request, response) if status < 400 else _target(request, None)
+    audit_logger.info(
+        "%s %s by %s: %d %s",
+        op.operation_id,
+        target or "-",
+        actor or "anonymous",
+        status,
+        result,
+        extra={"actor": actor, "operation": op.operation_id, "target": target, "status": status, "result": result},
+    )
 
 
 @overload
