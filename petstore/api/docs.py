@@ -18,6 +18,7 @@ from starlette.types import Scope
 from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]
 
 from petstore.api.openapi import DOCUMENT_PATH
+from petstore.conventions import DOCS_CSP
 
 ASSETS_PATH = "/docs/assets"
 #: What the page loads (and the source maps a browser's developer tools ask for).
@@ -76,7 +77,7 @@ class SwaggerAssets(StaticFiles):
 
 
 async def page(request: Request) -> Response:
-    return HTMLResponse(PAGE)
+    return HTMLResponse(PAGE, headers={"Content-Security-Policy": DOCS_CSP})
 
 
 async def init_script(request: Request) -> Response:
