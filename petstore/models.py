@@ -247,6 +247,8 @@ class OutboxEvent(SQLModel, table=True):
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True), nullable=False))
     published_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    #: The context of the work that wrote it, for tracing plugins (``trace_context()``); usually null.
+    trace_context: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
 
 
 # --- JSON bodies: what a client sends, with every write constraint -----------------------------

@@ -14,11 +14,12 @@ Payloads (``data``), by event:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy import event as orm_event
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from petstore.models import OrderPublic, OutboxEvent, Pet, PetPublic, PetStatus, utcnow
@@ -26,6 +27,16 @@ from petstore.realtime import rooms
 
 #: Where a session keeps the outbox rows it has recorded and not yet written.
 _PENDING = "petstore.outbox"
+#: Where a session finds the tracing plugins' context, when they are loaded (:func:`keep_trace_context`).
+_TRACE_CONTEXT = "petstore.trace_context"
+
+
+def keep_trace_context(
+    sessions: async_sessionmaker[AsyncSession], context: Callable[[], dict[str, str] | None]
+) -> None:
+    """The outbox rows that ``sessions`` write keep ``context()``, taken as the change commits (in
+    the task of the request that made it): tracing plugins follow an event with it."""
+    sessions.configure(info={_TRACE_CONTEXT: context})
 
 
 def record(session: AsyncSession, event: str, room_names: list[str], data: dict[str, Any]) -> None:
@@ -40,6 +51,10 @@ def _write_outbox(session: Session) -> None:
     would insert each row on its own to return its id (SQLite cannot batch that)."""
     rows = session.info.pop(_PENDING, None)
     if rows:
+        context = session.info.get(_TRACE_CONTEXT)
+        if context is not None and (kept := context()) is not None:
+            for row in rows:
+                row["trace_context"] = kept
         session.execute(insert(OutboxEvent), rows)
 
 

@@ -35,6 +35,7 @@ from petstore.realtime.broker import Message
 
 if TYPE_CHECKING:
     from petstore.access import Principal
+    from petstore.plugin import Tracing
 
 logger = logging.getLogger("petstore.realtime.hub")
 
@@ -264,10 +265,11 @@ class Subscription:
 class Hub:
     """Rooms → local subscriptions. Created per app in the lifespan; see the module docstring."""
 
-    def __init__(self, observe: Callable[..., None]) -> None:
+    def __init__(self, observe: Callable[..., None], tracing: Tracing | None = None) -> None:
         self._rooms: dict[str, dict[Connection, Subscription]] = {}
         self.connections: set[Connection] = set()
         self._observe = observe
+        self._tracing = tracing
         self._empty = asyncio.Event()
         self._empty.set()
         self._aside: list[Connection] = []
@@ -287,6 +289,12 @@ class Hub:
         """The broker's callback: one event to every local subscriber of its room."""
         members = self._rooms.get(message.room)
         if not members:
+            return
+        if message.trace is not None and self._tracing is not None:
+            # One span for the event on this instance, however many subscribers it goes to.
+            with self._tracing.delivering(message.event, message.room, message.trace, len(members)):
+                for subscription in tuple(members.values()):
+                    subscription.offer(message)
             return
         for subscription in tuple(members.values()):
             subscription.offer(message)

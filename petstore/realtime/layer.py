@@ -50,7 +50,10 @@ class Realtime:
         self.settings = parts.settings
         self.plugins = parts.plugins
         self.sessions = parts.sessions
-        self.hub = Hub(parts.plugins.observe)
+        tracing = parts.plugins.tracing
+        if tracing is not None:
+            events.keep_trace_context(parts.sessions, tracing.context)
+        self.hub = Hub(parts.plugins.observe, tracing)
         self.broker: Broker = create_broker(parts.settings, self.hub.deliver, parts.plugins.observe, parts.redis)
         self.relay = Relay(parts, self.broker)
         #: Clean-up tasks started where awaiting is impossible (see ``sse.release``), kept referenced.

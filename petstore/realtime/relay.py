@@ -51,7 +51,9 @@ ADVISORY_KEY = 0x7065_7473_746F_7265
 # Core statements, built once: the relay runs for every change, and plain rows are all it needs.
 _OUTBOX: Table = OutboxEvent.__table__  # type: ignore[attr-defined]
 _UNPUBLISHED = (
-    select(_OUTBOX.c.id, _OUTBOX.c.event, _OUTBOX.c.rooms, _OUTBOX.c.data, _OUTBOX.c.created_at)
+    select(
+        _OUTBOX.c.id, _OUTBOX.c.event, _OUTBOX.c.rooms, _OUTBOX.c.data, _OUTBOX.c.created_at, _OUTBOX.c.trace_context
+    )
     .where(_OUTBOX.c.published_at.is_(None))
     .order_by(_OUTBOX.c.id)
     .limit(BATCH)
@@ -182,7 +184,16 @@ class Relay:
             return len(rows)
 
     async def _publish_rows(self, session: AsyncSession, rows: Sequence[Any]) -> None:
-        """Publish ``rows`` (outbox rows: id, event, rooms, data, created_at) in one go."""
+        """Publish ``rows`` (outbox rows: id, event, rooms, data, created_at, trace_context) in one go,
+        inside the tracing plugins' span when they are loaded."""
+        tracing = self._state.plugins.tracing
+        if tracing is None:
+            await self._publish(session, rows)
+            return
+        with tracing.publishing([(row.event, row.trace_context) for row in rows]):
+            await self._publish(session, rows)
+
+    async def _publish(self, session: AsyncSession, rows: Sequence[Any]) -> None:
         counts: str | None = None
         publications = []
         for row in rows:
@@ -194,7 +205,10 @@ class Relay:
                         self._state.plugins.observe("inventory.pets", float(count), status=status)
                     counts = dumps(fresh)
                 data_json = counts
-            publications.append(Publication(list(row.rooms), row.event, data_json, format_ts(row.created_at), row.id))
+            trace = None if row.trace_context is None else dumps(row.trace_context)
+            publications.append(
+                Publication(list(row.rooms), row.event, data_json, format_ts(row.created_at), row.id, trace)
+            )
         await self._broker.publish_all(publications)
         for row in rows:
             self._state.plugins.observe("event.published", event=row.event)

@@ -62,7 +62,7 @@ def _assert_matches_models(url: str) -> None:
         "ix_purchase_order_user_id",
         "ix_outbox_unpublished",
     } <= schema["indexes"]
-    assert schema["revision"] == "0002"
+    assert schema["revision"] == "0003"
 
 
 def test_fresh_sqlite_upgraded_to_head_matches_the_models(tmp_path: Path) -> None:
@@ -75,6 +75,37 @@ def test_fresh_sqlite_upgraded_to_head_matches_the_models(tmp_path: Path) -> Non
 def test_fresh_postgresql_upgraded_to_head_matches_the_models(pg_url: str) -> None:
     migrate(pg_url)
     _assert_matches_models(pg_url)
+
+
+def test_0003_adds_a_null_trace_context_to_existing_outbox_rows_and_its_downgrade_keeps_autoincrement(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'trace.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0002")
+
+    def run(sql: str) -> list[Any]:
+        async def go() -> list[Any]:
+            engine = create_async_engine(url)
+            try:
+                async with engine.begin() as connection:
+                    result = await connection.exec_driver_sql(sql)
+                    return list(result.all()) if result.returns_rows else []
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(go())
+
+    run(
+        "INSERT INTO outbox (event, rooms, data, created_at) "
+        "VALUES ('pet.deleted', '[\"pets\"]', '{\"id\": 1}', '2026-12-03 00:00:00')"
+    )
+    command.upgrade(config, "head")
+    assert run("SELECT id, event, trace_context FROM outbox") == [(1, "pet.deleted", None)]
+    command.downgrade(config, "0002")
+    assert run("SELECT id, event FROM outbox") == [(1, "pet.deleted")]
+    (table_sql,) = run("SELECT sql FROM sqlite_master WHERE name = 'outbox'")[0]
+    assert "AUTOINCREMENT" in table_sql and "trace_context" not in table_sql
 
 
 def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
@@ -99,7 +130,7 @@ async def test_migrate_async_runs_inside_a_running_event_loop(tmp_path: Path) ->
     await migrate_async(url)
     schema = await asyncio.to_thread(_inspect, url)  # _inspect runs its own loop: keep it off this one
     assert schema["diff"] == []
-    assert schema["revision"] == "0002"
+    assert schema["revision"] == "0003"
 
 
 @pytest.mark.postgres
@@ -107,7 +138,7 @@ async def test_migrate_async_on_postgresql(pg_url: str) -> None:
     await migrate_async(pg_url)
     schema = await asyncio.to_thread(_inspect, pg_url)
     assert schema["diff"] == []
-    assert schema["revision"] == "0002"
+    assert schema["revision"] == "0003"
 
 
 # ------------------------------------------------------------------------------ plugin branches

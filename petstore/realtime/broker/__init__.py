@@ -72,6 +72,10 @@ class Message:
     #: The transports' encodings of the frame, each built once per event by the transport that
     #: owns it, under a key of its own, and shared by every connection it writes to (opaque here).
     wire: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    #: The trace context kept with the event's outbox row (JSON text; see ``trace_context()`` in
+    #: :mod:`petstore.plugin`), for the hub's traced delivery; never part of the frame. None
+    #: without tracing, and for an event read back from history.
+    trace: str | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def payload(self) -> bytes:
@@ -104,6 +108,8 @@ class Publication:
     ts: str
     #: The outbox id: publishing the same source to a room again is a no-op.
     source: int
+    #: The trace context kept with the outbox row, as JSON text (see :attr:`Message.trace`).
+    trace: str | None = None
 
 
 @dataclass(frozen=True)

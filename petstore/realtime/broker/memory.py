@@ -75,7 +75,9 @@ class MemoryBroker:
         for name in gone:
             del self._rooms[name]
 
-    async def publish(self, room_names: list[str], event: str, data_json: str, ts: str, source: int) -> None:
+    async def publish(
+        self, room_names: list[str], event: str, data_json: str, ts: str, source: int, trace: str | None = None
+    ) -> None:
         tail = frame_tail(event, data_json, ts)
         for room in room_names:
             state = self._room(room)
@@ -84,13 +86,14 @@ class MemoryBroker:
             state.sources.append(source)
             state.offset += 1
             message = Message.parse(encode_frame(room, state.offset, state.epoch, tail))
+            message.trace = trace
             state.history.append(message)
             if room in self._watched:
                 self._deliver(message)
 
     async def publish_all(self, publications: Sequence[Publication]) -> None:
         for p in publications:
-            await self.publish(p.rooms, p.event, p.data_json, p.ts, p.source)
+            await self.publish(p.rooms, p.event, p.data_json, p.ts, p.source, p.trace)
 
     async def watch(self, room: str) -> None:
         self._watched[room] = self._watched.get(room, 0) + 1

@@ -5,7 +5,10 @@ Keys of a room ``R``:
 - ``petstore:{R}:meta``  hash ``epoch``, ``offset``: the room's position.
 - ``petstore:{R}:log``   stream of the last ``history_size`` frames, entry id ``0-<offset>``.
 - ``petstore:{R}:src``   sorted set outbox id → offset, so a retried publish is a no-op.
-- channel ``petstore:room:R``: each frame, as published.
+- channel ``petstore:room:R``: each frame, as published; an event whose outbox row kept a trace
+  context goes as ``@<context JSON>\n<frame>`` instead (a frame starts with ``{`` and holds no
+  newline), so other instances' traced delivery joins the request's trace. The stream keeps the
+  frame alone: what clients read is the same either way.
 
 All three keys get the history TTL on every publish, so a room expires as a whole; a missing
 ``meta`` (restart without persistence, expiry) starts a new epoch, which tells clients that
@@ -62,11 +65,11 @@ from petstore.redis_client import request_client
 logger = logging.getLogger("petstore.realtime.broker.redis")
 
 PUBLISH = """
-local tail, maxlen, ttl, source = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local tail, maxlen, ttl, source, trace = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local offsets = {}
 for i = 0, (#KEYS / 3) - 1 do
   local meta, log, src = KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3]
-  local room, channel, fresh = ARGV[5 + i * 3], ARGV[6 + i * 3], ARGV[7 + i * 3]
+  local room, channel, fresh = ARGV[6 + i * 3], ARGV[7 + i * 3], ARGV[8 + i * 3]
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     epoch = fresh
@@ -84,7 +87,11 @@ for i = 0, (#KEYS / 3) - 1 do
     redis.call('EXPIRE', meta, ttl)
     redis.call('EXPIRE', log, ttl)
     redis.call('EXPIRE', src, ttl)
-    redis.call('PUBLISH', channel, frame)
+    if trace == '' then
+      redis.call('PUBLISH', channel, frame)
+    else
+      redis.call('PUBLISH', channel, '@' .. trace .. '\\n' .. frame)
+    end
     offsets[#offsets + 1] = offset
   end
 end
@@ -233,6 +240,7 @@ class RedisBroker:
             self._size,
             self._ttl,
             publication.source,
+            publication.trace or "",
         ]
         all_keys: list[str] = []
         for room in publication.rooms:
@@ -381,8 +389,13 @@ class RedisBroker:
     async def _on_frame(self, room: str, frame: bytes) -> None:
         if room not in self._watched:
             return
+        trace: bytes | None = None
+        if frame.startswith(b"@"):  # a trace context ahead of the frame (see the module docstring)
+            trace, _, frame = frame[1:].partition(b"\n")
         try:
             message = Message.parse(frame)
+            if trace is not None:
+                message.trace = trace.decode()
         except (ValueError, KeyError, TypeError):
             # Not one of ours (someone else published on the channel): skip it, keep listening.
             logger.warning("room %s: ignoring a frame that is not an event message", room)
