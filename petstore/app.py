@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -28,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from petstore import realtime
 from petstore.api import docs, openapi, pets, store, users
 from petstore.config import Settings
+from petstore.cors import JsonCORSMiddleware
 from petstore.db import create_engine, create_sessionmaker, ping
 from petstore.errors import EXCEPTION_HANDLERS, ConfigurationError, PluginError
 from petstore.plugin import Plugins, load_plugins
@@ -199,7 +199,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     middleware = [
         *outermost,
         Middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=list(settings.allowed_origins),
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=list(dict.fromkeys([*CORS_ALLOW_HEADERS, *cors.allow])),
