@@ -6,7 +6,9 @@ tests build two apps with two configurations in one process.
 
 from __future__ import annotations
 
+import difflib
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -16,6 +18,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 logger = logging.getLogger("petstore.config")
 
 DEFAULT_PLUGINS = ("plugins.auth", "plugins.ratelimit", "plugins.metrics")
+PREFIX = "PETSTORE_"
+#: How alike (difflib's ratio, after the prefix) an unknown name must be to a known one to be
+#: called its misspelling: RATE_LIMT and RATE_LIMIT are, LISTEN (haproxy's) and ENV are not.
+MISSPELLING_CUTOFF = 0.8
 
 
 def _split_csv(value: object) -> object:
@@ -91,3 +97,32 @@ class Settings(BaseSettings):
         if any(origin == "*" or not origin for origin in self.allowed_origins):
             problems.append("PETSTORE_ALLOWED_ORIGINS contains a wildcard")
         return problems
+
+
+def variables(settings: type[BaseSettings]) -> list[str]:
+    """The environment variables a pydantic settings class reads (its prefix and each field's name)."""
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    return [f"{prefix}{name}".upper() for name in settings.model_fields]
+
+
+#: What the core reads: :class:`Settings`, the demo seed (``petstore seed``, ``scripts/serve``) and
+#: ``petstore watch``. Plugins declare their own (``environment()``, :mod:`petstore.plugin`).
+CORE_VARIABLES = frozenset(
+    [*variables(Settings), "PETSTORE_DEMO_PASSWORD", "PETSTORE_DEMO_PETS", "PETSTORE_VENV", "PETSTORE_TOKEN"]
+)
+
+
+def misspelled(environ: Mapping[str, str], known: Iterable[str]) -> list[tuple[str, str]]:
+    """``(set, meant)`` for each ``PETSTORE_*`` variable of ``environ`` that no one reads but that is
+    close to one that someone does: most likely a typo, which would otherwise be silently ignored."""
+    known = {name.upper() for name in known}
+    suffixes = {name[len(PREFIX) :]: name for name in known if name.startswith(PREFIX)}
+    found = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(PREFIX) or upper in known:
+            continue
+        close = difflib.get_close_matches(upper[len(PREFIX) :], suffixes, n=1, cutoff=MISSPELLING_CUTOFF)
+        if close:
+            found.append((name, suffixes[close[0]]))
+    return found

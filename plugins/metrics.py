@@ -390,6 +390,9 @@ class MetricsPlugin(PluginBase):
     def workers(self, count: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
         return multiprocess_run()
 
+    def environment(self) -> Sequence[str]:
+        return (WORKERS_ENV,)  # set by multiprocess_run for the workers
+
     def middleware(self) -> Sequence[Middleware]:
         return [Middleware(HttpMetricsMiddleware, instruments=self.instruments)]
 

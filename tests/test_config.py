@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from petstore.app import create_app
-from petstore.config import DEFAULT_PLUGINS, Settings
+from petstore.config import CORE_VARIABLES, DEFAULT_PLUGINS, Settings, misspelled
 from petstore.errors import ConfigurationError, PluginError
+from petstore.plugin import load_plugins
 from plugins.auth.config import AuthSettings
 
 
@@ -125,3 +126,36 @@ def test_every_setting_is_in_the_readmes_configuration_table() -> None:
         f"PETSTORE_{name.upper()}" for name in Settings.model_fields if f"`PETSTORE_{name.upper()}`" not in table
     ]
     assert not missing, f"not in README's configuration table: {missing}"
+
+
+# ------------------------------------------------------------------ misspelled PETSTORE_* variables
+
+
+def test_a_misspelled_variable_is_matched_to_the_closest_known_one() -> None:
+    environ = {"PETSTORE_RATE_LIMT": "5/minute", "PETSTORE_DATABSE_URL": "sqlite://", "PETSTORE_RATE_LIMIT": "1/second"}
+    assert misspelled(environ, CORE_VARIABLES) == [
+        ("PETSTORE_DATABSE_URL", "PETSTORE_DATABASE_URL"),
+        ("PETSTORE_RATE_LIMT", "PETSTORE_RATE_LIMIT"),
+    ]
+
+
+def test_known_unrelated_and_foreign_variables_are_left_alone() -> None:
+    environ = {
+        "PETSTORE_REDIS_URL": "redis://h",  # known
+        "PETSTORE_LISTEN": ":8080",  # haproxy's (deploy/), close to nothing petstore reads
+        "PETSTORE_FAST": "1",  # scripts/test's
+        "RATE_LIMT": "x",  # not ours at all
+    }
+    assert misspelled(environ, CORE_VARIABLES) == []
+
+
+def test_the_core_knows_its_own_settings_and_the_plugins_declare_theirs(tmp_path: Path) -> None:
+    assert {"PETSTORE_DATABASE_URL", "PETSTORE_SHUTDOWN_TIMEOUT", "PETSTORE_DEMO_PASSWORD"} <= CORE_VARIABLES
+    assert not any(name.startswith(("PETSTORE_JWT_", "PETSTORE_RATELIMIT_")) for name in CORE_VARIABLES)
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'p.db'}"
+    declared = load_plugins(Settings(database_url=database_url, plugins=DEFAULT_PLUGINS)).environment()
+    assert {"PETSTORE_JWT_SECRET", "PETSTORE_RATELIMIT_TRUSTED_PROXIES", "PETSTORE_METRICS_WORKERS"} <= declared
+    # Only what a plugin declares makes its misspellings known.
+    typo = {"PETSTORE_JWT_SECRT": "s"}
+    assert misspelled(typo, CORE_VARIABLES) == []
+    assert misspelled(typo, CORE_VARIABLES | declared) == [("PETSTORE_JWT_SECRT", "PETSTORE_JWT_SECRET")]

@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
 
 from petstore.access import AuthFailed, Principal
-from petstore.config import Settings
+from petstore.config import Settings, variables
 from petstore.plugin import App, CorsHeaders, LoginRoute, PluginBase, PluginMigrations
 from petstore.rates import parse_rates
 from petstore.realtime import rooms
@@ -82,6 +82,9 @@ class AuthPlugin(PluginBase):
 
     def migrations(self) -> PluginMigrations:
         return MIGRATIONS
+
+    def environment(self) -> Sequence[str]:
+        return variables(AuthSettings)
 
     async def startup(self, state: App) -> None:
         self._state = state

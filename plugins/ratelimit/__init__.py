@@ -60,7 +60,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from petstore.access import Principal
-from petstore.config import Settings
+from petstore.config import Settings, variables
 from petstore.errors import error_response, unavailable_response
 from petstore.plugin import App, CorsHeaders, LoginRoute, PluginBase
 from petstore.redis_client import PoolExhausted
@@ -115,6 +115,9 @@ class RateLimitPlugin(PluginBase):
 
     def cors_headers(self) -> CorsHeaders:
         return CorsHeaders(expose=("RateLimit", "RateLimit-Policy"))
+
+    def environment(self) -> Sequence[str]:
+        return variables(RateLimitSettings)  # PETSTORE_RATE_LIMIT is the core's
 
     def middleware(self) -> Sequence[Middleware]:
         return [Middleware(RateLimitMiddleware, plugin=self)]
