@@ -1,15 +1,25 @@
 """``/user``: accounts. Anyone may sign up (as a customer); a user reads and changes their own
 account; admins manage every account. Another user's account is 404 (no existence leak).
 
+An extension to the Petstore document: ``PATCH /user/{username}`` with ``{"role": "staff"}``,
+admins only, changes a role (``petstore users set-role`` does the same through :func:`set_role`).
+A token carries no authority of its own: every request is checked against the account's row as
+it is then, so a new role holds from the next request on, and the live WebSocket and SSE
+sessions the account opened end (``user_changed``), as when it is deleted or its password changes.
+
 ``/user/login`` and ``/user/logout`` belong to the auth plugin: the core authenticates no one.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -21,7 +31,7 @@ from petstore.db.queries import find_user
 from petstore.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from petstore.models import ApiResponse, Role, User, UserBody, UserPublic
 from petstore.operations import FORM, JSON, Body, Param, operation, ref
-from petstore.passwords import hash_password
+from petstore.passwords import hash_password, password_problem
 from petstore.state import app_state
 
 MAX_USERS_PER_LIST = 100
@@ -35,10 +45,18 @@ def user_json(user: User) -> JSONResponse:
     return JSONResponse(UserPublic.model_validate(user, from_attributes=True).model_dump(mode="json", by_alias=True))
 
 
+def check_password(password: str) -> None:
+    """422 for a password that may not be set (too short, too common: :func:`password_problem`)."""
+    problem = password_problem(password)
+    if problem is not None:
+        raise ValidationFailed(f"password: {problem}")
+
+
 async def create_user_row(session: AsyncSession, body: UserBody, role: Role) -> User:
     """Insert one user (the CLI uses this too). The caller commits."""
     if not body.password:
         raise ValidationFailed("password: a new user needs a password")
+    check_password(body.password)
     if await find_user(session, body.username) is not None:
         raise Conflict(f"username {body.username!r} is taken")
     if body.id is not None and await session.get(User, body.id) is not None:
@@ -79,7 +97,10 @@ async def _existing(session: AsyncSession, username: str) -> User:
     permission=None,
     tag="user",
     summary="Create user.",
-    description="Anyone may sign up, as a customer. A password is required.",
+    description=(
+        "Anyone may sign up, as a customer. A password is required: at least 8 characters, and not one of the "
+        "most common passwords (422 otherwise)."
+    ),
     body=Body({JSON: NEW_USER, FORM: NEW_USER}, "Created user object"),
     ok=ref("User"),
     links=USER_LINKS,
@@ -172,7 +193,10 @@ async def get_user(request: Request, who: Principal) -> Response:
     permission=AUTHENTICATED,
     tag="user",
     summary="Update user resource.",
-    description="Your own account; any account for admins.",
+    description=(
+        "Your own account; any account for admins. A new password must have at least 8 characters and not be "
+        "one of the most common passwords (422 otherwise)."
+    ),
     params=(USERNAME,),
     body=Body({JSON: ref("User"), FORM: ref("User")}, "The user's new details"),
     ok=ref("User"),
@@ -186,6 +210,8 @@ async def update_user(request: Request, who: Principal) -> Response:
     username = path_username(request)
     _visible(request, who, username)
     body = await read_model(request, UserBody, form=True)
+    if body.password:
+        check_password(body.password)
     async with app_state(request).sessions() as session:
         user = await _existing(session, username)
         if body.id is not None and body.id != user.id:
@@ -206,6 +232,16 @@ async def update_user(request: Request, who: Principal) -> Response:
     return response
 
 
+async def delete_user_row(session: AsyncSession, username: str) -> int:
+    """Delete ``username`` (REST and ``petstore users delete``); its id. The caller commits, then
+    tells the plugins (``user_changed``). Its orders stay, as records."""
+    user = await _existing(session, username)
+    user_id = user.id
+    assert user_id is not None
+    await session.delete(user)
+    return user_id
+
+
 @operation(
     "DELETE",
     "/user/{username}",
@@ -222,15 +258,87 @@ async def delete_user(request: Request, who: Principal) -> Response:
     username = path_username(request)
     _visible(request, who, username)
     async with app_state(request).sessions() as session:
-        user = await _existing(session, username)
-        user_id = user.id
-        await session.delete(user)
+        user_id = await delete_user_row(session, username)
         await session.commit()
-    assert user_id is not None
     await app_state(request).plugins.user_changed(user_id)  # its live sessions end
     return JSONResponse(ApiResponse(code=200, type="ok", message=f"user {username} deleted").model_dump())
 
 
+class RoleChange(BaseModel):
+    """The body of ``PATCH /user/{username}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["admin", "staff", "customer"]
+
+
+class LastAdmin(Conflict):
+    """The change would leave no admin: nobody could manage accounts through the API any more."""
+
+
+async def set_role(session: AsyncSession, username: str, role: Role) -> tuple[User, bool]:
+    """Give ``username`` the role ``role`` (REST and ``petstore users set-role``); the user and
+    whether the role changed. The caller commits, then tells the plugins (``user_changed``)."""
+    user = await _existing(session, username)
+    if user.role == role.value:
+        return user, False
+    if user.role == Role.admin.value:
+        admins = await session.scalar(select(func.count()).select_from(User).where(col(User.role) == Role.admin.value))
+        if admins == 1:
+            raise LastAdmin(f"{username!r} is the only admin: make another admin first")
+    user.role = role.value
+    return user, True
+
+
+ROLE_CHANGE = {
+    "type": "object",
+    "required": ["role"],
+    "properties": {"role": {"type": "string", "enum": [role.value for role in Role]}},
+    "additionalProperties": False,
+}
+USER_ROLE = {
+    "type": "object",
+    "required": ["username", "role"],
+    "properties": {"username": {"type": "string"}, "role": {"type": "string", "enum": [role.value for role in Role]}},
+    "additionalProperties": False,
+}
+
+
+@operation(
+    "PATCH",
+    "/user/{username}",
+    "setUserRole",
+    permission=ALL_USERS,
+    tag="user",
+    summary="Change a user's role (an extension to the Petstore document).",
+    description=(
+        "Admins. The new role holds from the account's next request on, with the tokens it already has; "
+        "its live WebSocket and SSE sessions end (it connects again with its new rights)."
+    ),
+    params=(USERNAME,),
+    body=Body({JSON: ROLE_CHANGE}, "The new role"),
+    ok=USER_ROLE,
+    errors={
+        400: BAD_USERNAME,
+        404: "User not found",
+        409: "The user is the only admin",
+        422: "or not one of the roles admin, staff, customer",
+    },
+)
+async def set_user_role(request: Request, who: Principal) -> Response:
+    username = path_username(request)
+    change = await read_model(request, RoleChange)
+    async with app_state(request).sessions() as session:
+        user, changed = await set_role(session, username, Role(change.role))
+        await session.commit()
+        body = {"username": user.username, "role": user.role}
+        user_id = user.id
+    if changed:
+        assert user_id is not None
+        await app_state(request).plugins.user_changed(user_id)  # live sessions end; they reconnect with the new role
+    return JSONResponse(body)
+
+
 def routes(prefix: str) -> list[Route]:
-    operations = [create_user, create_users_with_list, get_user, update_user, delete_user]
+    operations = [create_user, create_users_with_list, get_user, update_user, delete_user, set_user_role]
     return [operation.route(prefix) for operation in operations]

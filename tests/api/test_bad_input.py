@@ -113,7 +113,7 @@ WRONG_TYPES = [
     ("PATCH", "/store/order/{order}", "staff", {"status": 3}),
     ("PATCH", "/store/order/{order}", "staff", {"complete": []}),
     ("POST", "/user", None, {"username": "u", "password": 12345}),
-    ("POST", "/user", None, {"username": "u", "password": "p", "userStatus": 2**40}),
+    ("POST", "/user", None, {"username": "u", "password": "long-Enough-pw", "userStatus": 2**40}),
     ("PUT", "/user/the-customer", "customer", {"username": None}),
 ]
 
@@ -131,7 +131,7 @@ UNKNOWN_FIELDS = [
     ("POST", "/pet", "staff", {"name": "x", "photoUrls": [], "category": {"name": "c", "parent": 1}}),
     ("POST", "/store/order", "customer", {"petId": 1, "userId": 1}),
     ("PATCH", "/store/order/{order}", "staff", {"petId": 1}),
-    ("POST", "/user", None, {"username": "u", "password": "p", "role": "admin"}),
+    ("POST", "/user", None, {"username": "u", "password": "long-Enough-pw", "role": "admin"}),
     ("PUT", "/user/the-customer", "customer", {"username": "the-customer", "passwordHash": "x"}),
 ]
 
@@ -231,7 +231,7 @@ def test_body_ids_beyond_int64_are_422(api: ApiHarness, world: dict[str, Any], b
         ("POST", "/pet", "staff", {"name": "x", "photoUrls": [], "category": {"id": body_id}}),
         ("POST", "/store/order", "customer", {"petId": body_id}),
         ("POST", "/store/order", "customer", {"petId": world["pet"], "id": body_id}),
-        ("POST", "/user", None, {"id": body_id, "username": "u", "password": "p"}),
+        ("POST", "/user", None, {"id": body_id, "username": "u", "password": "long-Enough-pw"}),
     ]:
         assert_error(send(api, world, method, path, who, json=body), 422, "validation_error")
 
@@ -274,8 +274,8 @@ NASTY_STRINGS = ["nul\x00inside", "\x00", "x" * 10_000, "a" * 256]
         lambda v: ("POST", "/pet", "staff", {"name": "x", "photoUrls": [v * 9 if len(v) > 255 else v]}),
         lambda v: ("POST", "/pet", "staff", {"name": "x", "photoUrls": [], "tags": [{"name": v}]}),
         lambda v: ("POST", "/pet", "staff", {"name": "x", "photoUrls": [], "category": {"name": v}}),
-        lambda v: ("POST", "/user", None, {"username": "u", "password": "p", "firstName": v}),
-        lambda v: ("POST", "/user", None, {"username": v, "password": "p"}),
+        lambda v: ("POST", "/user", None, {"username": "u", "password": "long-Enough-pw", "firstName": v}),
+        lambda v: ("POST", "/user", None, {"username": v, "password": "long-Enough-pw"}),
         lambda v: ("POST", "/user", None, {"username": "u", "password": v if "\x00" in v else "p" * 1025}),
     ],
     ids=["pet-name", "photo-url", "tag", "category", "first-name", "username", "password"],

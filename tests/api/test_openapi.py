@@ -390,9 +390,11 @@ def test_real_answers_conform_to_the_document(live: tuple[ApiHarness, dict[str, 
     call("placeOrder", "POST", "/store/order", json={"petId": pet_id}, headers=customer)
     call("getOrderById", "GET", f"/store/order/{order.json()['id']}", headers=customer)
     call("listOrders", "GET", "/store/orders", headers=staff)
-    user = call("createUser", "POST", "/user", json={"username": "zoe", "password": "pw", "email": "z@example.org"})
+    user = call(
+        "createUser", "POST", "/user", json={"username": "zoe", "password": "zoe-pw-4567", "email": "z@example.org"}
+    )
     assert "password" not in user.json()
-    call("createUser", "POST", "/user", json={"username": "zoe", "password": "pw"})
+    call("createUser", "POST", "/user", json={"username": "zoe", "password": "zoe-pw-4567"})
     call("deleteOrder", "DELETE", f"/store/order/{order.json()['id']}", headers=customer)
     call("deletePet", "DELETE", f"/pet/{pet_id}", headers=staff)
 

@@ -15,6 +15,7 @@ from petstore.models import Order, Role, User
 from tests.fakes import Account, ApiHarness, assert_error
 
 API = "/api/v3"
+PW = "a-fine-password"
 
 SIGN_UP = {
     "id": None,
@@ -65,7 +66,7 @@ def test_anyone_may_sign_up_as_a_customer_and_the_password_is_never_returned(api
 def test_sign_up_from_a_form_body(api: ApiHarness) -> None:
     response = api.client.post(
         f"{API}/user",
-        content=b"username=formuser&password=pw12345&email=f%40example.test",
+        content=b"username=formuser&password=pw-1234567&email=f%40example.test",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 200, response.text
@@ -76,7 +77,7 @@ def test_sign_up_from_a_form_body(api: ApiHarness) -> None:
 def test_sign_up_with_a_taken_username_is_409_and_changes_nothing(api: ApiHarness) -> None:
     sign_up(api)
     before = api.snapshot()
-    assert_error(sign_up(api, password="other"), 409, "conflict")
+    assert_error(sign_up(api, password="another-Passw0rd"), 409, "conflict")
     assert_error(sign_up(api, username="the-staff"), 409, "conflict")
     assert api.snapshot() == before
 
@@ -125,7 +126,7 @@ def test_a_signed_up_customer_cannot_make_themselves_admin(api: ApiHarness) -> N
 
 
 def test_an_admin_creates_users_from_a_list_in_one_transaction(api: ApiHarness) -> None:
-    users = [{"username": f"bulk{i}", "password": f"pw{i}"} for i in range(3)]
+    users = [{"username": f"bulk{i}", "password": f"bulk-password-{i}"} for i in range(3)]
     response = api.client.post(f"{API}/user/createWithList", json=users, headers=api.admin.headers)
     assert response.status_code == 200, response.text
     assert response.json()["username"] == "bulk0"
@@ -136,11 +137,11 @@ def test_an_admin_creates_users_from_a_list_in_one_transaction(api: ApiHarness) 
 
 def test_a_list_with_one_bad_user_creates_none(api: ApiHarness) -> None:
     before = api.snapshot()
-    taken = [{"username": "fresh", "password": "pw"}, {"username": "the-customer", "password": "pw"}]
+    taken = [{"username": "fresh", "password": PW}, {"username": "the-customer", "password": PW}]
     assert_error(api.client.post(f"{API}/user/createWithList", json=taken, headers=api.admin.headers), 409)
-    twice = [{"username": "dup", "password": "pw"}, {"username": "dup", "password": "pw"}]
+    twice = [{"username": "dup", "password": PW}, {"username": "dup", "password": PW}]
     assert_error(api.client.post(f"{API}/user/createWithList", json=twice, headers=api.admin.headers), 409)
-    invalid = [{"username": "ok", "password": "pw"}, {"username": "bad name", "password": "pw"}]
+    invalid = [{"username": "ok", "password": PW}, {"username": "bad name", "password": PW}]
     assert_error(api.client.post(f"{API}/user/createWithList", json=invalid, headers=api.admin.headers), 422)
     assert api.snapshot() == before
 
@@ -155,7 +156,7 @@ def test_create_with_list_needs_a_non_empty_array_of_at_most_100(api: ApiHarness
 @pytest.mark.parametrize(("who", "status"), [(None, 401), ("customer", 403), ("staff", 403)])
 def test_only_admins_create_users_from_a_list(api: ApiHarness, who: str | None, status: int) -> None:
     headers = getattr(api, who).headers if who else {}
-    body = [{"username": "bulk", "password": "pw"}]
+    body = [{"username": "bulk", "password": PW}]
     before = api.snapshot()
     assert_error(api.client.post(f"{API}/user/createWithList", json=body, headers=headers), status)
     assert api.snapshot() == before
@@ -305,5 +306,5 @@ def test_another_users_account_cannot_be_deleted_and_is_404(api: ApiHarness) -> 
 
 
 def test_a_minimal_user_has_only_the_keys_it_has_values_for(api: ApiHarness) -> None:
-    user = api.client.post(f"{API}/user", json={"username": "min", "password": "pw"}).json()
+    user = api.client.post(f"{API}/user", json={"username": "min", "password": PW}).json()
     assert user == {"id": user["id"], "username": "min"}
