@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 
 # SPEC §5: metric name -> (type, labels).
@@ -29,6 +31,7 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "petstore_events_published_total": ("counter", frozenset({"event"})),
     "petstore_event_delivery_lag_seconds": ("histogram", frozenset()),
     "petstore_broker_reconnects_total": ("counter", frozenset()),
+    "petstore_broker_connected": ("gauge", frozenset()),
     "petstore_outbox_pending": ("gauge", frozenset()),
     "petstore_ratelimit_rejections_total": ("counter", frozenset({"scope"})),
     "petstore_ratelimit_backend_errors_total": ("counter", frozenset()),
@@ -65,11 +68,15 @@ ALERTS = (
 )
 
 DASHBOARDS_DIR = REPO / "grafana" / "dashboards"
+PROMETHEUS_CONFIG = REPO / "prometheus.yml"
+ALERTMANAGER_CONFIG = REPO / "alertmanager.yml"
+RUNBOOKS = REPO / "docs" / "runbooks.md"
 
 # A metric selector: a name directly followed by `{` (matchers) or `[` (range). Function names
 # are followed by `(`, label names by `=`, so neither is taken for a metric.
 _SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\}|\[)")
-_PETSTORE_NAME = re.compile(r"\bpetstore_[a-zA-Z0-9_]+")
+# Not inside a recorded series' name (`slo:petstore_http_errors:ratio_rate5m`), which is no metric.
+_PETSTORE_NAME = re.compile(r"(?<![\w:])petstore_[a-zA-Z0-9_]+")
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 _PROMQL_WORDS = frozenset(
     {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset", "inf"}
@@ -129,3 +136,29 @@ def substitute(expr: str, values: dict[str, str]) -> str:
         return values.get(name, match.group(0))
 
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", replace, expr)
+
+
+def rule_files() -> list[Path]:
+    """The rule files prometheus.yml loads, resolved against its directory as Prometheus does."""
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    return [PROMETHEUS_CONFIG.parent / name for name in config["rule_files"]]
+
+
+def load_rules(path: Path | None = None) -> list[dict[str, Any]]:
+    """Every rule (recording and alerting) of one rule file, or of all that prometheus.yml loads."""
+    paths = [path] if path is not None else rule_files()
+    return [rule for each in paths for group in yaml.safe_load(each.read_text())["groups"] for rule in group["rules"]]
+
+
+def recorded_series() -> frozenset[str]:
+    """The series the recording rules write: queried by alerts and panels like metrics."""
+    return frozenset(rule["record"] for rule in load_rules() if "record" in rule)
+
+
+def markdown_anchor(heading: str) -> str:
+    """The anchor GitHub and MkDocs give a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    return {markdown_anchor(heading) for heading in re.findall(r"^#{1,6} (.+)$", path.read_text(), flags=re.MULTILINE)}

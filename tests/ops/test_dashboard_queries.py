@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ from tests.ops.contract import (
     base_metric,
     data_panels,
     load_dashboards,
+    load_rules,
     petstore_names,
+    rule_files,
     substitute,
 )
 from tests.services import PrometheusServer, RedisServer, UvicornServer, wait_until
@@ -244,10 +247,14 @@ def run_cli(env: dict[str, str], cwd: Path, *args: str) -> None:
 
 
 def prometheus_config(target: str) -> str:
-    """The repository's prometheus.yml, scraping `target` every second, with its rules beside it."""
+    """The repository's prometheus.yml, scraping `target` every second, with its rules beside it.
+
+    No Alertmanager: the alerts are evaluated, not sent.
+    """
     config = yaml.safe_load((REPO / "prometheus.yml").read_text())
     config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    config["rule_files"] = ["alerts.yml"]
+    config["rule_files"] = [path.name for path in rule_files()]
+    config.pop("alerting", None)
     (job,) = config["scrape_configs"]
     job.pop("file_sd_configs", None)
     job["static_configs"] = [{"targets": [target]}]
@@ -275,6 +282,19 @@ def caught_up(prometheus: PrometheusServer, petstore: UvicornServer) -> bool:
     return True
 
 
+def rules_evaluated_since(prometheus: PrometheusServer, moment: float) -> bool:
+    """Has every rule group been evaluated after `moment` (so recorded series include what came before)?"""
+    groups = prometheus.api("rules")["groups"]
+    return bool(groups) and all(evaluated_at(group["lastEvaluation"]) > moment for group in groups)
+
+
+def evaluated_at(rfc3339: str) -> float:
+    """Prometheus' RFC 3339 time (nanoseconds, `Z`) as a POSIX timestamp; Go's zero time is long ago."""
+    whole, _, fraction = rfc3339.removesuffix("Z").partition(".")
+    stamp = datetime.fromisoformat(whole).replace(tzinfo=UTC).timestamp()
+    return stamp + float(f"0.{fraction or 0}")
+
+
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer, prometheus_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not redis_server.running:
@@ -294,8 +314,8 @@ def stack(redis_server: RedisServer, prometheus_bin: str, tmp_path_factory: pyte
 
     with UvicornServer(env=env, command=SERVE_COMMAND, cwd=workdir) as petstore:
         config = prometheus_config(f"{HOST}:{petstore.port}")
-        rules = (REPO / "prometheus" / "alerts.yml").read_text()
-        with PrometheusServer(config, files={"alerts.yml": rules}, binary=prometheus_bin) as prometheus:
+        rules = {path.name: path.read_text() for path in rule_files()}
+        with PrometheusServer(config, files=rules, binary=prometheus_bin) as prometheus:
             started = time.time()
             wait_until(lambda: prometheus.query('up{job="petstore"} == 1'), DEADLINE, "the first successful scrape")
             traffic = Traffic(petstore.url, petstore.ws_url)
@@ -306,6 +326,8 @@ def stack(redis_server: RedisServer, prometheus_bin: str, tmp_path_factory: pyte
                 wait_until(lambda: caught_up(prometheus, petstore), DEADLINE, "a scrape of round 1", interval=0.5)
                 traffic.round(2)
                 wait_until(lambda: caught_up(prometheus, petstore), DEADLINE, "a scrape of round 2", interval=0.5)
+                scraped = time.time()
+                wait_until(lambda: rules_evaluated_since(prometheus, scraped), DEADLINE, "the rules on round 2")
                 # The staff socket stays open during the queries: live gauges have a live value.
                 stack = Stack(prometheus, petstore, started)
                 stack.variables = resolve_variables(stack)
@@ -358,9 +380,8 @@ def test_every_metric_the_dashboards_and_alerts_name_is_served(stack: Stack) -> 
         for panel in data_panels(dashboard):
             for target in panel["targets"]:
                 named |= petstore_names(target["expr"])
-    for group in yaml.safe_load((REPO / "prometheus" / "alerts.yml").read_text())["groups"]:
-        for rule in group["rules"]:
-            named |= petstore_names(rule["expr"])
+    for rule in load_rules():
+        named |= petstore_names(rule["expr"])
     for name in sorted(named):
         assert name in served or base_metric(name) + "_bucket" in served, f"{name} is not in /metrics"
 
@@ -391,8 +412,10 @@ def test_alert_rules_load_and_evaluate_without_errors(stack: Stack) -> None:
 
     rules = wait_until(evaluated, DEADLINE, "every alert rule to be evaluated")
     assert {rule["name"] for rule in rules if rule["type"] == "alerting"} == {
-        name for group in yaml.safe_load((REPO / "prometheus" / "alerts.yml").read_text())["groups"]
-        for name in (rule["alert"] for rule in group["rules"])
-    }  # fmt: skip
+        rule["alert"] for rule in load_rules() if "alert" in rule
+    }
+    assert {rule["name"] for rule in rules if rule["type"] == "recording"} == {
+        rule["record"] for rule in load_rules() if "record" in rule
+    }
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"

@@ -27,12 +27,13 @@ from tests.ops.contract import (
     data_panels,
     load_dashboards,
     petstore_names,
+    recorded_series,
     selectors,
     substitute,
 )
 
 DATASOURCE_REF = "${datasource}"
-ROWS = ["Overview", "REST by route", "WebSocket", "Events & broker", "Plugins", "Business"]
+ROWS = ["Overview", "SLOs & error budgets", "REST by route", "WebSocket", "Events & broker", "Plugins", "Business"]
 # Sample values for the dashboard's variables and Grafana's built-in ones, so promtool can parse
 # each query as Prometheus will receive it.
 SAMPLE_VARIABLES = {"job": "petstore", "instance": ".*", "__rate_interval": "1m", "__range": "1h"}
@@ -143,7 +144,7 @@ def test_no_hard_coded_datasource_uid_anywhere(dashboards: dict[Path, dict[str, 
 # ------------------------------------------------------------------------ what an SRE reads
 
 
-def test_rows_cover_the_six_areas_in_order(petstore_dashboard: dict[str, Any]) -> None:
+def test_rows_cover_the_areas_in_order(petstore_dashboard: dict[str, Any]) -> None:
     rows = [panel["title"] for panel in petstore_dashboard["panels"] if panel["type"] == "row"]
     assert rows == ROWS
 
@@ -174,14 +175,28 @@ def test_every_target_has_a_query_a_legend_and_its_own_ref_id(dashboards: dict[P
 # ------------------------------------------------------------------------------ the queries
 
 
-def test_every_metric_named_is_a_spec_metric(dashboards: dict[Path, dict[str, Any]]) -> None:
+def test_every_metric_named_is_a_spec_metric_or_a_recorded_series(dashboards: dict[Path, dict[str, Any]]) -> None:
+    known = SCRAPE_SERIES | recorded_series()
     for path, dashboard in dashboards.items():
         exprs = [target["expr"] for _, target in targets(dashboard)] + variable_queries(dashboard)
         for expr in exprs:
             for name in petstore_names(expr):
                 assert base_metric(name) in METRICS, f"{path.name}: {name} is not a SPEC §5 metric ({expr})"
             for name, _ in selectors(expr):
-                assert base_metric(name) in METRICS or name in SCRAPE_SERIES, f"{path.name}: unknown series {name}"
+                assert base_metric(name) in METRICS or name in known, f"{path.name}: unknown series {name}"
+
+
+def test_the_slo_row_shows_budget_left_and_the_alerts_burn_rates_for_both_slos(
+    petstore_dashboard: dict[str, Any],
+) -> None:
+    panels = petstore_dashboard["panels"]
+    start = next(index for index, panel in enumerate(panels) if panel["title"] == "SLOs & error budgets")
+    end = next(index for index, panel in enumerate(panels[start + 1 :], start + 1) if panel["type"] == "row")
+    exprs = " ".join(target["expr"] for panel in panels[start + 1 : end] for target in panel["targets"])
+    for sli in ("slo:petstore_http_errors", "slo:petstore_event_delivery_slow"):
+        assert f"1 - {sli}:burnrate30d" in exprs, sli
+        for window in ("5m", "30m", "1h", "6h", "3d"):
+            assert f"{sli}:burnrate{window}{{" in exprs, (sli, window)
 
 
 def test_every_spec_metric_is_on_the_dashboard(petstore_dashboard: dict[str, Any]) -> None:
@@ -190,10 +205,13 @@ def test_every_spec_metric_is_on_the_dashboard(petstore_dashboard: dict[str, Any
 
 
 def test_every_selector_follows_the_job_and_instance_variables(dashboards: dict[Path, dict[str, Any]]) -> None:
+    """Recorded SLO series are per job (an SLO is the whole service's): they follow the job variable only."""
+    recorded = recorded_series()
     for path, dashboard in dashboards.items():
         for panel, target in targets(dashboard):
             for name, matchers in selectors(target["expr"]):
-                assert 'job=~"$job"' in matchers and 'instance=~"$instance"' in matchers, (
+                wanted = ['job=~"$job"'] if name in recorded else ['job=~"$job"', 'instance=~"$instance"']
+                assert all(matcher in matchers for matcher in wanted), (
                     f"{path.name} {panel['title']!r}: {name} ignores the job/instance variables"
                 )
 

@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.ops.contract import REPO
+from tests.ops.contract import REPO, load_rules, rule_files
 
 #: Starts servers or tools as subprocesses: not in the fast lane (scripts/test --fast).
 pytestmark = pytest.mark.process
@@ -27,10 +28,15 @@ def run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([promtool, *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=60)
 
 
-def test_check_config_accepts_prometheus_yml_and_finds_its_rule_file(promtool: str) -> None:
+UNIT_TESTS = sorted((REPO / "prometheus").glob("*_test.yml"))
+
+
+def test_check_config_accepts_prometheus_yml_and_finds_its_rule_files(promtool: str) -> None:
     result = run(promtool, "check", "config", "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 1 rule files found" in result.stdout
+    assert "SUCCESS: 2 rule files found" in result.stdout
+    for path in rule_files():
+        assert f"SUCCESS: {len(load_rules(path))} rules found" in result.stdout.split(path.name, 1)[1], path.name
 
 
 def test_check_config_resolves_paths_from_another_directory(promtool: str, tmp_path: Path) -> None:
@@ -45,13 +51,24 @@ def test_check_config_resolves_paths_from_another_directory(promtool: str, tmp_p
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_check_rules_accepts_the_alert_rules(promtool: str) -> None:
-    result = run(promtool, "check", "rules", "prometheus/alerts.yml")
+@pytest.mark.parametrize(
+    ("path", "count"), [("prometheus/alerts.yml", 8), ("prometheus/slo.yml", 31)], ids=["alerts", "slo"]
+)
+def test_check_rules_accepts_each_rule_file(promtool: str, path: str, count: int) -> None:
+    result = run(promtool, "check", "rules", path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert f"SUCCESS: {count} rules found" in result.stdout
 
 
-def test_rule_unit_tests_pass(promtool: str) -> None:
-    result = run(promtool, "test", "rules", "prometheus/alerts_test.yml")
+def test_every_rule_file_prometheus_loads_has_unit_tests() -> None:
+    tested = {
+        (path.parent / name).resolve() for path in UNIT_TESTS for name in yaml.safe_load(path.read_text())["rule_files"]
+    }
+    assert {path.resolve() for path in rule_files()} <= tested
+
+
+@pytest.mark.parametrize("path", UNIT_TESTS, ids=[path.stem for path in UNIT_TESTS])
+def test_rule_unit_tests_pass(promtool: str, path: Path) -> None:
+    result = run(promtool, "test", "rules", str(path.relative_to(REPO)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
