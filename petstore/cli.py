@@ -278,37 +278,25 @@ def users_create(args: argparse.Namespace) -> int:
 
 def seed_command(args: argparse.Namespace) -> int:
     """Add demo pets (with categories, tags and their events) and the demo accounts."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from petstore.db import create_engine, create_sessionmaker
+    from petstore.progress import progress
     from petstore.seed import DEMO_USERS, seed
 
     settings = _settings()
     if settings.env == "production":
         raise ConfigurationError("refusing to seed demo data and demo accounts with PETSTORE_ENV=production")
     password = os.environ.get("PETSTORE_DEMO_PASSWORD") or None
-    console = Console()
-    bar = Progress(
-        TextColumn("seeding pets"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=args.pets < PROGRESS_THRESHOLD,
-    )
 
     async def run() -> Any:
         engine = create_engine(settings)
         try:
-            with bar:
-                task = bar.add_task("pets", total=args.pets)
+            with progress("seeding pets", args.pets, enabled=args.pets >= PROGRESS_THRESHOLD) as advance:
                 return await seed(
                     create_sessionmaker(engine),
                     args.pets,
                     password=password,
                     if_empty=args.if_empty,
-                    progress=lambda n: bar.advance(task, n),
+                    progress=advance,
                 )
         finally:
             await engine.dispose()

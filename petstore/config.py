@@ -7,6 +7,7 @@ tests build two apps with two configurations in one process.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -72,6 +73,14 @@ class Settings(BaseSettings):
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _driver_installed(cls, value: str) -> str:
+        # asyncpg is the [postgres] extra: without it SQLAlchemy would fail later, deep in a traceback.
+        if value.split(":", 1)[0] == "postgresql+asyncpg" and importlib.util.find_spec("asyncpg") is None:
+            raise ValueError("the asyncpg driver is not installed: pip install 'petstore[postgres]'")
+        return value
 
     @field_validator("redis_url", "limit_concurrency", mode="before")
     @classmethod
