@@ -31,7 +31,10 @@ Hooks
     ``x-petstore-permission``: the scope it requires (:mod:`petstore.access`), or null for anyone;
     an auth plugin turns it into ``security`` and its own 401s.
 ``ws_connect(websocket)``
-    Before a WebSocket is accepted. Return a close code to refuse it (1008, 1013), else None.
+    Before a WebSocket is accepted. Return None to let it through; to refuse it, an HTTP
+    ``Response`` (a 429 with ``Retry-After`` and the JSON error shape, say), which the client gets
+    instead of the upgrade where the server offers the ASGI denial-response extension (a close
+    1013 for a 429 or 503, else 1008, where it does not), or a bare close code (1008, 1013).
 ``ws_authenticate(websocket, token)``
     A browser sent ``{"type": "auth", "token": ...}``. Return the :class:`~petstore.access.Principal`
     with its scopes, raise :class:`~petstore.access.AuthFailed` for a bad token, or return None to
@@ -93,6 +96,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.websockets import WebSocket
 
@@ -201,7 +205,7 @@ class Plugin(Protocol):
 
     def openapi(self, document: dict[str, Any]) -> None: ...
 
-    async def ws_connect(self, websocket: WebSocket) -> int | None: ...
+    async def ws_connect(self, websocket: WebSocket) -> int | Response | None: ...
 
     async def ws_authenticate(self, websocket: WebSocket, token: str) -> Principal | None: ...
 
@@ -236,7 +240,7 @@ class PluginBase:
     def openapi(self, document: dict[str, Any]) -> None:
         return None
 
-    async def ws_connect(self, websocket: WebSocket) -> int | None:
+    async def ws_connect(self, websocket: WebSocket) -> int | Response | None:
         return None
 
     async def ws_authenticate(self, websocket: WebSocket, token: str) -> Principal | None:
@@ -312,7 +316,7 @@ class Plugins:
         """Every plugin's own Alembic branch, in plugin order."""
         return [found for plugin in self.items if (found := plugin.migrations()) is not None]
 
-    async def ws_connect(self, websocket: WebSocket) -> int | None:
+    async def ws_connect(self, websocket: WebSocket) -> int | Response | None:
         for plugin in self.items:
             code = await plugin.ws_connect(websocket)
             if code is not None:

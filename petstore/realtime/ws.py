@@ -10,7 +10,8 @@ bound on how long that may take.
 Choices where the SPEC is silent (also in the README):
 
 - A missing ``Origin`` is accepted (non-browser clients send none); a present one must be in
-  ``PETSTORE_ALLOWED_ORIGINS``, else the upgrade is refused with 1008 before it is accepted.
+  ``PETSTORE_ALLOWED_ORIGINS``, else the upgrade is refused before it is accepted: 403 with the
+  JSON error shape (:func:`deny_websocket`), and the refused origin is logged at WARNING.
 - A connection that is anonymous must send ``auth`` or ``subscribe`` within
   ``ws_auth_timeout_seconds`` of connecting, else it is closed with 1008.
 - A good ``auth`` message is answered with ``{"type": "authenticated", "id", "user"}``; a bad
@@ -30,11 +31,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.responses import Response
 from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from petstore import access
-from petstore.errors import PetstoreError, database_unavailable
+from petstore.errors import PetstoreError, database_unavailable, error_response
 from petstore.realtime import rooms
 from petstore.realtime.broker import BrokerUnavailable, Message, Since, dumps
 from petstore.realtime.hub import POLICY_VIOLATION, RESTARTING, Connection, observe_lag
@@ -51,6 +54,18 @@ CLOSE_SECONDS = 5.0
 #: (:mod:`petstore.server.uvicorn_ws`): events then skip the queue when they can.
 WRITE_EXTENSION = "petstore.websocket.write"
 MESSAGE_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
+#: The ASGI WebSocket Denial Response extension: an HTTP answer instead of the upgrade.
+DENIAL_EXTENSION = "websocket.http.response"
+MAX_LOGGED_ORIGIN = 200
+
+
+async def deny_websocket(scope: Scope, receive: Receive, send: Send, response: Response, close_code: int) -> None:
+    """Refuse an upgrade with ``response`` (status, headers, JSON body: SPEC §3) where the server
+    offers the denial-response extension (uvicorn does), else with a plain close ``close_code``."""
+    if DENIAL_EXTENSION in (scope.get("extensions") or {}):
+        await response(scope, receive, send)  # Starlette sends websocket.http.response.start / body
+    else:
+        await send({"type": "websocket.close", "code": close_code})
 
 
 class Refused(PetstoreError):
@@ -386,9 +401,18 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     layer = realtime(websocket)
     origin = websocket.headers.get("origin")
     if origin is not None and origin not in layer.settings.allowed_origins:
-        await websocket.close(POLICY_VIOLATION)
+        # The Origin header only, never the query or another header: nothing secret is logged.
+        logger.warning(
+            "refused a WebSocket from origin %r: not in PETSTORE_ALLOWED_ORIGINS", origin[:MAX_LOGGED_ORIGIN]
+        )
+        refused = error_response(403, "forbidden", "this origin may not open WebSockets here")
+        await deny_websocket(websocket.scope, websocket.receive, websocket.send, refused, POLICY_VIOLATION)
         return
     refusal = await layer.plugins.ws_connect(websocket)
+    if isinstance(refusal, Response):
+        code = TRY_AGAIN_LATER if refusal.status_code in (429, 503) else POLICY_VIOLATION
+        await deny_websocket(websocket.scope, websocket.receive, websocket.send, refusal, code)
+        return
     if refusal is not None:
         await websocket.close(refusal)
         return

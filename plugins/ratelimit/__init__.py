@@ -16,7 +16,8 @@ Policies (each a rate such as ``100/minute``, or several joined by ``;``):
   (the first matching ``METHOD glob`` wins; ``*`` matches any method);
 - WebSocket: ``PETSTORE_RATELIMIT_WS_CONNECT`` connection attempts per client *and*
   ``PETSTORE_RATELIMIT_WS_CONNECT_PER_IP`` per IP, however many accounts it signs in (refused
-  with 1013), ``PETSTORE_RATELIMIT_WS_MESSAGES`` messages per connection (in process, no round trip).
+  before the upgrade with 429, ``Retry-After`` and the JSON error shape),
+  ``PETSTORE_RATELIMIT_WS_MESSAGES`` messages per connection (in process, no round trip).
 
 Which routes are logins this plugin does not know: the plugins that own them say so at start-up
 (:meth:`petstore.plugin.Plugins.login_routes`), each with a way to read a request's username as
@@ -56,6 +57,7 @@ from typing import Any
 from redis.exceptions import RedisError
 from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -198,17 +200,21 @@ class RateLimitPlugin(PluginBase):
 
     # -- WebSocket hooks
 
-    async def ws_connect(self, websocket: WebSocket) -> int | None:
+    async def ws_connect(self, websocket: WebSocket) -> Response | None:
+        """Over a connection budget: 429 with ``Retry-After`` and the RateLimit headers, as the HTTP
+        answer to the upgrade (SPEC §3; a close 1013 where the server cannot send one)."""
         scope = websocket.scope
+        policies = [self.policies.ws_connect, self.policies.ws_connect_ip]
         checks = budgets(self.policies.ws_connect, self.client(scope))
         checks += budgets(self.policies.ws_connect_ip, ip_key(scope, self.policies.trusted))
         try:
             decision = await self.check(checks)
         except PoolExhausted:
-            return 1013  # busy: try again later
+            return unavailable_response("too busy to count this connection: retry shortly", BUSY_RETRY_AFTER)
         if decision is not None and not decision.allowed:
             self.report("ratelimit.rejected", scope="ws")
-            return 1013
+            message = f"too many connections: retry in {decision.retry_after} s"
+            return error_response(429, "rate_limited", message, decision.headers(policies))
         return None  # allowed, or the backend is down: connections are ordinary traffic (fail open)
 
     async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None:
