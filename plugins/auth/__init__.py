@@ -3,16 +3,18 @@
 Loaded by ``PETSTORE_PLUGINS`` (``plugins.auth``). What it does, hook by hook:
 
 - ``middleware``: Starlette's ``AuthenticationMiddleware`` with :class:`TokenBackend`, for HTTP
-  and WebSocket, setting ``scope["user"]`` (a :class:`~petstore.access.Principal`) and ``scope["auth"]``.
-- ``routes``: ``/api/v3/auth/{token,refresh,logout}``, ``/api/v3/user/{login,logout}`` and,
-  with RS256/ES256, ``/api/v3/auth/jwks.json``.
+  and WebSocket, setting ``scope["user"]`` (a :class:`~petstore.access.Principal`) and ``scope["auth"]``
+  from ``Authorization: Bearer``, or on ``GET /api/v3/events`` from a single-use stream ticket
+  (:mod:`plugins.auth.tickets`); the login routes ignore a stale header.
+- ``routes``: ``/api/v3/auth/{token,refresh,logout}``, ``/api/v3/user/{login,logout}``,
+  ``/api/v3/events/ticket`` and, with RS256/ES256, ``/api/v3/auth/jwks.json``.
 - ``startup`` / ``shutdown``: the token store (revocations and refresh families in the database,
   each instance's copy kept fresh by Redis pub/sub when ``PETSTORE_REDIS_URL`` is set and by a
   database poll always: :mod:`plugins.auth.feed`, on the app's Redis client ``App.redis``,
   whose pool the rate limiter shares), and a log filter that keeps ``password=`` out of uvicorn's
   access log.
 - ``migrations``: the tables of :mod:`plugins.auth.schema`, created by ``petstore migrate``.
-- ``openapi``: the paths and schemas above, the bearer scheme, and on each of the core's
+- ``openapi``: the paths and schemas above, the bearer scheme and the OAuth2 password flow, and on each of the core's
   operations the ``security`` and 401 that its ``x-petstore-permission`` implies.
 - ``ws_authenticate`` / ``ws_authorize``: the same tokens and the rooms rule of SPEC §3.
 - ``login_routes``: ``POST /auth/token`` and ``GET /user/login`` check passwords, and how to read
@@ -42,9 +44,10 @@ from plugins.auth.backend import AuthMiddleware, RedactSecrets, TokenBackend, in
 from plugins.auth.config import AuthSettings
 from plugins.auth.endpoints import AuthEndpoints
 from plugins.auth.feed import RevocationFeed
-from plugins.auth.openapi import API, extend
+from plugins.auth.openapi import API, STREAM_PATH, extend
 from plugins.auth.schema import MIGRATIONS
 from plugins.auth.store import TokenStore, session_ended, user_key
+from plugins.auth.tickets import StreamTickets
 
 logger = logging.getLogger("plugins.auth")
 
@@ -62,7 +65,10 @@ class AuthPlugin(PluginBase):
         self.authority: Authority | None = None
         self.feed: RevocationFeed | None = None
         self._filter: tuple[RedactSecrets, list[logging.Logger]] | None = None
-        self.endpoints = AuthEndpoints(lambda: self.authority, rate_per_hour=_hourly(settings.rate_limit))
+        self.tickets: StreamTickets | None = None
+        self.endpoints = AuthEndpoints(
+            lambda: self.authority, rate_per_hour=_hourly(settings.rate_limit), tickets=lambda: self.tickets
+        )
         self._state: App | None = None
 
     def _observe_failure(self, reason: str) -> None:
@@ -70,7 +76,13 @@ class AuthPlugin(PluginBase):
             self._state.plugins.observe("auth.failure", reason=reason)
 
     def middleware(self) -> Sequence[Middleware]:
-        backend = TokenBackend(lambda: self.authority, self._observe_failure)
+        backend = TokenBackend(
+            lambda: self.authority,
+            self._observe_failure,
+            ignore_on=self.endpoints.ignored_authorization(API),
+            stream_path=STREAM_PATH,
+            tickets=lambda: self.tickets,
+        )
         return [Middleware(AuthMiddleware, backend=backend)]
 
     def cors_headers(self) -> CorsHeaders:
@@ -96,6 +108,7 @@ class AuthPlugin(PluginBase):
         self.feed = RevocationFeed(store, redis, self.config.revocation_poll_seconds)
         await self.feed.start()
         self.authority = Authority(self.config, self.keys, store, state)
+        self.tickets = StreamTickets(redis)
         self._filter = installed_filter(REDACTED_LOGGERS)
         logger.info(
             "auth: %s tokens, revocations in the database%s, polled every %g s",
@@ -132,6 +145,7 @@ class AuthPlugin(PluginBase):
                 item.removeFilter(flt)
             self._filter = None
         self.authority = None
+        self.tickets = None
         if self.feed is not None:
             await self.feed.close()
             self.feed = None

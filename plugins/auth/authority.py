@@ -162,6 +162,14 @@ class Authority:
     async def verify(self, token: str) -> tuple[Principal, dict[str, Any]]:
         """The principal an access token stands for, and its claims; :class:`AuthFailed` when refused."""
         claims = self.decode(token, ACCESS)
+        return await self.check(claims), claims
+
+    async def check(self, claims: dict[str, Any]) -> Principal:
+        """The principal of an access token's verified claims, as of now: refused when revoked,
+        expired, or when its user is gone or changed (a stream ticket holds the claims of the token
+        it was issued for, and is checked again this way when spent)."""
+        if float(claims["exp"]) + self.config.leeway_seconds < time.time():
+            raise AuthFailed("expired", "token expired")
         if await self._store(self.store.is_revoked(claims["jti"], claims["fam"])):
             raise AuthFailed("revoked", "token revoked")
         user = await self._live_user(claims)
@@ -174,7 +182,7 @@ class Authority:
             token_id=claims["jti"],
             session=claims["fam"],
         )
-        return principal, claims
+        return principal
 
     # ------------------------------------------------------------------ refreshing and revoking
 

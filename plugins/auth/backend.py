@@ -2,8 +2,14 @@
 
 :class:`TokenBackend` turns ``Authorization: Bearer`` into a :class:`~petstore.access.Principal`
 (``scope["user"]``) and its scopes (``scope["auth"]``). No header: anonymous. A bad token is
-refused right here: 401 with ``WWW-Authenticate: Bearer`` over HTTP, close 1008 on a WebSocket,
-because exception handlers do not run for errors raised in middleware.
+refused right here, because exception handlers do not run for errors raised in middleware: 401
+with ``WWW-Authenticate: Bearer`` and the JSON error shape, over HTTP and on a WebSocket upgrade
+alike (the ASGI denial-response extension; a server without it gets a close 1008 instead).
+
+Two exceptions. On the login routes (``ignore_on``) the header is not even read: a client whose
+session ended must be able to log in again, whatever stale token it still sends. On the event
+stream (``stream_path``) a request without the header may bring a single-use ``ticket`` in its
+query instead (:mod:`plugins.auth.tickets`), since a browser's ``EventSource`` cannot send headers.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from starlette.authentication import (
     AuthCredentials,
@@ -25,9 +31,11 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from petstore.access import AuthFailed
+from petstore.access import AuthFailed, Principal
 from petstore.errors import error_response, unavailable_response
+from petstore.realtime.ws import TRY_AGAIN_LATER, deny_websocket
 from plugins.auth.authority import Authority, BackendUnavailable
+from plugins.auth.tickets import StreamTickets, TicketsUnavailable
 
 logger = logging.getLogger("plugins.auth")
 
@@ -57,20 +65,40 @@ def bearer_token(conn: HTTPConnection) -> str | None:
 
 
 class TokenBackend(AuthenticationBackend):
-    def __init__(self, authority: Callable[[], Authority | None], observe: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        authority: Callable[[], Authority | None],
+        observe: Callable[[str], None],
+        *,
+        ignore_on: Collection[str] = (),
+        stream_path: str | None = None,
+        tickets: Callable[[], StreamTickets | None] = lambda: None,
+    ) -> None:
         self._authority = authority
         self._observe = observe
         self._last_store_log = -math.inf
+        #: Paths where ``Authorization`` is not read at all (the login routes).
+        self.ignore_on = frozenset(ignore_on)
+        self.stream_path = stream_path
+        self._tickets = tickets
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
+        if conn.scope["path"] in self.ignore_on:
+            return None
         authority = self._authority()
         try:
             token = bearer_token(conn)
             if token is None:
-                return None
-            if authority is None:  # not started: no lifespan ran, so nothing can be verified
-                raise StoreDown("authentication is not ready")
-            principal, _ = await authority.verify(token)
+                ticket = self._ticket(conn)
+                if ticket is None:
+                    return None
+                if authority is None:
+                    raise StoreDown("authentication is not ready")
+                principal = await self._spend(authority, ticket)
+            else:
+                if authority is None:  # not started: no lifespan ran, so nothing can be verified
+                    raise StoreDown("authentication is not ready")
+                principal, _ = await authority.verify(token)
         except AuthFailed as failure:
             self._observe(failure.reason)
             raise TokenRefused(failure) from None
@@ -82,6 +110,25 @@ class TokenBackend(AuthenticationBackend):
             self._observe("store_unavailable")
             raise StoreDown("cannot check the token right now") from None
         return principal.credentials, principal
+
+    def _ticket(self, conn: HTTPConnection) -> str | None:
+        """The stream ticket of a GET of the event stream, if it brings one."""
+        if conn.scope["type"] != "http" or conn.scope["path"] != self.stream_path or conn.scope["method"] != "GET":
+            return None
+        return conn.query_params.get("ticket")
+
+    async def _spend(self, authority: Authority, ticket: str) -> Principal:
+        tickets = self._tickets()
+        if tickets is None:
+            raise StoreDown("authentication is not ready")
+        try:
+            issued = await tickets.spend(ticket)
+        except TicketsUnavailable as exc:
+            raise BackendUnavailable(str(exc)) from None
+        if issued is None:
+            raise AuthFailed("bad_ticket", "unknown, spent or expired stream ticket: get a new one")
+        # As the token it was issued for would be, now: revoked, expired, user gone or changed.
+        return await authority.check(issued["claims"])
 
 
 class AuthMiddleware(AuthenticationMiddleware):
@@ -97,14 +144,15 @@ class AuthMiddleware(AuthenticationMiddleware):
         try:
             result = await self.backend.authenticate(HTTPConnection(scope))
         except AuthenticationError as exc:
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008 if isinstance(exc, TokenRefused) else 1013})
-                return
             if isinstance(exc, TokenRefused):
                 challenge = 'Bearer error="invalid_token"'
                 response = error_response(401, "unauthorized", exc.failure.message, {"WWW-Authenticate": challenge})
             else:
                 response = unavailable_response(str(exc), retry_after=5)
+            if scope["type"] == "websocket":
+                close = 1008 if isinstance(exc, TokenRefused) else TRY_AGAIN_LATER
+                await deny_websocket(scope, receive, send, response, close)
+                return
             await response(scope, receive, send)
             return
         if result is None:
@@ -113,11 +161,11 @@ class AuthMiddleware(AuthenticationMiddleware):
         await self.app(scope, receive, send)
 
 
-_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:password|token|access_token|refresh_token)=)[^&\s\"]*", re.IGNORECASE)
+_SECRET_QUERY = re.compile(r"((?:^|[?&])(?:password|token|access_token|refresh_token|ticket)=)[^&\s\"]*", re.IGNORECASE)
 
 
 def redact(text: str) -> str:
-    """``password=...`` (and token parameters) in a URL or query string, replaced by ``***``."""
+    """``password=...`` (and token and stream ticket parameters) in a URL or query string, replaced by ``***``."""
     return _SECRET_QUERY.sub(r"\1***", text)
 
 

@@ -1,5 +1,12 @@
-"""The endpoints of SPEC §2: ``/auth/token``, ``/auth/refresh``, ``/auth/logout``, ``/user/login``, ``/user/logout``.
+"""The endpoints of SPEC §2: ``/auth/token``, ``/auth/refresh``, ``/auth/logout``, ``/user/login``,
+``/user/logout``, and ``/events/ticket`` (:mod:`plugins.auth.tickets`).
 
+``/auth/token`` and ``/auth/refresh`` are an OAuth2 token endpoint as RFC 6749 describes one: form
+bodies (``grant_type=password&username=…&password=…``, ``grant_type=refresh_token&refresh_token=…``;
+JSON too), the §5.1 answer, and §5.2 errors: the JSON error shape with ``error`` and
+``error_description`` added (``invalid_request``, ``invalid_grant``, ``unsupported_grant_type``), so
+that OAuth2 clients and this API's clients both read them. Wrong credentials and a bad refresh
+token stay 401 (as SPEC §2 says of a bad token) where §5.2 would say 400; clients go by ``error``.
 Token responses carry ``Cache-Control: no-store`` (RFC 6749 §5.1). A login for an unknown user
 verifies the password against a dummy hash, so it costs what a wrong password costs.
 
@@ -11,7 +18,7 @@ same calls, so no body reaches a password check uncounted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from petstore.access import AuthFailed
+from petstore.access import AuthFailed, principal
 from petstore.api.inputs import read_data
 from petstore.db.queries import find_user
 from petstore.errors import ApiError, BadRequest, ServiceUnavailable, Unauthorized
@@ -29,14 +36,47 @@ from petstore.plugin import LoginRoute
 from petstore.state import app_state
 from plugins.auth.authority import ACCESS, Authority, BackendUnavailable, TokenPair
 from plugins.auth.backend import bearer_token
+from plugins.auth.tickets import StreamTickets, TicketsUnavailable
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 MAX_CREDENTIAL_LENGTH = 1024  # Argon2 of a megabyte "password" is a cheap way to burn our CPU
 
 
+#: RFC 6749 §5.2 ``error`` for what the token endpoint refuses, by the error's ``type``.
+OAUTH_ERRORS = {
+    "bad_request": "invalid_request",
+    "payload_too_large": "invalid_request",
+    "unsupported_media_type": "invalid_request",
+    "unsupported_grant_type": "unsupported_grant_type",
+    "unauthorized": "invalid_grant",
+}
+
+
+def oauth_errors(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint's refusals with RFC 6749 §5.2's ``error`` / ``error_description`` beside the JSON error shape."""
+
+    async def answer(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except ApiError as exc:
+            body: dict[str, Any] = {"code": exc.status, "type": exc.type, "message": exc.message}
+            error = OAUTH_ERRORS.get(exc.type)
+            if error is not None:  # none for a 503: not the client's fault, no OAuth2 error to name
+                body |= {"error": error, "error_description": exc.message}
+            return JSONResponse(body, status_code=exc.status, headers={**exc.headers, **NO_STORE})
+
+    return answer
+
+
 class AuthEndpoints:
-    def __init__(self, authority: Callable[[], Authority | None], rate_per_hour: int | None) -> None:
+    def __init__(
+        self,
+        authority: Callable[[], Authority | None],
+        rate_per_hour: int | None,
+        tickets: Callable[[], StreamTickets | None] = lambda: None,
+    ) -> None:
         self._authority = authority
+        self._tickets = tickets
         self.rate_per_hour = rate_per_hour
 
     def authority(self) -> Authority:
@@ -82,10 +122,15 @@ class AuthEndpoints:
             raise ServiceUnavailable("cannot issue tokens right now", retry_after=5) from None
 
     async def refresh(self, request: Request) -> Response:
-        data = await read_data(request)
-        token = data.get("refresh_token") if isinstance(data, dict) else None
+        """RFC 6749 §6: a form ``grant_type=refresh_token&refresh_token=…``, or JSON ``{"refresh_token"}``."""
+        data = await _grant(request)
+        if not isinstance(data, dict):
+            raise BadRequest('send {"refresh_token": "..."} or a form grant_type=refresh_token&refresh_token=...')
+        if data.get("grant_type") not in (None, "refresh_token"):
+            raise BadRequest("grant_type must be refresh_token", type="unsupported_grant_type")
+        token = data.get("refresh_token")
         if not isinstance(token, str) or not token:
-            raise BadRequest('send {"refresh_token": "..."}')
+            raise BadRequest('send {"refresh_token": "..."} or a form grant_type=refresh_token&refresh_token=...')
         try:
             pair = await self.authority().refresh(token)
         except AuthFailed as failure:
@@ -122,10 +167,33 @@ class AuthEndpoints:
             headers["X-Rate-Limit"] = str(self.rate_per_hour)
         return JSONResponse(pair.access_token, headers=headers)
 
+    async def stream_ticket(self, request: Request) -> Response:
+        """A single-use ticket for ``GET /events?ticket=…``, for the bearer token of this request."""
+        who = principal(request)
+        token = bearer_token(request) if who is not None else None
+        if who is None or token is None:
+            raise Unauthorized("a stream ticket is issued for a bearer token: send Authorization: Bearer <token>")
+        tickets = self._tickets()
+        if tickets is None:
+            raise ServiceUnavailable("authentication is not ready")
+        try:
+            claims = self.authority().decode(token, ACCESS)  # verified by the middleware already
+            ticket = await tickets.issue(claims, who.role.value)
+        except AuthFailed as failure:
+            raise self._refuse(request, failure) from None
+        except TicketsUnavailable:
+            raise ServiceUnavailable("cannot issue stream tickets right now", retry_after=5) from None
+        return JSONResponse({"ticket": ticket, "expires_in": tickets.ttl}, headers=NO_STORE)
+
+    def ignored_authorization(self, prefix: str) -> frozenset[str]:
+        """The paths where a stale ``Authorization`` header must not stand in the way: the logins."""
+        return frozenset({f"{prefix}/auth/token", f"{prefix}/auth/refresh", f"{prefix}/user/login"})
+
     def routes(self, prefix: str, jwks: dict[str, Any] | None) -> list[Route]:
         routes = [
-            Route(f"{prefix}/auth/token", self.token, methods=["POST"], name="authToken"),
-            Route(f"{prefix}/auth/refresh", self.refresh, methods=["POST"], name="authRefresh"),
+            Route(f"{prefix}/auth/token", oauth_errors(self.token), methods=["POST"], name="authToken"),
+            Route(f"{prefix}/auth/refresh", oauth_errors(self.refresh), methods=["POST"], name="authRefresh"),
+            Route(f"{prefix}/events/ticket", self.stream_ticket, methods=["POST"], name="eventsTicket"),
             Route(f"{prefix}/auth/logout", self.logout, methods=["POST"], name="authLogout"),
             Route(f"{prefix}/user/login", self.user_login, methods=["GET"], name="loginUser"),
             Route(f"{prefix}/user/logout", self.logout, methods=["GET"], name="logoutUser"),
@@ -148,7 +216,7 @@ class AuthEndpoints:
 
 
 async def _grant(request: Request) -> Any:
-    """The credentials of ``POST /auth/token`` (form or JSON, up to ``PETSTORE_MAX_BODY_BYTES``)."""
+    """The grant of ``POST /auth/token`` or ``/auth/refresh`` (form or JSON, up to ``PETSTORE_MAX_BODY_BYTES``)."""
     return await read_data(request, form=True)
 
 

@@ -1,6 +1,8 @@
 """What the auth plugin adds to the served OpenAPI document: its paths and schemas, the bearer
-scheme, and on each of the core's operations (those with ``x-petstore-permission``) the security
-requirement and the 401 that follow from the permission it needs."""
+scheme and, beside it, the OAuth2 password flow of the same tokens (so that Swagger UI's
+"Authorize" offers a login form), the stream ticket of ``GET /events``, and on each of the core's
+operations (those with ``x-petstore-permission``) the security requirement and the 401 that
+follow from the permission it needs."""
 
 from __future__ import annotations
 
@@ -18,6 +20,25 @@ BEARER = {
     "scheme": "bearer",
     "bearerFormat": "JWT",
     "description": "An access token: `Authorization: Bearer <token>`",
+}
+#: The same tokens, as OAuth2 tools know them: RFC 6749's password grant and refresh.
+OAUTH2 = "oauth2Password"
+PASSWORD_FLOW = {
+    "type": "oauth2",
+    "description": "Log in with a username and password (RFC 6749 §4.3); the token is then sent as a bearer token",
+    "flows": {"password": {"tokenUrl": f"{API}/auth/token", "refreshUrl": f"{API}/auth/refresh", "scopes": {}}},
+}
+#: The core's event stream, where a stream ticket may stand in for the bearer token.
+STREAM_PATH = f"{API}/events"
+TICKET_PARAM = {
+    "name": "ticket",
+    "in": "query",
+    "required": False,
+    "description": (
+        "A single-use stream ticket from `POST /events/ticket`, for browsers (`EventSource` cannot send "
+        "`Authorization`). A bearer token is never taken from the URL."
+    ),
+    "schema": {"type": "string", "maxLength": 128},
 }
 UNAUTHORIZED_WITHOUT = "A bearer token is required: it is missing, malformed, expired or revoked"
 UNAUTHORIZED_SENT = "a bearer token was sent and is not valid (malformed, expired or revoked)"
@@ -39,14 +60,39 @@ SCHEMAS: dict[str, Any] = {
         "required": ["username", "password"],
         "properties": {
             "grant_type": {"type": "string", "enum": ["password"]},
-            "username": {"type": "string", "maxLength": 1024},
-            "password": {"type": "string", "format": "password", "maxLength": 1024},
+            "username": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "password": {"type": "string", "format": "password", "minLength": 1, "maxLength": 1024},
         },
     },
     "RefreshRequest": {
         "type": "object",
         "required": ["refresh_token"],
-        "properties": {"refresh_token": {"type": "string"}},
+        "properties": {
+            "grant_type": {"type": "string", "enum": ["refresh_token"]},
+            "refresh_token": {"type": "string", "minLength": 1},
+        },
+        "additionalProperties": False,
+    },
+    "OAuthError": {
+        "description": "The JSON error shape, with RFC 6749 §5.2's `error` and `error_description` where they apply",
+        "type": "object",
+        "required": ["code", "type", "message"],
+        "properties": {
+            "code": {"type": "integer", "format": "int32"},
+            "type": {"type": "string"},
+            "message": {"type": "string"},
+            "error": {"type": "string", "enum": ["invalid_request", "invalid_grant", "unsupported_grant_type"]},
+            "error_description": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+    "StreamTicket": {
+        "type": "object",
+        "required": ["ticket", "expires_in"],
+        "properties": {
+            "ticket": {"type": "string", "description": "pass once as `GET /events?ticket=...`"},
+            "expires_in": {"type": "integer", "description": "seconds left to spend it"},
+        },
         "additionalProperties": False,
     },
     "JWKS": {
@@ -61,6 +107,15 @@ def _api_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ERROR}}}
 
 
+def _oauth_error(description: str) -> dict[str, Any]:
+    no_store = {"description": "no-store", "schema": {"type": "string"}}
+    return {
+        "description": description,
+        "headers": {"Cache-Control": no_store},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}},
+    }
+
+
 def _tokens(description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -69,7 +124,7 @@ def _tokens(description: str) -> dict[str, Any]:
 
 
 def _paths(asymmetric: bool) -> dict[str, Any]:
-    bearer: list[dict[str, list[str]]] = [{SCHEME: []}]
+    bearer: list[dict[str, list[str]]] = [{SCHEME: []}, {OAUTH2: []}]
     paths: dict[str, Any] = {
         "/auth/token": {
             "post": {
@@ -83,12 +138,15 @@ def _paths(asymmetric: bool) -> dict[str, Any]:
                         "application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}},
                     },
                 },
+                "description": "An `Authorization` header is ignored here: a client whose session ended can log in.",
                 "responses": {
                     "200": _tokens("tokens"),
-                    "400": _api_response("missing fields"),
-                    "401": _api_response("wrong username or password"),
-                    "413": _api_response("body too large"),
-                    "415": _api_response("neither a form nor JSON"),
+                    "400": _oauth_error(
+                        "missing fields (`invalid_request`) or another grant (`unsupported_grant_type`)"
+                    ),
+                    "401": _oauth_error("wrong username or password (`invalid_grant`)"),
+                    "413": _oauth_error("body too large (`invalid_request`)"),
+                    "415": _oauth_error("neither a form nor JSON (`invalid_request`)"),
                     "429": _api_response("too many login attempts"),
                     "503": _api_response("login is unavailable right now"),
                 },
@@ -98,14 +156,51 @@ def _paths(asymmetric: bool) -> dict[str, Any]:
             "post": {
                 "tags": ["auth"],
                 "summary": "Spend a refresh token for a new pair (reusing a spent one revokes the login)",
+                "description": (
+                    'RFC 6749 §6: a form `grant_type=refresh_token&refresh_token=...`, or JSON `{"refresh_token"}`. '
+                    "An `Authorization` header is ignored here."
+                ),
                 "operationId": "authRefresh",
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RefreshRequest"}}},
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {"$ref": "#/components/schemas/RefreshRequest"}
+                        },
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RefreshRequest"}},
+                    },
                 },
                 "responses": {
                     "200": _tokens("a new pair"),
-                    "401": _api_response("bad, spent or revoked refresh token"),
+                    "400": _oauth_error(
+                        "no refresh token (`invalid_request`) or another grant (`unsupported_grant_type`)"
+                    ),
+                    "401": _oauth_error("bad, spent or revoked refresh token (`invalid_grant`)"),
+                    "413": _oauth_error("body too large (`invalid_request`)"),
+                    "415": _oauth_error("neither a form nor JSON (`invalid_request`)"),
+                    "503": _api_response("cannot refresh tokens right now"),
+                },
+            }
+        },
+        "/events/ticket": {
+            "post": {
+                "tags": ["events"],
+                "summary": "A single-use ticket that opens one event stream as you (for EventSource)",
+                "description": (
+                    "Spend it within `expires_in` seconds, once, as `GET /events?room=...&ticket=...`: the stream is "
+                    "then yours, as if it had sent this bearer token (which is checked again then: revoked, "
+                    "expired, role). A browser's `EventSource` cannot send `Authorization`, and a token is never "
+                    "taken from a URL."
+                ),
+                "operationId": "eventsTicket",
+                "security": [{SCHEME: []}, {OAUTH2: []}],
+                "responses": {
+                    "200": {
+                        "description": "the ticket",
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/StreamTicket"}}},
+                    },
+                    "401": _api_response("no or bad token"),
+                    "503": _api_response("cannot issue tickets right now"),
                 },
             }
         },
@@ -129,12 +224,23 @@ def _paths(asymmetric: bool) -> dict[str, Any]:
             "summary": "Logs user into the system",
             "description": (
                 "Returns the access token as a JSON string; send it as `Authorization: Bearer`. "
-                "Prefer POST /auth/token, which keeps the password out of URLs and also returns a refresh token."
+                "Prefer POST /auth/token, which keeps the password out of URLs and also returns a refresh token. "
+                "An `Authorization` header is ignored here: a client whose session ended can log in again."
             ),
             "operationId": "loginUser",
             "parameters": [
-                {"name": "username", "in": "query", "required": True, "schema": {"type": "string"}},
-                {"name": "password", "in": "query", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "username",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 1024},
+                },
+                {
+                    "name": "password",
+                    "in": "query",
+                    "required": True,
+                    "schema": {"type": "string", "format": "password", "minLength": 1, "maxLength": 1024},
+                },
             ],
             "responses": {
                 "200": {
@@ -215,7 +321,16 @@ def _secure(operation: dict[str, Any]) -> None:
     }
     operation["responses"] = dict(sorted(responses.items()))
     # An empty requirement makes the token optional.
-    operation["security"] = [{SCHEME: []}] if needed else [{}, {SCHEME: []}]
+    token: list[dict[str, list[str]]] = [{SCHEME: []}, {OAUTH2: []}]
+    operation["security"] = token if needed else [{}, *token]
+
+
+def _ticketed(operation: dict[str, Any]) -> None:
+    """The event stream: a stream ticket in the query may stand in for the bearer token."""
+    operation.setdefault("parameters", []).append(copy.deepcopy(TICKET_PARAM))
+    unauthorized = operation.get("responses", {}).get("401")
+    if isinstance(unauthorized, dict):
+        unauthorized["description"] += "; or a stream ticket that is unknown, spent or expired"
 
 
 def extend(document: dict[str, Any], *, asymmetric: bool) -> None:
@@ -229,11 +344,16 @@ def extend(document: dict[str, Any], *, asymmetric: bool) -> None:
     prefix = _prefix(document)
     paths = document.setdefault("paths", {})
     # Copies: the document is edited by other plugins after us and must not reach our constants.
+    stream = paths.get(STREAM_PATH.removeprefix(API) if prefix == "" else STREAM_PATH, {}).get("get")
+    if isinstance(stream, dict):
+        _ticketed(stream)
     for path, item in copy.deepcopy(_paths(asymmetric)).items():
         paths[prefix + path] = item
     components = document.setdefault("components", {})
     components.setdefault("schemas", {}).update(copy.deepcopy(SCHEMAS))
-    components.setdefault("securitySchemes", {})[SCHEME] = copy.deepcopy(BEARER)
+    schemes = components.setdefault("securitySchemes", {})
+    schemes[SCHEME] = copy.deepcopy(BEARER)
+    schemes[OAUTH2] = copy.deepcopy(PASSWORD_FLOW)
     tags = document.setdefault("tags", [])
     if not any(tag.get("name") == "auth" for tag in tags):
         tags.append({"name": "auth", "description": "Bearer tokens: log in, refresh, log out"})

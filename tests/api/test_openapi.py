@@ -197,13 +197,16 @@ def test_bearer_security_is_declared_and_required_exactly_where_endpoints_requir
         "bearerFormat": "JWT",
         "description": "An access token: `Authorization: Bearer <token>`",
     }
+    password = document["components"]["securitySchemes"]["oauth2Password"]["flows"]["password"]
+    assert password["tokenUrl"] == "/api/v3/auth/token" and password["refreshUrl"] == "/api/v3/auth/refresh"
     core = {op_id: op for op_id, (_, _, op) in operations(document).items() if PERMISSION in op}
     assert set(core) >= PETSTORE_OPERATIONS  # the plugin's own (authToken, loginUser...) are its to describe
     for op_id, op in core.items():
+        # The same tokens, also as OAuth2's password flow (Swagger UI's "Authorize" login form).
         if op_id in ANONYMOUS:
-            assert op["security"] == [{}, {"bearerAuth": []}], op_id
+            assert op["security"] == [{}, {"bearerAuth": []}, {"oauth2Password": []}], op_id
         else:
-            assert op["security"] == [{"bearerAuth": []}], op_id
+            assert op["security"] == [{"bearerAuth": []}, {"oauth2Password": []}], op_id
         assert "401" in op["responses"], op_id
         assert "WWW-Authenticate" in op["responses"]["401"]["headers"]
     ops = operations(document)

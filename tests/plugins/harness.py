@@ -182,10 +182,14 @@ def auth_secret(secret: str = SECRET) -> contextlib.AbstractContextManager[Any]:
     return mock.patch.dict(os.environ, {"PETSTORE_JWT_SECRET": secret})
 
 
-def assert_error(response: Any, status: int, type: str | None = None) -> None:
-    """The JSON error shape of SPEC §2 with this status, never a stack trace."""
+def assert_error(response: Any, status: int, type: str | None = None, *, oauth: str | None = None) -> None:
+    """The JSON error shape of SPEC §2 with this status, never a stack trace; with ``oauth``, the
+    token endpoint's, which adds RFC 6749 §5.2's ``error`` (this one) and ``error_description``."""
     assert response.status_code == status, f"{response.status_code}: {response.text}"
     body = response.json()
+    if oauth is not None:
+        assert body.pop("error") == oauth, body
+        assert body.pop("error_description") == body["message"], body
     assert set(body) == {"code", "type", "message"}, body
     assert body["code"] == status
     assert "Traceback" not in body["message"]

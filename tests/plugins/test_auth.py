@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from openapi_spec_validator import validate
-from starlette.websockets import WebSocketDisconnect
+from starlette.testclient import WebSocketDenialResponse
 
 from petstore import db
 from petstore.access import AuthFailed, Principal
@@ -160,7 +160,7 @@ def test_wrong_password_and_unknown_user_are_refused_alike(app: App, monkeypatch
     wrong = app.client.post(f"{API}/auth/token", data={"username": "alice", "password": "nope"})
     unknown = app.client.post(f"{API}/auth/token", data={"username": "nobody", "password": "nope"})
     for response in (wrong, unknown):
-        assert_error(response, 401, "unauthorized")
+        assert_error(response, 401, "unauthorized", oauth="invalid_grant")
     assert wrong.json()["message"] == unknown.json()["message"]
     # The unknown user was verified too, against the dummy hash: the same Argon2 work as a wrong password.
     assert verified[0] is not None and verified[1] is None
@@ -169,11 +169,12 @@ def test_wrong_password_and_unknown_user_are_refused_alike(app: App, monkeypatch
 
 def test_password_grant_rejects_other_grants_and_missing_fields(app: App) -> None:
     grant = app.client.post(f"{API}/auth/token", data={"grant_type": "client_credentials", "username": "alice"})
-    assert_error(grant, 400, "unsupported_grant_type")
-    assert_error(app.client.post(f"{API}/auth/token", data={"username": "alice"}), 400)
-    assert_error(app.client.post(f"{API}/auth/token", content=b"x", headers={"content-type": "text/plain"}), 415)
+    assert_error(grant, 400, "unsupported_grant_type", oauth="unsupported_grant_type")
+    assert_error(app.client.post(f"{API}/auth/token", data={"username": "alice"}), 400, oauth="invalid_request")
+    bad_media = app.client.post(f"{API}/auth/token", content=b"x", headers={"content-type": "text/plain"})
+    assert_error(bad_media, 415, oauth="invalid_request")
     huge = app.client.post(f"{API}/auth/token", data={"username": "alice", "password": "x" * 5000})
-    assert_error(huge, 400)
+    assert_error(huge, 400, oauth="invalid_request")
 
 
 def test_user_login_is_spec_compatible(app: App) -> None:
@@ -208,12 +209,12 @@ def test_refresh_rotates_and_reuse_revokes_the_whole_family(app: App) -> None:
     assert app.whoami(pair["access_token"]).json()["user"] == "alice"
     # The spent refresh token comes back (stolen): refused, and every token of this login dies.
     reuse = app.client.post(f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]})
-    assert_error(reuse, 401)
+    assert_error(reuse, 401, oauth="invalid_grant")
     assert app.recorder.count("auth.failure", reason="refresh_reused") == 1
     refused(app, pair["access_token"], "revoked")
     refused(app, first["access_token"], "revoked")
     newest = app.client.post(f"{API}/auth/refresh", json={"refresh_token": pair["refresh_token"]})
-    assert_error(newest, 401)
+    assert_error(newest, 401, oauth="invalid_grant")
     # Another login of the same user is a different family, untouched.
     assert app.whoami(app.login("alice")["access_token"]).json()["user"] == "alice"
 
@@ -224,7 +225,11 @@ def test_logout_revokes_the_access_token_and_its_refresh_family(app: App) -> Non
     response = app.client.post(f"{API}/auth/logout", headers=bearer(tokens["access_token"]))
     assert response.status_code == 200 and response.json()["type"] == "ok"
     refused(app, tokens["access_token"], "revoked")
-    assert_error(app.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}), 401)
+    assert_error(
+        app.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}),
+        401,
+        oauth="invalid_grant",
+    )
     assert app.whoami(other["access_token"]).json()["user"] == "bob"  # only that login ends
     assert_error(app.client.post(f"{API}/auth/logout"), 401)
 
@@ -233,12 +238,14 @@ def test_tokens_are_not_interchangeable_between_access_and_refresh(app: App) -> 
     tokens = app.login("alice")
     refused(app, tokens["refresh_token"], "wrong_token_type")
     as_refresh = app.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["access_token"]})
-    assert_error(as_refresh, 401)
+    assert_error(as_refresh, 401, oauth="invalid_grant")
 
 
 def test_refresh_needs_a_json_refresh_token(app: App) -> None:
-    assert_error(app.client.post(f"{API}/auth/refresh", json={}), 400)
-    assert_error(app.client.post(f"{API}/auth/refresh", json={"refresh_token": "not.a.jwt"}), 401)
+    assert_error(app.client.post(f"{API}/auth/refresh", json={}), 400, oauth="invalid_request")
+    assert_error(
+        app.client.post(f"{API}/auth/refresh", json={"refresh_token": "not.a.jwt"}), 401, oauth="invalid_grant"
+    )
 
 
 # ------------------------------------------------------------------------------ attacks
@@ -301,7 +308,11 @@ def test_token_of_a_deleted_user_is_refused(app: App) -> None:
     assert app.whoami(tokens["access_token"]).status_code == 200
     app.delete_user("carol")
     refused(app, tokens["access_token"], "unknown_user")
-    assert_error(app.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}), 401)
+    assert_error(
+        app.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}),
+        401,
+        oauth="invalid_grant",
+    )
     # A new user under the same name and id (a client may choose a free id) is somebody else.
     app.add_user("carol", user_id=carol)
     refused(app, tokens["access_token"], "stale_credentials")
@@ -313,7 +324,11 @@ def test_a_password_change_ends_every_session(app: App) -> None:
     response = app.client.put(f"{API}/user/bob", json=body, headers=bearer(tokens["access_token"]))
     assert response.status_code == 200, response.text
     refused(app, tokens["access_token"], "stale_credentials")
-    assert_error(app.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}), 401)
+    assert_error(
+        app.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}),
+        401,
+        oauth="invalid_grant",
+    )
     assert app.whoami(app.login("bob", "a brand new password")["access_token"]).status_code == 200
 
 
@@ -462,12 +477,14 @@ def test_websocket_upgrade_with_a_bearer_header(app: App) -> None:
         assert ws.receive_json() == {"user": "alice", "role": "customer"}
     with app.client.websocket_connect("/test/whoami") as ws:
         assert ws.receive_json() is None
+    # A bad token: no upgrade, but the HTTP answer of SPEC §3 (401, the JSON error shape).
     with (
-        pytest.raises(WebSocketDisconnect) as refusal,
+        pytest.raises(WebSocketDenialResponse) as refusal,
         app.client.websocket_connect("/test/whoami", headers=bearer(token + "x")),
     ):
         pass
-    assert refusal.value.code == 1008
+    assert_error(refusal.value, 401, "unauthorized")
+    assert refusal.value.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
 
 def test_ws_authenticate_hook(app: App) -> None:
@@ -565,7 +582,7 @@ def test_openapi_document_describes_the_auth_endpoints(app: App) -> None:
     assert login["operationId"] == "loginUser"
     assert {p["name"] for p in login["parameters"]} == {"username", "password"}
     assert set(login["responses"]["200"]["headers"]) == {"X-Rate-Limit", "X-Expires-After"}
-    assert paths["/auth/logout"]["post"]["security"] == [{"bearerAuth": []}]
+    assert paths["/auth/logout"]["post"]["security"] == [{"bearerAuth": []}, {"oauth2Password": []}]
     assert document["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     for name in ("TokenResponse", "TokenRequest", "RefreshRequest"):
         assert name in document["components"]["schemas"]

@@ -102,7 +102,11 @@ def test_a_revocation_on_one_instance_is_refused_by_another_through_pubsub(
         assert not accepted(one, tokens["access_token"])  # on the instance that revoked: at once
         refused_within(two, tokens["access_token"], PUBSUB_DEADLINE, "the revocation to reach the other instance")
         # The refresh family is refused by the database itself, on every instance, at once.
-        assert_error(two.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}), 401)
+        assert_error(
+            two.client.post(f"{API}/auth/refresh", json={"refresh_token": tokens["refresh_token"]}),
+            401,
+            oauth="invalid_grant",
+        )
         assert subscribed(two)  # the malformed message was ignored, not fatal
 
 
@@ -116,11 +120,15 @@ def test_refresh_reuse_on_another_instance_revokes_the_family_everywhere(tmp_pat
         assert accepted(one, pair["access_token"]) and accepted(two, pair["access_token"])
         # The spent refresh token comes back on the other instance: the whole login ends everywhere.
         reuse = two.client.post(f"{API}/auth/refresh", json={"refresh_token": first["refresh_token"]})
-        assert_error(reuse, 401)
+        assert_error(reuse, 401, oauth="invalid_grant")
         assert two.recorder.count("auth.failure", reason="refresh_reused") == 1
         assert not accepted(two, pair["access_token"])
         refused_within(one, pair["access_token"], PUBSUB_DEADLINE, "the reuse to reach the first instance")
-        assert_error(one.client.post(f"{API}/auth/refresh", json={"refresh_token": pair["refresh_token"]}), 401)
+        assert_error(
+            one.client.post(f"{API}/auth/refresh", json={"refresh_token": pair["refresh_token"]}),
+            401,
+            oauth="invalid_grant",
+        )
 
 
 def test_concurrent_refreshes_with_one_token_give_exactly_one_new_pair(tmp_path: Path, redis_url: str) -> None:
@@ -161,7 +169,7 @@ def test_with_redis_stopped_logins_writes_refresh_and_logout_go_on(
                 assert rotated.status_code == 200, rotated.text
                 pair = rotated.json()
                 spent = {"refresh_token": tokens["refresh_token"]}
-                assert_error(one.client.post(f"{API}/auth/refresh", json=spent), 401)
+                assert_error(one.client.post(f"{API}/auth/refresh", json=spent), 401, oauth="invalid_grant")
                 assert not accepted(one, pair["access_token"])  # reuse revoked the family
                 # Logout on one instance: refused there at once, on the other within the poll's bound.
                 logout(one, before["access_token"])

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from openapi_spec_validator import validate
+from starlette.responses import Response
+from starlette.testclient import WebSocketDenialResponse
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -211,7 +213,11 @@ def test_per_route_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_login_is_limited_per_username(limited: App) -> None:
     for _ in range(2):
-        assert_error(limited.client.post(f"{API}/auth/token", data={"username": "alice", "password": "guess"}), 401)
+        assert_error(
+            limited.client.post(f"{API}/auth/token", data={"username": "alice", "password": "guess"}),
+            401,
+            oauth="invalid_grant",
+        )
     # The right password does not help once the username's budget is spent; the IP's budget is separate.
     blocked = limited.client.post(f"{API}/auth/token", data={"username": "alice", "password": PASSWORD})
     assert_limited(blocked, "login-user")
@@ -224,7 +230,11 @@ def test_login_is_limited_per_username(limited: App) -> None:
 
 def test_login_is_limited_per_ip(limited: App) -> None:
     for name in ("u1", "u2", "u3", "u4"):
-        assert_error(limited.client.post(f"{API}/auth/token", data={"username": name, "password": "x"}), 401)
+        assert_error(
+            limited.client.post(f"{API}/auth/token", data={"username": name, "password": "x"}),
+            401,
+            oauth="invalid_grant",
+        )
     assert_limited(limited.client.post(f"{API}/auth/token", data={"username": "bob", "password": PASSWORD}), "login-ip")
     exhaust(limited)  # ordinary requests from that IP have their own budget
 
@@ -243,20 +253,29 @@ def ws_scope(client: str) -> WebSocket:
     return WebSocket(scope, receive, send)
 
 
+def ws_refusal(answer: object) -> int | None:
+    """The status of a ``ws_connect`` refusal (an HTTP answer to the upgrade), None for none."""
+    assert answer is None or isinstance(answer, Response), answer
+    return None if answer is None else answer.status_code
+
+
 def test_ws_connection_attempts_per_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str | None) -> None:
     monkeypatch.setenv("PETSTORE_RATELIMIT_WS_CONNECT", "2/hour")
     with running_app(tmp_path, redis_url=store) as app:
         plugin: RateLimitPlugin = app.plugin("ratelimit")
-        assert [app.run(plugin.ws_connect, ws_scope("198.51.100.1")) for _ in range(3)] == [None, None, 1013]
+        answers = [app.run(plugin.ws_connect, ws_scope("198.51.100.1")) for _ in range(3)]
+        assert answers[:2] == [None, None] and ws_refusal(answers[2]) == 429
         assert app.run(plugin.ws_connect, ws_scope("198.51.100.2")) is None
         assert app.recorder.count("ratelimit.rejected", scope="ws") == 1
-        # Through the real endpoint too: the third upgrade from the test client is refused with 1013.
+        # Through the real endpoint too: the third upgrade is answered 429 instead of being upgraded.
         for _ in range(2):
             with app.client.websocket_connect("/ws") as ws:
                 assert ws.receive_json()["type"] == "welcome"
-        with pytest.raises(WebSocketDisconnect) as refused, app.client.websocket_connect("/ws"):
+        with pytest.raises(WebSocketDenialResponse) as refused, app.client.websocket_connect("/ws"):
             pass
-        assert refused.value.code == 1013
+        assert_error(refused.value, 429, "rate_limited")
+        assert int(refused.value.headers["retry-after"]) > 0
+        assert "ratelimit" in refused.value.headers
 
 
 def test_ws_messages_per_connection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.responses import Response
+from starlette.testclient import WebSocketDenialResponse
+from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -91,12 +93,12 @@ def test_a_burst_of_websocket_connects_gets_exactly_the_connect_budget(tmp_path:
     }
     with UvicornServer(env=env, cwd=tmp_path) as server:
         statuses = asyncio.run(ws_statuses(f"{server.ws_url}/ws", 200))
-        assert statuses == {"welcome": 30, 403: 170}, server.logtail()
+        assert statuses == {"welcome": 30, 429: 170}, server.logtail()  # SPEC §3: 429, not an empty 403
 
 
 def test_an_exhausted_pool_is_503_never_an_unlimited_request(tmp_path: Path, redis_url: str) -> None:
     """Every connection of the shared pool busy past the wait: the server says it is busy (503 with
-    Retry-After, a WebSocket 1013), and neither lets the request through nor calls Redis down."""
+    Retry-After, on a WebSocket upgrade too), and neither lets the request through nor calls Redis down."""
     with running_app(tmp_path, redis_url=redis_url, rate_limit="3/hour") as app:
         redis = app.state.redis
         assert redis is not None
@@ -110,7 +112,9 @@ def test_an_exhausted_pool_is_503_never_an_unlimited_request(tmp_path: Path, red
         assert_error(busy, 503, "service_unavailable")
         assert busy.headers["retry-after"] == "1"
         plugin: RateLimitPlugin = app.plugin("ratelimit")
-        assert app.run(plugin.ws_connect, ws_scope("198.51.100.1")) == 1013
+        busy_ws = app.run(plugin.ws_connect, ws_scope("198.51.100.1"))
+        assert isinstance(busy_ws, Response) and busy_ws.status_code == 503
+        assert busy_ws.headers["retry-after"] == "1"
         for connection in held:
             app.run(pool.release, connection)
         assert [app.client.get(READ).status_code for _ in range(4)] == [200, 200, 200, 429]
@@ -156,7 +160,7 @@ def test_every_body_the_login_endpoint_reads_counts_against_the_username(guarded
     for _ in range(2):
         body, headers = shape("wrong guess")
         guess = guarded.client.post(f"{API}/auth/token", content=body, headers=headers)
-        assert_error(guess, 401)  # the endpoint read it and checked the password
+        assert_error(guess, 401, oauth="invalid_grant")  # the endpoint read it and checked the password
         assert guess.headers["ratelimit"].startswith('"login-user";')
     body, headers = shape(PASSWORD)
     assert_limited(guarded.client.post(f"{API}/auth/token", content=body, headers=headers), "login-user")
@@ -166,7 +170,9 @@ def test_a_login_body_past_the_body_limit_is_refused_before_any_password_is_chec
     body = f"username=alice&password=guess&pad={'x' * (1024 * 1024)}".encode()
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     for _ in range(3):
-        assert_error(guarded.client.post(f"{API}/auth/token", content=body, headers=headers), 413)
+        assert_error(
+            guarded.client.post(f"{API}/auth/token", content=body, headers=headers), 413, oauth="invalid_request"
+        )
     assert guarded.recorder.count("auth.failure", reason="bad_credentials") == 0
 
 
@@ -190,10 +196,11 @@ def test_many_accounts_from_one_ip_meet_the_per_ip_connection_ceiling(
         plugin: RateLimitPlugin = app.plugin("ratelimit")
         # Four accounts, three connections each, one address: the address's 8, not the accounts' 12.
         answers = [app.run(plugin.ws_connect, signed_in("198.51.100.1", user)) for user in range(4) for _ in range(3)]
-        assert answers == [None] * 8 + [1013] * 4
+        assert [None if a is None else a.status_code for a in answers] == [None] * 8 + [429] * 4
         assert app.run(plugin.ws_connect, signed_in("198.51.100.2", 9)) is None  # another address: its own
         assert app.run(plugin.ws_connect, signed_in("198.51.100.2", 2)) is None  # user 2 had only 2 of its 3
-        assert app.run(plugin.ws_connect, signed_in("198.51.100.2", 0)) == 1013  # user 0 spent its own 3
+        spent = app.run(plugin.ws_connect, signed_in("198.51.100.2", 0))  # user 0 spent its own 3
+        assert spent is not None and spent.status_code == 429
         assert app.recorder.count("ratelimit.rejected", scope="ws") == 5
 
 
@@ -211,8 +218,9 @@ def test_the_per_ip_connection_ceiling_holds_on_the_real_endpoint(
             try:
                 with app.client.websocket_connect("/ws", headers=bearer(token)) as ws:
                     welcomed += ws.receive_json()["type"] == "welcome"
-            except WebSocketDisconnect as refused:
-                assert refused.code == 1013
+            except WebSocketDenialResponse as refused:
+                assert_error(refused, 429, "rate_limited")
+                assert int(refused.headers["retry-after"]) > 0
         assert welcomed == 4
 
 
