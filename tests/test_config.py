@@ -119,15 +119,6 @@ def test_workers_starting_together_agree_on_one_development_secret(tmp_path: Pat
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_every_setting_is_in_the_readmes_configuration_table() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    table = readme.split("\n### Configuration\n", 1)[1].split("\n### ", 1)[0]
-    missing = [
-        f"PETSTORE_{name.upper()}" for name in Settings.model_fields if f"`PETSTORE_{name.upper()}`" not in table
-    ]
-    assert not missing, f"not in README's configuration table: {missing}"
-
-
 # ------------------------------------------------------------------ misspelled PETSTORE_* variables
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from tests.ops.contract import ALERTS, METRICS, REPO, SCRAPE_SERIES, base_metric, petstore_names, selectors
 
-RUNBOOK_DOC = REPO / "README.md"
+RUNBOOK_DOC = REPO / "docs" / "operations.md"
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,9 @@ def test_every_alert_has_summary_description_runbook_and_severity(rules: dict[st
         assert rule["labels"]["severity"] in {"critical", "warning"}, name
 
 
-def test_runbook_links_point_to_the_readme_anchor_named_after_the_alert(rules: dict[str, dict[str, Any]]) -> None:
+def test_runbook_links_point_to_the_operations_anchor_named_after_the_alert(rules: dict[str, dict[str, Any]]) -> None:
     for name, rule in rules.items():
-        assert rule["annotations"]["runbook"] == f"README.md#runbook-{name.lower()}"
+        assert rule["annotations"]["runbook"] == f"docs/operations.md#runbook-{name.lower()}"
 
 
 def test_every_runbook_anchor_has_its_heading_in_the_operations_doc(rules: dict[str, dict[str, Any]]) -> None:
