@@ -58,3 +58,15 @@ def test_no_file_refers_outside_the_repository() -> None:
 def test_the_petstore_document_is_the_copy_its_readme_records() -> None:
     (recorded,) = re.findall(r"sha256\s+`([0-9a-f]{64})`", (DATA / "README.md").read_text())
     assert hashlib.sha256((DATA / "openapi-v3.yaml").read_bytes()).hexdigest() == recorded
+
+
+#: What the tools and the server write into a working tree, which a careless ``git add`` must not
+#: pick up: the development JWT secret, SQLite's write-ahead log, Schemathesis' cache, the venvs.
+WRITTEN_HERE = (".petstore-jwt-secret", "petstore.db-wal", "petstore.db-shm", ".schemathesis/", ".venv-lowest/")
+
+
+@pytest.mark.parametrize("path", WRITTEN_HERE)
+def test_files_the_tools_write_are_ignored_by_git(path: str) -> None:
+    # --no-index: ignored by the rules alone, whether or not such a file exists or was ever tracked.
+    result = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=REPO, check=False)
+    assert result.returncode == 0, f"{path} is not in .gitignore"
