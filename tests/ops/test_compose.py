@@ -19,7 +19,7 @@ import yaml
 from tests.ops.contract import ENV_VARS, REPO
 
 PETSTORE = {"petstore-1", "petstore-2", "petstore-3"}
-EXPECTED_SERVICES = {"redis", "postgres", "migrate", *PETSTORE, "haproxy", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"redis", "postgres", "migrate", *PETSTORE, "haproxy", "prometheus", "alertmanager", "grafana"}
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +225,22 @@ def test_prometheus_finds_its_config_rules_and_targets_inside_the_container(
         on_host = host_path_for(prometheus, str(inside))
         assert on_host is not None, f"{inside} is not mounted into the prometheus container"
         assert list(REPO.glob(on_host)), f"{inside} maps to {on_host}, which matches no file"
+
+
+def test_prometheus_sends_alerts_to_the_alertmanager_service_and_its_configuration(
+    services: dict[str, dict[str, Any]], prometheus_config: dict[str, Any]
+) -> None:
+    (manager,) = prometheus_config["alerting"]["alertmanagers"]
+    ((target,),) = [group["targets"] for group in manager["static_configs"]]
+    host, port = target.rsplit(":", 1)
+    alertmanager = services[host]
+    assert alertmanager["image"].startswith("prom/alertmanager:")
+    # Alertmanager listens on 9093 unless told otherwise.
+    assert not any(arg.startswith("--web.listen-address") for arg in alertmanager["command"])
+    assert int(port) == 9093
+    assert host in services["prometheus"]["depends_on"]
+    (config_flag,) = [arg for arg in alertmanager["command"] if arg.startswith("--config.file=")]
+    assert host_path_for(alertmanager, config_flag.split("=", 1)[1]) == "alertmanager.yml"
 
 
 def test_prometheus_port_is_published(services: dict[str, dict[str, Any]]) -> None:
