@@ -19,11 +19,12 @@ ENV PATH="/opt/venv/bin:${PATH}"
 
 WORKDIR /src
 # Metadata first, then the code: what the build reads is listed in .dockerignore's allow-list.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY petstore ./petstore
 COPY plugins ./plugins
-# A regular (non-editable) install: the venv must not point back into /src.
-RUN pip install --no-cache-dir . \
+# A regular (non-editable) install: the venv must not point back into /src. The postgres extra
+# is production's database driver (asyncpg); the cli extra (rich) stays out.
+RUN pip install --no-cache-dir "/src[postgres]" \
     && python -m compileall -q /opt/venv/lib
 
 
