@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -28,6 +29,7 @@ from petstore import realtime
 from petstore.api import docs, openapi, pets, store, users
 from petstore.config import Settings
 from petstore.cors import JsonCORSMiddleware
+from petstore.conventions import DASHBOARD_CSP, Conventions
 from petstore.db import create_engine, create_sessionmaker, ping
 from petstore.errors import EXCEPTION_HANDLERS, ConfigurationError, PluginError
 from petstore.plugin import Plugins, load_plugins
@@ -41,8 +43,9 @@ SHUTDOWN_STEP_SECONDS = 10.0
 MIN_STEP_SECONDS = 0.25
 STATIC_DIR = Path(__file__).parent / "static"
 #: The core's own part of the CORS contract; plugins add theirs (``cors_headers()``).
-CORS_ALLOW_HEADERS = ("Content-Type", "Last-Event-ID")
-CORS_EXPOSE_HEADERS = ("Retry-After",)
+CORS_ALLOW_HEADERS = ("Content-Type", "Last-Event-ID", "If-None-Match", "X-Request-ID")
+CORS_EXPOSE_HEADERS = ("Retry-After", "ETag", "X-Request-ID")
+GZIP_MINIMUM_BYTES = 1024
 
 
 async def healthz(request: Request) -> Response:
@@ -89,7 +92,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def index(request: Request) -> Response:
-    return FileResponse(STATIC_DIR / "index.html")
+    return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": DASHBOARD_CSP})
 
 
 def core_routes(settings: Settings) -> list[BaseRoute]:
@@ -197,6 +200,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     outermost, ordinary = plugins.middleware()
     cors = plugins.cors_headers()
     middleware = [
+        Middleware(Conventions),
+        # Bodies over 1 KiB (SPEC §2); never text/event-stream; WebSocket passes through. Level 6,
+        # zlib's default: 9 costs about twice the CPU for a few percent off a JSON body.
+        Middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=6),
         *outermost,
         Middleware(
             JsonCORSMiddleware,
