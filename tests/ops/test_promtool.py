@@ -25,7 +25,7 @@ def promtool() -> str:
 def run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
     # From the repository root, as an operator would run it; prometheus.yml names its rule and
     # file_sd files relative to itself, so the working directory does not matter to promtool.
-    return subprocess.run([promtool, *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run([promtool, *args], cwd=REPO, capture_output=True, text=True, check=False, timeout=180)
 
 
 UNIT_TESTS = sorted((REPO / "prometheus").glob("*_test.yml"))
