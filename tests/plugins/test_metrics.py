@@ -434,3 +434,9 @@ def test_request_counts_add_up_across_two_workers_and_survive_a_worker_crash(tmp
         # N in-process brokers: the command says so.
         assert "PETSTORE_REDIS_URL is not set" in server.log_path.read_text()
     assert not _workers(metrics_dir)  # every worker marked dead at shutdown
+
+
+def test_the_in_process_broker_reports_itself_connected(client: TestClient) -> None:
+    """It cannot lose a connection; reading 0 would page PetstoreDeliveryStalled for ever."""
+    samples, _ = scrape(client)
+    assert value(samples, "petstore_broker_connected") == 1.0

@@ -201,4 +201,4 @@ def create_broker(settings: Settings, deliver: Deliver, observe: Observe, redis:
         return RedisBroker(settings, deliver, observe, client=redis)
     from petstore.realtime.broker.memory import MemoryBroker
 
-    return MemoryBroker(settings, deliver)
+    return MemoryBroker(settings, deliver, observe)

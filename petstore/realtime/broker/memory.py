@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from petstore.config import Settings
-from petstore.realtime.broker import Deliver, History, Message, Publication, Since, encode_frame, frame_tail
+from petstore.realtime.broker import Deliver, History, Message, Observe, Publication, Since, encode_frame, frame_tail
 
 
 @dataclass
@@ -36,8 +36,9 @@ class MemoryBroker:
     name = "memory"
     connected = True  # nothing to lose: delivery is a function call
 
-    def __init__(self, settings: Settings, deliver: Deliver) -> None:
+    def __init__(self, settings: Settings, deliver: Deliver, observe: Observe | None = None) -> None:
         self._deliver = deliver
+        self._observe = observe
         self._size = settings.history_size
         self._ttl = settings.history_ttl_seconds
         self._rooms: dict[str, _Room] = {}
@@ -45,7 +46,9 @@ class MemoryBroker:
         self._created = 0
 
     async def start(self) -> None:
-        return None
+        # Always connected: ``petstore_broker_connected`` says so (0 would page as a stalled delivery).
+        if self._observe is not None:
+            self._observe("broker.connected", 1.0)
 
     async def stop(self) -> None:
         self._rooms.clear()
