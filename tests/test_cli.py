@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import io
+import os
+import re
+import socket
+import subprocess
 import sys
+import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +22,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from petstore import db
-from petstore.cli import build_parser, main
+from petstore.cli import build_parser, main, migration_report, schema_revisions
 from petstore.config import Settings
+from petstore.migrations import migrate
 from petstore.models import OutboxEvent, Pet, PetPublic, User
 from petstore.passwords import verify_password
+from petstore.plugin import PluginBase
 from tests.services import UvicornServer
 
 PETSTORE = Path(sys.executable).with_name("petstore")
@@ -92,6 +101,34 @@ def test_every_command_and_option_is_documented() -> None:
     walk(build_parser(), "petstore")
 
 
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_status(["--version"]) == 0
+    assert capsys.readouterr().out == f"petstore {importlib.metadata.version('petstore')}\n"
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.append((*path, name))
+                found.extend(_commands(sub, (*path, name)))
+    return found
+
+
+def test_every_commands_help_is_plain_text_without_markup(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = _commands(build_parser())
+    assert ("serve",) in commands and ("users", "set-role") in commands
+    for command in commands:
+        assert exit_status([*command, "--help"]) == 0
+        shown = capsys.readouterr().out
+        assert "usage: petstore" in shown
+        assert "``" not in shown and not re.search(r":\w+:`", shown), (command, shown)
+    assert exit_status(["serve", "--help"]) == 0
+    shown = capsys.readouterr().out
+    assert "--workers" in shown and "--log-level" in shown and "--root-path" in shown
+
+
 def test_serve_defaults_to_loopback_port_8000_one_worker() -> None:
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port, args.workers) == ("127.0.0.1", 8000, 1)
@@ -119,7 +156,7 @@ def test_bad_arguments_exit_with_status_2_and_a_usage_line(argv: list[str], caps
 
 
 def test_an_unacceptable_username_is_a_usage_error(migrated: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert exit_status(["users", "create", "no spaces please", "--password", "pw"]) == 2
+    assert exit_status(["users", "create", "no spaces please", "--password", "long-enough-pw"]) == 2
     assert "username" in capsys.readouterr().err
     assert rows(migrated)["users"] == []
 
@@ -192,8 +229,107 @@ def test_production_refusals_stop_serve_with_one_line(
     assert "PETSTORE_JWT_SECRET" in err
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line_before_the_app_starts(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    media = tmp_path / "media-of-the-app"  # create_app makes it first thing: it shows whether the app ran
+    monkeypatch.setenv("PETSTORE_MEDIA_DIR", str(media))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            assert main(["serve", "--port", str(port), "--workers", workers]) == 1
+            err = capsys.readouterr().err
+            assert (
+                err
+                == f"petstore: error: cannot listen on 127.0.0.1:{port}: the port is already in use (another server?)\n"
+            )
+    assert not media.exists()
+
+
+def test_serve_check_binds_and_exits_without_starting_the_app(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    media = tmp_path / "media-of-the-app"
+    monkeypatch.setenv("PETSTORE_MEDIA_DIR", str(media))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["serve", "--port", str(port), "--check"]) == 0
+    assert not media.exists()
+    with socket.socket() as again:  # and the port is free again
+        again.bind(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("prefix", ["shop", "/a b", "/x?y"])
+def test_a_root_path_must_be_a_path_prefix(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert exit_status(["serve", "--root-path", prefix]) == 2
+    assert "not a path prefix" in capsys.readouterr().err
+
+
+def test_serve_hands_uvicorn_the_log_level_and_root_path() -> None:
+    from petstore.cli import _uvicorn_options
+
+    args = build_parser().parse_args(["serve", "--log-level", "warning", "--root-path", "/shop/"])
+    options = _uvicorn_options(args, Settings())
+    assert (options["log_level"], options["root_path"]) == ("warning", "/shop")
+    assert options["proxy_headers"] is False  # whom to believe is PETSTORE_RATELIMIT_TRUSTED_PROXIES, not a flag
+    assert build_parser().parse_args(["serve"]).root_path == ""
+
+
+# ------------------------------------------------------------------ misspelled variables
+
+
+def test_a_misspelled_variable_gets_a_warning_naming_the_closest_known_one(
+    migrated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PETSTORE_RATE_LIMT", "5/minute")
+    assert main(["users", "list"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        "petstore: warning: PETSTORE_RATE_LIMT is not a setting petstore knows (did you mean PETSTORE_RATE_LIMIT?)\n"
+    )
+    monkeypatch.delenv("PETSTORE_RATE_LIMT")
+    monkeypatch.setenv("PETSTORE_RATE_LIMIT", "5/minute")
+    assert main(["users", "list"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_misspelling_in_dotenv_is_named_too(
+    migrated: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / ".env").write_text("PETSTORE_ALLOWED_ORIGIN=http://shop.example\n")  # the cwd of `migrated`
+    assert main(["users", "list"]) == 0
+    assert "did you mean PETSTORE_ALLOWED_ORIGINS?" in capsys.readouterr().err
+
+
+class WidgetPlugin(PluginBase):
+    name = "widget"
+
+    def environment(self) -> Sequence[str]:
+        return ("PETSTORE_WIDGET_COLOUR",)
+
+
+def test_what_a_plugin_declares_is_known_and_its_misspellings_named(
+    migrated: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = types.ModuleType("widget_plugin_for_cli_test")
+    module.plugin = lambda settings: WidgetPlugin()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setenv("PETSTORE_PLUGINS", module.__name__)
+    monkeypatch.setenv("PETSTORE_WIDGET_COLOUR", "red")
+    assert main(["users", "list"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("PETSTORE_WIDGET_COLOR", "red")
+    assert main(["users", "list"]) == 0
+    assert "PETSTORE_WIDGET_COLOR is not a setting petstore knows (did you mean PETSTORE_WIDGET_COLOUR?)" in (
+        capsys.readouterr().err
+    )
+
+
 def test_commands_before_migrate_say_so(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["users", "create", "alice", "--password", "pw"]) == 1
+    assert main(["users", "create", "alice", "--password", "long-enough-pw"]) == 1
     err = capsys.readouterr().err
     assert "no such table" in err
     assert "petstore migrate" in err
@@ -203,11 +339,35 @@ def test_commands_before_migrate_say_so(database_url: str, capsys: pytest.Captur
 # ------------------------------------------------------------------------------- migrate
 
 
-def test_migrate_creates_the_schema_and_can_run_again(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_migrate_says_it_created_the_schema_then_that_there_is_nothing_to_do(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["migrate"]) == 0
+    created = capsys.readouterr().out
+    heads = schema_revisions(database_url)
+    assert heads and f"created the schema at revision {', '.join(heads)}" in created
+    assert "up to date" not in created and "nothing to do" not in created
     assert main(["migrate"]) == 0
-    assert "up to date" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert f"already at revision {', '.join(heads)}: nothing to do" in again
     assert rows(database_url) == {"pets": [], "users": [], "events": []}
+
+
+def test_migrate_says_from_which_revision_to_which_it_upgraded(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    migrate(database_url, revision="0001")  # the core's first revision only: an old database
+    assert schema_revisions(database_url) == ("0001",)
+    assert main(["migrate"]) == 0
+    heads = schema_revisions(database_url)
+    assert heads != ("0001",)
+    assert f"upgraded the schema from revision 0001 to {', '.join(heads)}" in capsys.readouterr().out
+
+
+def test_the_migration_report_in_words() -> None:
+    assert migration_report((), ("0002", "auth_0001")) == "created the schema at revision 0002, auth_0001"
+    assert migration_report(("0001",), ("0002",)) == "upgraded the schema from revision 0001 to 0002"
+    assert migration_report(("0002",), ("0002",)) == "already at revision 0002: nothing to do"
 
 
 def test_migrate_never_prints_the_database_password(
@@ -237,6 +397,16 @@ def test_users_create_stores_a_hash_with_the_role_and_never_prints_the_password(
     assert asyncio.run(verify_password(user.password_hash, "s3cret-Pa55"))
 
 
+@pytest.mark.parametrize(("password", "reason"), [("short", "at least 8 characters"), ("Password1", "common")])
+def test_users_create_refuses_a_weak_password_and_creates_nothing(
+    migrated: str, password: str, reason: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert exit_status(["users", "create", "weak", "--password", password]) == 2
+    err = capsys.readouterr().err
+    assert reason in err and password not in err
+    assert rows(migrated)["users"] == []
+
+
 def test_users_create_reads_the_password_from_stdin(migrated: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO("from-stdin\n"))
     assert main(["users", "create", "carl", "--password-stdin"]) == 0
@@ -246,9 +416,9 @@ def test_users_create_reads_the_password_from_stdin(migrated: str, monkeypatch: 
 
 
 def test_a_taken_username_is_one_line_and_changes_nothing(migrated: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["users", "create", "dup", "--password", "one", "--role", "admin"]) == 0
+    assert main(["users", "create", "dup", "--password", "first-dup-password", "--role", "admin"]) == 0
     capsys.readouterr()
-    assert main(["users", "create", "dup", "--password", "two"]) == 1
+    assert main(["users", "create", "dup", "--password", "second-dup-password"]) == 1
     assert capsys.readouterr().err == "petstore: error: username 'dup' is taken\n"
     (user,) = rows(migrated)["users"]
     assert user.role == "admin"
@@ -338,7 +508,7 @@ def test_migrate_and_seed_against_postgresql(
     monkeypatch.setenv("PETSTORE_DATABASE_URL", pg_url)
     assert main(["migrate"]) == 0
     assert main(["seed", "--pets", "120"]) == 0
-    assert main(["users", "create", "pg-user", "--password", "pw"]) == 0
+    assert main(["users", "create", "pg-user", "--password", "pg-user-password"]) == 0
     data = rows(pg_url)
     assert len(data["pets"]) == 120
     assert len(data["users"]) == 4
@@ -362,6 +532,73 @@ def test_serve_runs_the_app_factory(migrated: str, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- scripts/serve
 
 
+SCRIPTS_SERVE = Path(__file__).resolve().parents[1] / "scripts" / "serve"
+
+
+def scripts_serve_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PETSTORE_VENV": str(Path(sys.executable).parents[1]),  # this environment: no install needed
+        "PETSTORE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'serve.db'}",
+        "PETSTORE_PLUGINS": "plugins.metrics",
+        "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
+    }
+
+
+@pytest.mark.process
+def test_scripts_serve_help_prints_help_and_changes_nothing(tmp_path: Path) -> None:
+    done = subprocess.run(
+        ["bash", str(SCRIPTS_SERVE), "--help"],
+        env=scripts_serve_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "scripts/serve" in done.stdout and "usage: petstore serve" in done.stdout
+    assert "Migrating" not in done.stdout and "Seeding" not in done.stdout
+    assert not (tmp_path / "serve.db").exists()
+
+
+@pytest.mark.process
+def test_scripts_serve_on_a_taken_port_says_so_before_migrating(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            ["bash", str(SCRIPTS_SERVE), "--port", str(port)],
+            env=scripts_serve_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"petstore: error: cannot listen on 127.0.0.1:{port}: the port is already in use (another server?)"
+    ]
+    assert "Migrating" not in done.stdout
+    assert not (tmp_path / "serve.db").exists()
+
+
+PREFIX_AND_LEVEL = ("--root-path", "/shop", "--log-level", "warning")
+
+
+@pytest.mark.process
+def test_serve_behind_a_path_prefix_at_a_chosen_log_level(migrated: str, tmp_path: Path) -> None:
+    server = UvicornServer(
+        command=[str(PETSTORE), "serve", "--host", "{host}", "--port", "{port}", *PREFIX_AND_LEVEL],
+        env={"PETSTORE_DATABASE_URL": migrated, "PETSTORE_PLUGINS": "", "PETSTORE_MEDIA_DIR": str(tmp_path / "m")},
+        cwd=tmp_path,
+    )
+    with server:
+        document = httpx.get(f"{server.url}/api/v3/openapi.json").json()
+        assert document["servers"] == [{"url": "/shop/api/v3"}]  # where a client behind the proxy finds the API
+        assert httpx.get(f"{server.url}/api/v3/store/inventory").status_code == 200
+        log = server.log_path.read_text()
+    assert "INFO" not in log  # not even uvicorn's access log or its start-up lines
+
+
 @pytest.mark.process
 def test_scripts_serve_migrates_seeds_once_and_serves(tmp_path: Path) -> None:
     """Run twice on one database: the first run seeds and shows the demo password once, the second neither."""
@@ -374,7 +611,10 @@ def test_scripts_serve_migrates_seeds_once_and_serves(tmp_path: Path) -> None:
         "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
         "PETSTORE_DEMO_PETS": "12",
     }
-    server = UvicornServer(command=["bash", str(script), "--host", "{host}", "--port", "{port}"], env=env)
+    # Four commands run before the server answers (serve --check, migrate, seed, serve): a longer bound.
+    server = UvicornServer(
+        command=["bash", str(script), "--host", "{host}", "--port", "{port}"], env=env, start_timeout=90
+    )
     with server:
         pets = httpx.get(f"{server.url}/api/v3/pet/findByStatus?status=available,pending,sold").json()
         assert len(pets) == 12

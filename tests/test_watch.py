@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from petstore.cli import build_parser
-from petstore.watch import Watcher, command, ws_endpoint
+from petstore.watch import TOKEN_ENV, Watcher, command, read_token, ws_endpoint
 from tests.realtime.support import AppServer, add_pet, serve, settings_for, until
 
 
@@ -25,9 +26,63 @@ def test_urls_become_the_ws_endpoint() -> None:
     assert ws_endpoint("ws://h:1/ws") == "ws://h:1/ws"
 
 
-def test_the_cli_has_a_watch_subcommand() -> None:
-    args = build_parser().parse_args(["watch", "pet:3", "--url", "http://h:1", "--token", "t", "--count", "2"])
-    assert (args.func, args.room, args.url, args.token, args.count) == (command, "pet:3", "http://h:1", "t", 2)
+def test_the_cli_has_a_watch_subcommand_for_several_rooms() -> None:
+    args = build_parser().parse_args(["watch", "pet:3", "pets", "--url", "http://h:1", "--count", "2"])
+    assert (args.func, args.rooms, args.url, args.count) == (command, ["pet:3", "pets"], "http://h:1", 2)
+    assert build_parser().parse_args(["watch", "inventory"]).rooms == ["inventory"]
+
+
+def _token_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["watch", "orders", *argv])
+
+
+def test_the_token_comes_from_the_environment_or_a_file_so_it_stays_out_of_ps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warnings: list[str] = []
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert read_token(_token_args(), warnings.append) is None
+    monkeypatch.setenv(TOKEN_ENV, "from-the-environment")
+    assert read_token(_token_args(), warnings.append) == "from-the-environment"
+    path = tmp_path / "token"
+    path.write_text("from-the-file\nignored second line\n")
+    assert read_token(_token_args("--token-file", str(path)), warnings.append) == "from-the-file"
+    assert warnings == []
+
+
+def test_a_token_on_the_command_line_still_works_with_a_warning_that_ps_shows_it() -> None:
+    warnings: list[str] = []
+    assert read_token(_token_args("--token", "on-the-line"), warnings.append) == "on-the-line"
+    (warning,) = warnings
+    assert "ps" in warning and TOKEN_ENV in warning and "--token-file" in warning
+    assert "on-the-line" not in warning
+
+
+@pytest.mark.parametrize("content", [None, "", "\n  \n"])
+def test_a_missing_or_empty_token_file_is_status_2_and_one_line(
+    content: str | None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+    assert command(_token_args("--token-file", str(path))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err
+
+
+async def test_watch_follows_several_rooms_on_one_connection_and_names_each(app: AppServer) -> None:
+    out: list[str] = []
+    err: list[str] = []
+    watcher = Watcher(app.url, ["inventory", "pets"], out=out.append, err=err.append)
+    task = asyncio.create_task(watcher.run(count=2))
+    await until(lambda: out, "the inventory snapshot")
+    assert out[0] == 'snapshot  inventory  {"available":0,"pending":0,"sold":0}'
+    await until(lambda: watcher.connections == 1 and all(p.epoch for p in watcher.rooms.values()), "both rooms")
+    await add_pet(app.url, "one")
+    assert await asyncio.wait_for(task, 30) == 0
+    shown = sorted(line.split("  ")[1:3] for line in out[1:])
+    assert shown == [["inventory", "#1"], ["pets", "#1"]], out
+    assert watcher.connections == 1
 
 
 async def test_watch_prints_the_snapshot_then_each_event_and_recovers_after_a_restart(app: AppServer) -> None:

@@ -294,6 +294,9 @@ class OpenApiEndpoint:
     async def serve(self, request: Request) -> Response:
         if self.document is None:
             self.document = build_document(request.app.routes, self.plugins)
+        root_path = request.scope.get("root_path", "").rstrip("/")
+        if root_path:  # served behind a proxy's path prefix (`petstore serve --root-path`): the API is under it
+            return JSONResponse({**self.document, "servers": [{"url": root_path + API}]})
         return JSONResponse(self.document)
 
 
