@@ -39,20 +39,24 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    Metric,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Match, Mount, Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from petstore.config import Settings
@@ -60,6 +64,7 @@ from petstore.errors import ConfigurationError
 from petstore.models import OutboxEvent
 from petstore.plugin import PluginBase
 from petstore.realtime import events, rooms
+from petstore.routing import RouteTemplates
 from petstore.state import AppState, app_state
 
 logger = logging.getLogger("plugins.metrics")
@@ -69,7 +74,6 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: prepares: a directory left in the environment of a single process is not read (it would add
 #: up the files of some earlier run).
 WORKERS_ENV = "PETSTORE_METRICS_WORKERS"
-UNMATCHED = "unmatched"
 OTHER = "other"
 
 # Label values come from a closed set; anything else is folded into "other". A client picks its
@@ -237,52 +241,13 @@ class Instruments:
                 return
 
 
-class RouteLabels:
-    """The ``route`` label of a request: the template of the app route it matches."""
-
-    def __init__(self) -> None:
-        self._labels: dict[int, str] = {}
-        self._routes: Sequence[BaseRoute] = ()
-
-    def _learn(self, app: Starlette) -> None:
-        self._routes = tuple(app.routes)
-        self._labels = {id(route): self._template(route) for route in self._routes}
-
-    @staticmethod
-    def _template(route: BaseRoute) -> str:
-        if isinstance(route, Mount):
-            return f"{route.path}/{{path}}"
-        if isinstance(route, Route):
-            return route.path
-        return str(getattr(route, "path", OTHER))
-
-    def __call__(self, request: Scope, matched: object) -> str:
-        """``request``: the scope as it came in; ``matched``: the route the router left in it, if any."""
-        app = request.get("app")
-        if isinstance(app, Starlette) and not self._routes:
-            self._learn(app)
-        # Fast path: the router already matched this request and said so in the scope.
-        # Only a top-level route counts: a nested router leaves its own, relative one.
-        if matched is not None and (label := self._labels.get(id(matched))) is not None:
-            return label
-        # The router never ran (a middleware answered first, e.g. 401 or 429): match here.
-        partial: str | None = None
-        for route in self._routes:
-            match, _ = route.matches(request)
-            if match is Match.FULL:
-                return self._labels[id(route)]
-            if match is Match.PARTIAL and partial is None:
-                partial = self._labels[id(route)]  # the path exists, not for this method (405)
-        return partial or UNMATCHED
-
-
 class HttpMetricsMiddleware:
     """Pure ASGI: counts, times and tracks every HTTP request; WebSocket and lifespan pass through."""
 
     def __init__(self, app: ASGIApp, instruments: Instruments) -> None:
         self.app = app
         self.instruments = instruments
-        self.route_of = RouteLabels()
+        self.route_of = RouteTemplates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -311,6 +276,39 @@ class HttpMetricsMiddleware:
             route = self.route_of(incoming, scope.get("route"))
             self.instruments.http_requests.labels(method, route, str(status)).inc()
             self.instruments.http_duration.labels(method, route).observe(elapsed)
+
+
+class WorkerProcesses(Collector):
+    """``process_*`` of every live worker, one series each (label ``pid``), read from ``/proc``.
+
+    prometheus_client's multiprocess mode has no process metrics, and a worker's own collector
+    would show whichever worker a scrape reached. The live workers are those whose live-gauge
+    files are in the directory (a worker that is gone is marked dead, and its files removed).
+    ``python_gc_*`` is a process's own and cannot be read from another: with one process only.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def pids(self) -> list[int]:
+        found = set()
+        for path in self.directory.glob("gauge_live*_*.db"):
+            pid = path.stem.rsplit("_", 1)[1]
+            if pid.isdigit():
+                found.add(int(pid))
+        return sorted(found)
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in self.pids():
+            reader = ProcessCollector(pid=lambda pid=pid: pid, registry=None)  # type: ignore[misc]
+            for family in reader.collect():  # nothing for a pid that has just exited
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation, family.type)
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "pid": str(pid)}, sample.value)
+        yield from families.values()
 
 
 @contextlib.contextmanager
@@ -384,8 +382,14 @@ class MetricsPlugin(PluginBase):
             # Exposition reads every worker's files; the instruments above write this worker's.
             self.exposition = CollectorRegistry()
             MultiProcessCollector(self.exposition, path=str(self.multiprocess_dir))  # type: ignore[no-untyped-call]
+            # process_* of each live worker, read from /proc by whichever worker is scraped.
+            self.exposition.register(WorkerProcesses(self.multiprocess_dir))
+            PlatformCollector(registry=self.exposition)
         else:
             self.exposition = self.registry
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
     def workers(self, count: int) -> contextlib.AbstractContextManager[Callable[[int], None]]:
         return multiprocess_run()
@@ -435,4 +439,4 @@ def plugin(settings: Settings) -> MetricsPlugin:
     return MetricsPlugin(settings)
 
 
-__all__ = ["HttpMetricsMiddleware", "Instruments", "MetricsPlugin", "RouteLabels", "plugin"]
+__all__ = ["HttpMetricsMiddleware", "Instruments", "MetricsPlugin", "WorkerProcesses", "plugin"]

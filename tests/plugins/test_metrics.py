@@ -378,6 +378,10 @@ def test_promtool_finds_nothing_to_complain_about(client: TestClient) -> None:
 # ------------------------------------------------------------------------ several workers
 
 
+def _by_pid(samples: Samples, name: str) -> dict[str, float]:
+    return {dict(labels)["pid"]: v for (n, labels), v in samples.items() if n == name}
+
+
 def _workers(metrics_dir: Path) -> set[int]:
     """Pids of live workers: each keeps a live-sum gauge file until it is marked dead."""
     return {int(path.stem.rsplit("_", 1)[1]) for path in metrics_dir.glob("gauge_livesum_*.db")}
@@ -424,6 +428,10 @@ def test_request_counts_add_up_across_two_workers_and_survive_a_worker_crash(tmp
         samples, _ = parse(httpx.get(f"{server.url}/metrics").text)
         assert http_count(samples, "GET", "/api/v3/pet/{petId}", 404) == requests
         assert value(samples, "petstore_http_requests_in_progress", method="GET") == 1  # only the scrape
+        # process_* once per worker, whichever worker answered the scrape.
+        memory = _by_pid(samples, "process_resident_memory_bytes")
+        assert set(memory) == {str(pid) for pid in workers} and all(v > 1_000_000 for v in memory.values())
+        assert set(_by_pid(samples, "process_cpu_seconds_total")) == set(memory)
 
         crashed = min(workers)
         os.kill(crashed, signal.SIGKILL)
@@ -440,3 +448,12 @@ def test_the_in_process_broker_reports_itself_connected(client: TestClient) -> N
     """It cannot lose a connection; reading 0 would page PetstoreDeliveryStalled for ever."""
     samples, _ = scrape(client)
     assert value(samples, "petstore_broker_connected") == 1.0
+
+
+def test_process_and_python_metrics_are_exposed(client: TestClient) -> None:
+    samples, families = scrape(client)
+    assert value(samples, "process_resident_memory_bytes") > 1_000_000
+    assert value(samples, "process_open_fds") > 0
+    assert families["process_cpu_seconds"].type == "counter"
+    assert value(samples, "python_gc_objects_collected_total", generation="0") >= 0
+    assert any(name == "python_info" for name, _ in samples)
