@@ -48,7 +48,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from petstore import watch
+from petstore import logs, watch
 from petstore.config import CORE_VARIABLES, Settings, misspelled
 from petstore.errors import ApiError, ConfigurationError, PetstoreError, PluginError
 
@@ -257,6 +257,9 @@ def _uvicorn_options(args: argparse.Namespace, settings: Settings) -> dict[str, 
         "host": args.host,
         "port": args.port,
         "log_level": args.log_level,
+        # One handler and format for uvicorn's loggers and the app's; the app writes the access log.
+        "log_config": logs.config(settings.effective_log_format, args.log_level),
+        "access_log": False,
         "root_path": args.root_path,
         **_protocols(settings),
         **PROXY_HEADERS,

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = ("http://127.0.0.1:8000", "http://localhost:8000")
     rate_limit: str = "100/minute"
     env: Literal["development", "production", "test"] = "development"
+    #: ``json``: one JSON object per log line (:mod:`petstore.logs`); unset: JSON in production.
+    log_format: Literal["text", "json"] | None = None
 
     # Beyond SPEC §1: operational knobs with safe defaults.
     media_dir: Path = Path("./media")
@@ -86,6 +88,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @property
+    def effective_log_format(self) -> Literal["text", "json"]:
+        """``PETSTORE_LOG_FORMAT``, else JSON in production (for a log pipeline), text elsewhere."""
+        if self.log_format is not None:
+            return self.log_format
+        return "json" if self.env == "production" else "text"
 
     @property
     def is_sqlite(self) -> bool:
