@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from petstore.access import ALL_USERS, AUTHENTICATED, Principal, may
+from petstore.api.caching import conditional
 from petstore.api.inputs import read_data, read_model, validate
 from petstore.db import sync_id_sequence
 from petstore.db.queries import find_user
@@ -177,13 +178,14 @@ def _visible(request: Request, who: Principal, username: str) -> None:
     params=(USERNAME,),
     ok=ref("User"),
     errors={400: BAD_USERNAME, 404: "User not found (or not you)"},
+    etag=True,
 )
 async def get_user(request: Request, who: Principal) -> Response:
     username = path_username(request)
     _visible(request, who, username)
     async with app_state(request).sessions() as session:
         user = await _existing(session, username)
-        return user_json(user)
+        return conditional(request, user_json(user), private=True)
 
 
 @operation(

@@ -217,6 +217,16 @@ def test_an_orders_etag_is_private_and_follows_its_status(api: ApiHarness) -> No
     assert _etag_round(api, path, api.customer.headers) != before
 
 
+def test_a_users_etag_is_private_and_follows_the_account(api: ApiHarness) -> None:
+    me = api.user("etagged")
+    path = f"{API}/user/{me.username}"
+    assert api.client.get(path, headers=me.headers).headers["cache-control"] == "private, no-cache"
+    before = _etag_round(api, path, me.headers)
+    changed = api.client.put(path, json={"username": me.username, "email": "new@example.org"}, headers=me.headers)
+    assert changed.status_code == 200, changed.text
+    assert _etag_round(api, path, me.headers) != before
+
+
 def test_a_conditional_read_still_checks_who_is_asking(api: ApiHarness) -> None:
     pet = api.new_pet("Mine")
     order = api.client.post(f"{API}/store/order", json={"petId": pet["id"]}, headers=api.customer.headers).json()
@@ -229,7 +239,12 @@ def test_a_conditional_read_still_checks_who_is_asking(api: ApiHarness) -> None:
 
 def test_the_document_declares_the_etag_and_the_304(api: ApiHarness) -> None:
     document = api.client.get(f"{API}/openapi.json").json()
-    for path, method in (("/pet/{petId}", "get"), ("/store/order/{orderId}", "get"), ("/store/inventory", "get")):
+    for path, method in (
+        ("/pet/{petId}", "get"),
+        ("/store/order/{orderId}", "get"),
+        ("/user/{username}", "get"),
+        ("/store/inventory", "get"),
+    ):
         operation = document["paths"][path][method]
         assert "ETag" in operation["responses"]["200"]["headers"]
         assert "304" in operation["responses"]
