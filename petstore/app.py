@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from petstore import realtime
 from petstore.api import docs, openapi, pets, store, users
 from petstore.config import Settings
-from petstore.cors import JsonCORSMiddleware
 from petstore.conventions import DASHBOARD_CSP, Conventions
+from petstore.cors import JsonCORSMiddleware
 from petstore.db import create_engine, create_sessionmaker, ping
 from petstore.errors import EXCEPTION_HANDLERS, ConfigurationError, PluginError
 from petstore.plugin import Plugins, load_plugins
