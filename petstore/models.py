@@ -41,6 +41,7 @@ from pydantic import (
     StringConstraints,
     model_serializer,
 )
+from pydantic import Field as PydanticField
 from pydantic.alias_generators import to_camel
 from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Index, Integer, String
 from sqlmodel import Field, Relationship, SQLModel
@@ -82,10 +83,22 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("date out of range") from None
 
 
-Text = Annotated[str, StringConstraints(max_length=255), AfterValidator(_clean_text)]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_clean_text)]
-Url = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_clean_text)]
-Id = Annotated[int, Field(ge=0, le=MAX_ID)]
+#: What the document can say of _clean_text: no NUL (lone surrogates cannot be sent as UTF-8 JSON).
+NO_NUL = PydanticField(json_schema_extra={"pattern": "^[^\\x00]*$"})
+Text = Annotated[str, StringConstraints(max_length=255), AfterValidator(_clean_text), NO_NUL]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=255), AfterValidator(_clean_text), NO_NUL]
+Url = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_clean_text), NO_NUL]
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # Pydantic takes true and false for 1 and 0; the document says integer, and a client that
+    # sends a boolean for a number is confused: refuse it (422), as for any other type.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+Id = Annotated[int, Field(ge=0, le=MAX_ID), BeforeValidator(_not_a_boolean)]
 
 
 _FULL_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -280,7 +293,7 @@ class OrderBody(ApiModel):
 
     id: Id | None = None
     pet_id: Id
-    quantity: Annotated[int, Field(ge=1, le=INT32_MAX)] = 1
+    quantity: Annotated[int, Field(ge=1, le=INT32_MAX), BeforeValidator(_not_a_boolean)] = 1
     ship_date: UtcDateTime | None = None
     status: OrderStatus | None = None
     complete: bool | None = None
@@ -306,7 +319,7 @@ class UserBody(ApiModel):
         None
     )
     phone: Text | None = None
-    user_status: Annotated[int, Field(ge=-(2**31), le=INT32_MAX)] | None = None
+    user_status: Annotated[int, Field(ge=-(2**31), le=INT32_MAX), BeforeValidator(_not_a_boolean)] | None = None
 
 
 # --- public models: answers and event payloads, read from rows --------------------------------

@@ -164,7 +164,7 @@ PAGE = (
 def pagination(request: Request, default_limit: int = 100) -> tuple[int, int]:
     def number(name: str, default: int, maximum: int) -> int:
         raw = request.query_params.get(name)
-        if raw is None or raw == "":
+        if raw is None:
             return default
         value = _integer(raw)
         if value is None:

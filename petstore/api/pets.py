@@ -230,11 +230,18 @@ async def update_pet(request: Request, who: Principal) -> Response:
     errors={400: "Invalid status value, limit or offset"},
 )
 async def find_by_status(request: Request) -> Response:
-    statuses = query_list(request, "status") or [PetStatus.available.value]
+    statuses = query_list(request, "status")
+    if not statuses and "status" in request.query_params:
+        raise BadRequest("invalid status value: empty (leave status out for available)")
+    statuses = statuses or [PetStatus.available.value]
     invalid = [s for s in statuses if s not in PetStatus.__members__]
     if invalid:
         raise BadRequest(f"invalid status value: {invalid[0][:40]!r} (use available, pending or sold)")
     return await _list_pets(request, col(Pet.status).in_(statuses))
+
+
+#: A tag name as ``findByTags`` reads one: not empty, no comma (it separates names), no NUL.
+TAG_NAME = {"type": "string", "maxLength": 255, "pattern": "^[^,\\x00]*[^,\\s\\x00][^,\\x00]*$"}
 
 
 @operation(
@@ -249,7 +256,7 @@ async def find_by_status(request: Request) -> Response:
         Param(
             "tags",
             "query",
-            {"type": "array", "items": {"type": "string", "maxLength": 255}, "minItems": 1},
+            {"type": "array", "items": TAG_NAME, "minItems": 1},
             "Tag names to filter by",
             required=True,
         ),

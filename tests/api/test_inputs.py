@@ -159,7 +159,8 @@ def test_query_lists_take_both_forms(query: str, values: list[str]) -> None:
 
 def test_pagination_defaults_and_values() -> None:
     assert pagination(request()[0]) == (100, 0)
-    assert pagination(request(query="limit=&offset=")[0]) == (100, 0)
+    with pytest.raises(BadRequest, match="limit must be an integer"):  # present but empty: not a number
+        pagination(request(query="limit=&offset=")[0])
     assert pagination(request(query=f"limit={MAX_LIMIT}&offset=5")[0]) == (MAX_LIMIT, 5)
     assert pagination(request(query="limit=0")[0], default_limit=7) == (0, 0)
 
