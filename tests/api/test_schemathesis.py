@@ -1,11 +1,14 @@
 """Schemathesis against the served ``/api/v3/openapi.json``: for every operation, generated requests
 (valid and invalid) never get a 5xx, and every answer is one the document describes: its status,
-its content type, its headers and its body's schema.
+its content type, its headers and its body's schema; with every check Schemathesis has on
+(``checks=all``: also that invalid data is refused and valid data accepted, that an operation
+needing a token refuses a request without one, unsupported methods, use after delete...).
 
-The server is a real uvicorn with the header auth fake (``tests.fakes``), on a SQLite database
-seeded with users, pets and orders. Requests are sent as an admin, who may call every operation.
-Random ids rarely hit a row, so stateful scenarios also follow the document's links (create a
-pet, then read, change and delete it) to check the success paths.
+The server is a real uvicorn with the plugins users run (``plugins.auth``, ``plugins.ratelimit``,
+``plugins.metrics``: limits set out of the way), on a SQLite database seeded with users, pets and
+orders. Requests carry a real bearer token, of a staff user and of an admin, in two runs. Random
+ids rarely hit a row, so stateful scenarios also follow the document's links (create a pet, then
+read, change and delete it) to check the success paths.
 """
 
 from __future__ import annotations
@@ -14,30 +17,28 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, assume, given, seed, settings
 from hypothesis.errors import FlakyStrategyDefinition
 from hypothesis.stateful import run_state_machine_as_test
 from schemathesis import GenerationMode
-from schemathesis.checks import (  # type: ignore[attr-defined]
-    content_type_conformance,
-    not_a_server_error,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
+from schemathesis.checks import CHECKS as REGISTRY
+from schemathesis.checks import load_all_checks
+from schemathesis.config import SchemathesisConfig
 from starlette.testclient import TestClient
 
-from petstore import db, realtime
+from petstore import realtime
 from petstore.api import pets, store, users
 from petstore.api.openapi import declared
-from petstore.config import Settings
 from petstore.models import Role
-from tests.fakes import ApiHarness, make_app
+from tests.fakes import DEFAULT_PASSWORD, ApiHarness, make_app
+from tests.plugins.harness import SECRET, create_tables
 from tests.services import UvicornServer
 
 API = "/api/v3"
@@ -63,20 +64,57 @@ STATEFUL_SETTINGS = settings(
     database=None,
     suppress_health_check=list(HealthCheck),
 )
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
+load_all_checks()
+#: Every check Schemathesis has (the CLI's ``--checks all``).
+CHECKS = list(REGISTRY.get_all())
+#: Who the runs are signed in as: a staff user and an admin, each with a real bearer token.
+ROLES = {"staff": "the-staff", "admin": "the-admin"}
+#: Operations that end the session of the token they are sent with: each call gets a login of its own.
+LOGOUTS = {"authLogout", "logoutUser"}
+# Valid requests that are still refused, deliberately, with a documented status that a schema
+# cannot express the reason of:
+# - loginUser: the Petstore answers a wrong username or password with 400 ("Invalid
+#   username/password supplied"), and clients generated from its document rely on that;
+# - updatePet: the Petstore's Pet has an optional id, and PUT /pet without one is its 400
+#   ("Invalid ID supplied");
+# - uploadFile: any bytes fit application/octet-stream; only PNG, JPEG, GIF and WebP are
+#   stored (415; no bytes at all, 400), since the media directory serves what it stores;
+# - createUser, createUsersWithListInput, updateUser: a password of 8 characters or more (the
+#   document says so) can still be one of the common passwords refused with 422, "00000000".
+CONFIG = SchemathesisConfig.from_str("""
+[[operations]]
+include-operation-id = "loginUser"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "429"]
+
+[[operations]]
+include-operation-id = "updatePet"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
+[[operations]]
+include-operation-id = "uploadFile"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "413", "415", "429"]
+
+[[operations]]
+include-operation-id = ["createUser", "createUsersWithListInput", "updateUser"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+""")
+#: The auth plugin's operations (the core's come from its routing table, below).
+AUTH_OPERATIONS = {
+    "authToken": True,  # True: it reads a body or parameters, so invalid requests are tried too
+    "authRefresh": True,
+    "loginUser": True,
+    "authLogout": False,
+    "logoutUser": False,
+    "eventsTicket": False,
+}
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000")  # a PNG header is enough
 
 
-def seed_data(harness: ApiHarness) -> dict[str, str]:
+def seed_data(harness: ApiHarness) -> None:
     """Users of every role, pets of every status with tags and a photo, orders: rows for generated ids to hit."""
     admin = harness.user("the-admin", Role.admin)
     customer = harness.user("the-customer", Role.customer)
+    harness.user("the-staff", Role.staff)
     harness.user("user1", Role.staff)
     for number, status in enumerate(["available", "available", "pending", "sold", "available"], start=1):
         body = {"name": f"pet{number}", "photoUrls": [], "status": status, "tags": [{"name": f"tag{number}"}]}
@@ -86,61 +124,95 @@ def seed_data(harness: ApiHarness) -> dict[str, str]:
     for pet_id, who in ((1, customer), (2, admin)):
         reply = harness.client.post(f"{API}/store/order", json={"petId": pet_id}, headers=who.headers)
         assert reply.status_code == 200, reply.text
-    return admin.headers
 
 
-async def create_tables(url: str) -> None:
-    """Before any app starts, so that its outbox relay never polls a table that is not there yet."""
+async def prepare_tables(url: str) -> None:
+    """Before any app starts (so that its outbox relay never polls a table that is not there yet),
+    the core's tables and the auth plugin's."""
+    from petstore import db
+    from petstore.config import Settings
+
     engine = db.create_engine(Settings(database_url=url, plugins=(), env="test"))
     try:
-        await db.create_all(engine)
+        await create_tables(engine)
     finally:
         await engine.dispose()
 
 
+def login(base_url: str, username: str) -> dict[str, str]:
+    """A fresh bearer token of this seeded user, as headers."""
+    form = {"grant_type": "password", "username": username, "password": DEFAULT_PASSWORD}
+    reply = httpx.post(f"{base_url}{API}/auth/token", data=form, timeout=REQUEST_SECONDS)
+    assert reply.status_code == 200, reply.text
+    return {"Authorization": f"Bearer {reply.json()['access_token']}"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A served document as Schemathesis loaded it, the server's URL and who the run is signed in as."""
+
+    schema: Any
+    url: str
+    role: str
+
+    def headers(self, operation_id: str = "") -> dict[str, str]:
+        """The run's token; a logout gets a login of its own, so that it ends no one else's session."""
+        if operation_id in LOGOUTS:
+            return login(self.url, ROLES[self.role])
+        return dict(self.schema.config.headers)
+
+
 @contextlib.contextmanager
-def served_schema(tmp: Path) -> Iterator[Any]:
-    """The document as Schemathesis loads it from a real uvicorn serving a freshly seeded database."""
+def served_schema(tmp: Path, role: str) -> Iterator[Run]:
+    """The document as Schemathesis loads it from a real uvicorn serving a freshly seeded database,
+    with the headers of a signed-in ``role`` user in ``schema.config.headers``."""
     url = f"sqlite+aiosqlite:///{tmp / 'petstore.db'}"
     media = tmp / "media"
-    asyncio.run(create_tables(url))
+    asyncio.run(prepare_tables(url))
     with TestClient(make_app(url, media_dir=media)) as client:
-        headers = seed_data(ApiHarness(client, media))
+        seed_data(ApiHarness(client, media))
+    lavish = "1000000/minute"
     env = {
         "PETSTORE_DATABASE_URL": url,
-        "PETSTORE_PLUGINS": "tests.fakes",
+        "PETSTORE_PLUGINS": "plugins.auth,plugins.ratelimit,plugins.metrics",
+        "PETSTORE_JWT_SECRET": SECRET,
+        "PETSTORE_JWT_ACCESS_TTL_SECONDS": "86400",  # a slow run must not outlive its token
+        "PETSTORE_RATE_LIMIT": lavish,
+        "PETSTORE_RATELIMIT_LOGIN_PER_USER": lavish,
+        "PETSTORE_RATELIMIT_LOGIN_PER_IP": lavish,
         "PETSTORE_MEDIA_DIR": str(media),
         "PETSTORE_ENV": "test",
     }
     # A real server (rather than the app in process): one start and one stop, as in production, and
     # Schemathesis' pytest plugin has no in-process lifespan to stop and restart after every test.
     with UvicornServer(env=env, cwd=ROOT) as server:
-        schema = schemathesis.openapi.from_url(f"{server.url}{API}/openapi.json")
-        schema.config.headers = headers
-        yield schema
+        schema = schemathesis.openapi.from_url(f"{server.url}{API}/openapi.json", config=CONFIG)
+        schema.config.headers = login(server.url, ROLES[role])
+        yield Run(schema, server.url, role)
 
 
-@pytest.fixture(scope="module")
-def api_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp("schemathesis")
-    with served_schema(tmp) as schema:
-        yield schema
+@pytest.fixture(scope="module", params=sorted(ROLES))
+def api_schema(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    tmp = tmp_path_factory.mktemp(f"schemathesis-{request.param}")
+    with served_schema(tmp, request.param) as run:
+        yield run
 
 
-@pytest.fixture
-def fresh_schema(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(params=sorted(ROLES))
+def fresh_schema(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Run]:
     """A database of its own: what the stateful scenarios find must not depend on the tests run before."""
-    with served_schema(tmp_path) as schema:
-        yield schema
+    with served_schema(tmp_path, request.param) as run:
+        yield run
 
 
 # Invalid requests for every operation that reads something a client can get wrong.
 OPERATIONS = declared([*pets.routes(API), *store.routes(API), *users.routes(API), *realtime.routes()])
+TAKES_INPUT = {op_id: bool(spec.params or spec.body) for op_id, (_, spec) in OPERATIONS.items()} | AUTH_OPERATIONS
 CASES = [
     (operation_id, mode)
-    for operation_id, (_, spec) in sorted(OPERATIONS.items())
+    for operation_id, takes_input in sorted(TAKES_INPUT.items())
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
-    if mode is GenerationMode.POSITIVE or spec.params or spec.body
+    if mode is GenerationMode.POSITIVE or takes_input
 ]
 
 
@@ -159,9 +231,8 @@ def find_operation(schema: Any, operation_id: str) -> Any:
 # One test per operation and mode (rather than Schemathesis' own pytest loader, whose fixture
 # plumbing does not run under this pytest): a failure names the operation.
 @pytest.mark.parametrize(("operation_id", "mode"), CASES, ids=[f"{op}-{mode.value}" for op, mode in CASES])
-def test_the_api_conforms_to_its_document(api_schema: Any, operation_id: str, mode: GenerationMode) -> None:
-    operation = find_operation(api_schema, operation_id)
-    headers = dict(api_schema.config.headers)
+def test_the_api_conforms_to_its_document(api_schema: Run, operation_id: str, mode: GenerationMode) -> None:
+    operation = find_operation(api_schema.schema, operation_id)
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(
@@ -175,25 +246,27 @@ def test_the_api_conforms_to_its_document(api_schema: Any, operation_id: str, mo
         # Framing headers with junk values are refused by the HTTP server itself (uvicorn's parser,
         # plain text) before the app sees the request: nothing the document could describe.
         assume(not FRAMING & {name.lower() for name in case.headers or {}})
+        headers = api_schema.headers(operation_id)
         case.call_and_validate(headers=headers, checks=CHECKS, timeout=timeout(operation_id))
 
     check()
 
 
-def test_linked_operations_conform_in_sequence(fresh_schema: Any) -> None:
+def test_linked_operations_conform_in_sequence(fresh_schema: Run) -> None:
     """Stateful: chains the document's links (inferred from its schemas) so that created pets, orders and
     users are then read, changed and deleted, the success paths random ids rarely reach."""
-    headers = dict(fresh_schema.config.headers)
     statuses: Counter[tuple[str, int]] = Counter()
     scenarios = 0
 
-    class Scenario(fresh_schema.as_state_machine()):  # type: ignore[misc]
+    class Scenario(fresh_schema.schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            return {"headers": headers, "timeout": timeout(case.operation.definition.raw["operationId"])}
+            operation_id = case.operation.definition.raw["operationId"]
+            return {"headers": fresh_schema.headers(operation_id), "timeout": timeout(operation_id)}
 
         def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any) -> None:
             statuses[(case.operation.definition.raw["operationId"], response.status_code)] += 1
-            case.validate_response(response, checks=CHECKS, headers=headers)
+            headers = dict(response.request.headers)
+            case.validate_response(response, checks=CHECKS, headers=headers, recorder=self.recorder)
 
         def teardown(self) -> None:
             nonlocal scenarios
@@ -224,21 +297,19 @@ def test_linked_operations_conform_in_sequence(fresh_schema: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    ("rooms", "role", "status"),
+    ("rooms", "who", "status"),
     [
         (["inventory", "pets", "pet:1"], None, 200),
-        (["orders"], Role.admin, 200),
-        (["orders"], Role.customer, 403),
+        (["orders"], "the-admin", 200),
+        (["orders"], "the-customer", 403),
         (["user:the-admin"], None, 401),
         (["nowhere"], None, 404),
     ],
 )
-def test_event_streams_conform_to_the_document(
-    api_schema: Any, rooms: list[str], role: Role | None, status: int
-) -> None:
+def test_event_streams_conform_to_the_document(api_schema: Run, rooms: list[str], who: str | None, status: int) -> None:
     """Random room names are rarely real ones: the stream itself, event by event, checked on purpose."""
-    operation = find_operation(api_schema, "events")
-    headers = {"X-Test-User": f"someone:99:{role.value}"} if role else {}
+    operation = find_operation(api_schema.schema, "events")
+    headers = login(api_schema.url, who) if who else {}
     response = operation.Case(query={"room": rooms}).call_and_validate(
         headers=headers, checks=CHECKS, timeout=STREAM_SECONDS
     )
@@ -247,11 +318,12 @@ def test_event_streams_conform_to_the_document(
         assert response.text.count("event: subscribed") == len(rooms)
 
 
-def test_the_admin_header_reaches_every_operation_as_admin(tmp_path: Path) -> None:
-    """The run above really is authenticated: without the header, a write is 401; with it, it is not."""
-    with TestClient(make_app(f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}", media_dir=tmp_path / "m")) as client:
-        harness = ApiHarness(client, tmp_path / "m")
-        harness.run(db.create_all, harness.state.engine)
-        assert client.get(f"{API}/store/orders").status_code == 401
-        admin = harness.user("the-admin", Role.admin)
-        assert client.get(f"{API}/store/orders", headers=admin.headers).status_code == 200
+def test_the_runs_are_signed_in_and_cover_every_served_operation(api_schema: Run) -> None:
+    """The runs above really are authenticated (without the token a staff read is 401; with it, it is
+    not), and they try every operation the served document has, the auth plugin's included."""
+    base = api_schema.url
+    assert httpx.get(f"{base}{API}/store/orders", timeout=REQUEST_SECONDS).status_code == 401
+    signed_in = httpx.get(f"{base}{API}/store/orders", headers=api_schema.headers(), timeout=REQUEST_SECONDS)
+    assert signed_in.status_code == 200, signed_in.text
+    served = {op["operationId"] for item in api_schema.schema.raw_schema["paths"].values() for op in item.values()}
+    assert served == set(TAKES_INPUT)
