@@ -72,6 +72,19 @@ Hooks
     tell a misspelled ``PETSTORE_*`` variable from one it does not know of: ``petstore`` warns,
     naming the closest known one (:func:`petstore.config.misspelled`). A plugin with pydantic
     settings can return :func:`petstore.config.variables` of them.
+``trace_context()`` (optional: with none of the three tracing hooks, the core's cost is one None check)
+    A change is committing events, in the task of the work that made it (a request): the
+    ``dict[str, str]`` a tracer needs to find that work again (a W3C ``traceparent``), or None.
+    The core keeps every tracing plugin's answer, merged, as JSON with each of the change's
+    outbox rows, and hands it back wherever the event goes, on every instance; clients never see
+    it. Only events that come live through the broker carry it (not those read from history).
+``traced_publish(events)`` (optional)
+    The relay publishes a batch of outbox rows: a context manager around it. ``events`` holds each
+    row's event name and kept context (None where none was kept), in outbox order.
+``traced_delivery(event, room, context, subscribers)`` (optional)
+    This instance hands one event of ``room`` that carries a ``context`` to its ``subscribers``
+    local subscribers: a context manager around that hand-over, entered once per event and room
+    on each instance, never once per subscriber.
 ``migrations()``
     The plugin's own tables, as a :class:`PluginMigrations` (an Alembic version folder and the
     ``MetaData`` its revisions create), or None. ``petstore migrate`` runs every loaded plugin's
@@ -88,8 +101,9 @@ import contextlib
 import functools
 import importlib
 import importlib.metadata
+import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -261,6 +275,19 @@ class PluginBase:
     def login_routes(self) -> Sequence[LoginRoute]:
         return ()
 
+    def trace_context(self) -> dict[str, str] | None:
+        return None
+
+    def traced_publish(
+        self, events: Sequence[tuple[str, Mapping[str, str] | None]]
+    ) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def traced_delivery(
+        self, event: str, room: str, context: Mapping[str, str], subscribers: int
+    ) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
     def environment(self) -> Sequence[str]:
         return ()
 
@@ -273,6 +300,9 @@ class Plugins:
 
     def __init__(self, plugins: Sequence[Plugin]) -> None:
         self.items = tuple(plugins)
+        tracers = [plugin for plugin in self.items if _overrides(plugin, "trace_context")]
+        #: The tracing hooks, combined; None when no plugin traces (the core checks that, nothing more).
+        self.tracing = Tracing(tracers) if tracers else None
 
     def __iter__(self) -> Any:
         return iter(self.items)
@@ -376,6 +406,48 @@ class Plugins:
             if refusal is not None:
                 return refusal
         return None
+
+
+def _overrides(plugin: object, hook: str) -> bool:
+    """Does ``plugin`` answer ``hook`` with more than :class:`PluginBase`'s no-op?"""
+    found = getattr(type(plugin), hook, None)
+    return found is not None and found is not getattr(PluginBase, hook, None)
+
+
+class Tracing:
+    """The tracing plugins' hooks (``trace_context``, ``traced_publish``, ``traced_delivery``) as one.
+
+    Contexts travel as JSON text, so the outbox and the broker carry them without knowing what is
+    inside."""
+
+    def __init__(self, plugins: Sequence[Plugin]) -> None:
+        self._plugins = tuple(plugins)
+
+    def context(self) -> dict[str, str] | None:
+        """The context of the work running now, every tracing plugin's merged; None if empty."""
+        merged: dict[str, str] = {}
+        for plugin in self._plugins:
+            merged.update(getattr(plugin, "trace_context")() or {})  # noqa: B009 (optional hook)
+        return merged or None
+
+    @contextlib.contextmanager
+    def publishing(self, events: Sequence[tuple[str, Mapping[str, str] | None]]) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for plugin in self._plugins:
+                hook = getattr(plugin, "traced_publish", None)
+                if hook is not None:
+                    stack.enter_context(hook(events))
+            yield
+
+    @contextlib.contextmanager
+    def delivering(self, event: str, room: str, context_json: str, subscribers: int) -> Iterator[None]:
+        context: dict[str, str] = json.loads(context_json)
+        with contextlib.ExitStack() as stack:
+            for plugin in self._plugins:
+                hook = getattr(plugin, "traced_delivery", None)
+                if hook is not None:
+                    stack.enter_context(hook(event, room, context, subscribers))
+            yield
 
 
 def _import(path: str) -> Any:
