@@ -240,6 +240,8 @@ async def find_by_status(request: Request) -> Response:
     return await _list_pets(request, col(Pet.status).in_(statuses))
 
 
+#: A pet's name, as updatePetWithForm takes it from a query or a form (the Pet model's Name).
+PET_NAME = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00]*$"}
 #: A tag name as ``findByTags`` reads one: not empty, no comma (it separates names), no NUL.
 TAG_NAME = {"type": "string", "maxLength": 255, "pattern": "^[^,\\x00]*[^,\\s\\x00][^,\\x00]*$"}
 
@@ -318,7 +320,7 @@ async def get_pet(request: Request) -> Response:
     description="`name` and `status` from the query string or a form body (the form wins). Staff and admins.",
     params=(
         PET_ID,
-        Param("name", "query", {"type": "string", "minLength": 1, "maxLength": 255}, "New name of the pet"),
+        Param("name", "query", PET_NAME, "New name of the pet"),
         Param("status", "query", ref("PetStatus"), "New status of the pet"),
     ),
     # Read when the Content-Type starts as a form's (one that only starts so is a 415).
@@ -327,7 +329,7 @@ async def get_pet(request: Request) -> Response:
             FORM: {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "name": PET_NAME,
                     "status": ref("PetStatus"),
                 },
             }
