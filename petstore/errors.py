@@ -16,7 +16,7 @@ The tree::
     ├── SubscriberSilent            auth's revocation pub/sub went quiet: reconnect (plugins.auth.feed)
     └── ApiError                    an HTTP error a client sees (status, type, message)
         ├── BadRequest              400
-        ├── Unauthorized            401, with WWW-Authenticate: Bearer
+        ├── Unauthorized            401, with the auth plugin's WWW-Authenticate challenge
         ├── Forbidden               403
         ├── NotFound                404
         ├── Conflict                409
@@ -84,7 +84,6 @@ class Unauthorized(ApiError):
 
     def __init__(self, message: str = "authentication required", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.headers.setdefault("WWW-Authenticate", "Bearer")
 
 
 class Forbidden(ApiError):
@@ -160,7 +159,23 @@ def unavailable_response(message: str, retry_after: int = 1) -> JSONResponse:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.type, exc.message, exc.headers)
+    headers = exc.headers
+    if exc.status == 401 and "WWW-Authenticate" not in headers:
+        challenge = _challenge(request)
+        if challenge is not None:
+            headers = {**headers, "WWW-Authenticate": challenge}
+    return error_response(exc.status, exc.type, exc.message, headers)
+
+
+def _challenge(request: Request) -> str | None:
+    """How to authenticate, as the loaded plugins say (``challenge()``): None without an auth plugin.
+
+    The core knows no scheme; RFC 9110 wants a challenge on every 401, and without a plugin that
+    authenticates there is none a client could answer."""
+    state = request.scope.get("state", {}).get("petstore")
+    plugins = getattr(state, "plugins", None)
+    challenge = getattr(plugins, "challenge", None)
+    return challenge if isinstance(challenge, str) else None
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:

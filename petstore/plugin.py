@@ -54,6 +54,10 @@ Hooks
     request headers a browser may send (``Authorization``) and the response headers its scripts
     may read (``RateLimit``, ``X-Expires-After``). The core's CORS middleware allows its own
     (``Content-Type``, ``Last-Event-ID``; ``Retry-After`` exposed) and every plugin's.
+``challenge()`` (optional)
+    The ``WWW-Authenticate`` challenge of the 401s the core answers (an anonymous write, an
+    account that is gone): the scheme this plugin authenticates with (``Bearer``), or None. The
+    first plugin's is used; with none, the core's 401s carry no challenge (none could succeed).
 ``login_routes()`` (optional)
     Which of this plugin's routes check a password, as :class:`LoginRoute` objects: method,
     path, and how to read the username a request to it names, exactly as its endpoint reads it
@@ -300,6 +304,10 @@ class Plugins:
 
     def __init__(self, plugins: Sequence[Plugin]) -> None:
         self.items = tuple(plugins)
+        #: The WWW-Authenticate challenge of the core's 401s: the first plugin's ``challenge()``.
+        self.challenge: str | None = next(
+            (found for plugin in self.items if (found := _hook(plugin, "challenge")) is not None), None
+        )
         tracers = [plugin for plugin in self.items if _overrides(plugin, "trace_context")]
         #: The tracing hooks, combined; None when no plugin traces (the core checks that, nothing more).
         self.tracing = Tracing(tracers) if tracers else None
@@ -406,6 +414,12 @@ class Plugins:
             if refusal is not None:
                 return refusal
         return None
+
+
+def _hook(plugin: object, hook: str) -> Any:
+    """What ``plugin``'s optional, argument-less ``hook`` answers; None if it has none."""
+    found = getattr(plugin, hook, None)
+    return found() if callable(found) else None
 
 
 def _overrides(plugin: object, hook: str) -> bool:

@@ -109,6 +109,9 @@ class HeaderAuthPlugin(PluginBase):
     async def ws_authenticate(self, websocket: WebSocket, token: str) -> Principal | None:
         return parse_principal(token)
 
+    def challenge(self) -> str:
+        return "Bearer"  # it stands in for plugins.auth, so the core's 401s name the same scheme
+
 
 def plugin(settings: Settings) -> HeaderAuthPlugin:
     return HeaderAuthPlugin()

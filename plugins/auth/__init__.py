@@ -85,6 +85,9 @@ class AuthPlugin(PluginBase):
         )
         return [Middleware(AuthMiddleware, backend=backend)]
 
+    def challenge(self) -> str:
+        return "Bearer"  # the 401s of the core (an anonymous write) name the scheme of SPEC §2
+
     def cors_headers(self) -> CorsHeaders:
         # Bearer tokens, and /user/login's answer headers (the Petstore document's).
         return CorsHeaders(allow=("Authorization",), expose=("X-Rate-Limit", "X-Expires-After"))
