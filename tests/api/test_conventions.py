@@ -155,16 +155,6 @@ def test_the_swagger_bundle_is_gzipped(api: ApiHarness) -> None:
     assert len(raw) < 600_000 and len(gzip.decompress(raw)) > 1_000_000
 
 
-def test_event_streams_are_never_gzipped(api: ApiHarness) -> None:
-    with api.client.stream(
-        "GET", f"{API}/events", params={"room": "inventory"}, headers={"Accept-Encoding": "gzip"}
-    ) as stream:
-        assert stream.status_code == 200
-        assert stream.headers["content-type"].startswith("text/event-stream")
-        assert "content-encoding" not in stream.headers
-        assert stream.headers["x-request-id"]
-
-
 # ------------------------------------------------------------------------------------- ETags
 
 

@@ -41,6 +41,9 @@ from tests.fakes import DEFAULT_PASSWORD, ApiHarness, make_app
 from tests.plugins.harness import SECRET, create_tables
 from tests.services import UvicornServer
 
+# Every run talks to a real uvicorn (see the fixtures): out of the in-process fast lane.
+pytestmark = pytest.mark.process
+
 API = "/api/v3"
 ROOT = Path(__file__).resolve().parents[2]
 FRAMING = {"content-length", "transfer-encoding", "host", "connection", "upgrade", "expect"}

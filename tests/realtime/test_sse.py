@@ -75,6 +75,16 @@ async def test_each_room_starts_with_subscribed_then_streams_events_with_ids(app
         assert received["inventory.changed"]["data"]["data"]["available"] == 1
 
 
+async def test_an_event_stream_is_never_gzipped(app: AppServer) -> None:
+    """gzip would hold events back until a buffer fills (SPEC §2: gzip, never on SSE)."""
+    async with stream(app, "room=pets", {"Accept-Encoding": "gzip"}) as events:
+        assert "content-encoding" not in events.response.headers
+        assert events.response.headers["x-request-id"]
+        assert (await events.next())["event"] == "subscribed"
+        pet = await add_pet(app.url, "Unzipped")
+        assert (await events.next())["data"]["data"] == pet
+
+
 async def test_last_event_id_recovers_what_was_missed(app: AppServer) -> None:
     async with stream(app, "room=pet:1") as events:
         await events.next()

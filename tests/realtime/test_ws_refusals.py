@@ -26,6 +26,8 @@ from tests.plugins.harness import SECRET
 from tests.plugins.test_ratelimit import prepare_database
 from tests.services import UvicornServer
 
+pytestmark = pytest.mark.process  # a real uvicorn: the denial-response extension is the server's
+
 ALLOWED = "http://127.0.0.1:8000"
 BAD_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.not-a-signature"
 

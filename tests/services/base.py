@@ -104,6 +104,10 @@ class Child:
     def spawn(self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
         if self.running:
             raise ServiceError(f"{argv[0]} is already running")
+        if os.environ.get("PETSTORE_FAST") == "1":
+            # The fast lane is the tests that stay in the pytest process (tests/conftest.py picks
+            # them by mark): one that starts a real program here lacks its mark, and slows it down.
+            raise ServiceError(f"{argv[0]} started in the fast lane: mark the test `process` (or its service's mark)")
         with self.log_path.open("ab") as log:
             # A session of its own: Ctrl-C in the terminal reaches pytest, which stops services
             # in order, and `kill()` can take down a server's worker processes with it.
