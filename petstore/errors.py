@@ -48,6 +48,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from petstore.routing import route_path
+
 logger = logging.getLogger("petstore.errors")
 
 
@@ -192,7 +194,7 @@ def _allowed_methods(request: Request) -> str:
     405 Starlette raises names only the first route that matched the path."""
     methods: set[str] = set()
     for route in request.app.routes:
-        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+        if isinstance(route, Route) and route.methods and route.path_regex.match(route_path(request.scope)):
             methods |= route.methods
     return ", ".join(sorted(methods))
 

@@ -17,6 +17,15 @@ UNMATCHED = "unmatched"
 OTHER = "other"
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app's routes see: the request's, less ``root_path`` (``petstore serve
+    --root-path``; uvicorn puts the prefix in ``path`` too, as ASGI says). What middleware must
+    compare with a route's path; ``scope["path"]`` alone misses every route behind a prefix."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
 class RouteTemplates:
     """The template of the app route a request matches (one instance per middleware)."""
 

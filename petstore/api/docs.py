@@ -21,6 +21,9 @@ from petstore.api.openapi import DOCUMENT_PATH
 from petstore.conventions import DOCS_CSP
 
 ASSETS_PATH = "/docs/assets"
+#: The page (``/docs``) names its files relative to itself, so that behind a proxy's path prefix
+#: (``petstore serve --root-path``) the browser asks for them under that prefix too.
+RELATIVE_ASSETS = ASSETS_PATH.lstrip("/")
 #: What the page loads (and the source maps a browser's developer tools ask for).
 ASSETS = frozenset(
     {
@@ -39,14 +42,14 @@ PAGE = f"""<!DOCTYPE html>
   <meta charset="utf-8">
   <meta name="viewport" content="width=device-width, initial-scale=1">
   <title>Petstore API</title>
-  <link rel="stylesheet" href="{ASSETS_PATH}/swagger-ui.css">
-  <link rel="icon" type="image/png" href="{ASSETS_PATH}/favicon-32x32.png" sizes="32x32">
-  <link rel="icon" type="image/png" href="{ASSETS_PATH}/favicon-16x16.png" sizes="16x16">
+  <link rel="stylesheet" href="{RELATIVE_ASSETS}/swagger-ui.css">
+  <link rel="icon" type="image/png" href="{RELATIVE_ASSETS}/favicon-32x32.png" sizes="32x32">
+  <link rel="icon" type="image/png" href="{RELATIVE_ASSETS}/favicon-16x16.png" sizes="16x16">
 </head>
 <body>
   <div id="swagger-ui"></div>
-  <script src="{ASSETS_PATH}/swagger-ui-bundle.js"></script>
-  <script src="/docs/init.js"></script>
+  <script src="{RELATIVE_ASSETS}/swagger-ui-bundle.js"></script>
+  <script src="docs/init.js"></script>
 </body>
 </html>
 """
@@ -54,7 +57,7 @@ PAGE = f"""<!DOCTYPE html>
 # A script file rather than an inline script, so that a strict Content-Security-Policy can allow it.
 INIT_SCRIPT = f"""window.addEventListener("load", function () {{
   window.ui = SwaggerUIBundle({{
-    url: "{DOCUMENT_PATH}",
+    url: "{DOCUMENT_PATH.lstrip("/")}",
     dom_id: "#swagger-ui",
     deepLinking: true,
     persistAuthorization: true,

@@ -336,8 +336,32 @@ class OpenApiEndpoint:
             self.document = build_document(request.app.routes, self.plugins)
         root_path = request.scope.get("root_path", "").rstrip("/")
         if root_path:  # served behind a proxy's path prefix (`petstore serve --root-path`): the API is under it
-            return JSONResponse({**self.document, "servers": [{"url": root_path + API}]})
+            return JSONResponse(under_prefix(self.document, root_path))
         return JSONResponse(self.document)
+
+
+def under_prefix(document: dict[str, Any], root_path: str) -> dict[str, Any]:
+    """``document`` as a client behind a path prefix sees it: its server, and every OAuth2 flow's
+    token and refresh URLs (absolute paths, which a client resolves against the host alone)."""
+    schemes = document.get("components", {}).get("securitySchemes", {})
+    moved = {}
+    for name, scheme in schemes.items():
+        flows = scheme.get("flows")
+        if flows:
+            flows = {
+                flow: {
+                    key: root_path + value if key in ("tokenUrl", "refreshUrl", "authorizationUrl") else value
+                    for key, value in settings.items()
+                }
+                for flow, settings in flows.items()
+            }
+            scheme = {**scheme, "flows": flows}
+        moved[name] = scheme
+    components = {**document.get("components", {}), "securitySchemes": moved} if schemes else None
+    prefixed = {**document, "servers": [{"url": root_path + API}]}
+    if components is not None:
+        prefixed["components"] = components
+    return prefixed
 
 
 def routes(plugins: Plugins) -> list[BaseRoute]:

@@ -4,7 +4,9 @@
 // petstore-client.js, the same client other dashboards use.
 import { PetstoreClient, State } from "./petstore-client.js";
 
-const API = "/api/v3";
+// Relative to the page, so that behind a proxy's path prefix (petstore serve --root-path) every
+// call goes under it too.
+const API = new URL("api/v3", document.baseURI).pathname;
 const STATUSES = ["available", "pending", "sold"];
 const FEED_LIMIT = 200; // feed items kept on the page; older ones scroll away for good
 const HISTORY_LIMIT = 60; // points in the inventory chart
@@ -328,7 +330,7 @@ class Dashboard {
   feed = new Feed();
   pets = new PetsTable();
   session = new Session(this.client, (s) => this.#showSession(s));
-  #url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+  #url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${new URL("ws", document.baseURI).pathname}`;
 
   start() {
     this.client.on("state", (change) => this.#onState(change));

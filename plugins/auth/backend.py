@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from petstore.access import AuthFailed, Principal
 from petstore.errors import error_response, unavailable_response
 from petstore.realtime.ws import TRY_AGAIN_LATER, deny_websocket
+from petstore.routing import route_path
 from plugins.auth.authority import Authority, BackendUnavailable
 from plugins.auth.tickets import StreamTickets, TicketsUnavailable
 
@@ -83,7 +84,7 @@ class TokenBackend(AuthenticationBackend):
         self._tickets = tickets
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
-        if conn.scope["path"] in self.ignore_on:
+        if route_path(conn.scope) in self.ignore_on:
             return None
         authority = self._authority()
         try:
@@ -113,7 +114,8 @@ class TokenBackend(AuthenticationBackend):
 
     def _ticket(self, conn: HTTPConnection) -> str | None:
         """The stream ticket of a GET of the event stream, if it brings one."""
-        if conn.scope["type"] != "http" or conn.scope["path"] != self.stream_path or conn.scope["method"] != "GET":
+        scope = conn.scope
+        if scope["type"] != "http" or route_path(scope) != self.stream_path or scope["method"] != "GET":
             return None
         return conn.query_params.get("ticket")
 

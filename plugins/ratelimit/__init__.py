@@ -66,6 +66,7 @@ from petstore.config import Settings, variables
 from petstore.errors import error_response, unavailable_response
 from petstore.plugin import App, CorsHeaders, LoginRoute, PluginBase
 from petstore.redis_client import PoolExhausted
+from petstore.routing import route_path
 from plugins.ratelimit.clients import client_key, ip_key, username_key
 from plugins.ratelimit.config import Policies, RateLimitSettings
 from plugins.ratelimit.gcra import Budget, Decision, Limiter, MemoryLimiter, Policy, RedisLimiter, budgets
@@ -234,10 +235,10 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         plugin, policies = self.plugin, self.plugin.policies
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or policies.is_exempt(scope["path"]):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or policies.is_exempt(route_path(scope)):
             await self.app(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], route_path(scope)
         login = plugin.logins.get((method, path))
         username: str | None = None
         if login is not None:
