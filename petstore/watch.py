@@ -30,9 +30,22 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from petstore.errors import PetstoreError
 
+#: A Retry-After longer than this (seconds) is not waited out in full: the watch is interactive.
+MAX_RETRY_AFTER = 300.0
 MAX_BACKOFF = 10.0
 REFUSED = 1008
 TOKEN_ENV = "PETSTORE_TOKEN"  # noqa: S105 (the name of the variable, not a token)
+
+
+def retry_delay(exc: BaseException, attempt: int) -> float:
+    """How long to wait before the next attempt: backoff with jitter, and at least the server's
+    ``Retry-After`` when it refused the upgrade for now (429 over the connection limit, 503)."""
+    delay: float = min(MAX_BACKOFF, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
+    if isinstance(exc, InvalidStatus) and exc.response.status_code in (429, 503):
+        retry_after = str(exc.response.headers.get("Retry-After", ""))
+        if retry_after.isdigit():
+            delay = max(delay, min(float(retry_after), MAX_RETRY_AFTER))
+    return delay
 
 
 class Refused(PetstoreError):
@@ -100,8 +113,11 @@ class Watcher:
                     self.warn(f"refused: the server answered {exc.response.status_code}")
                     return 1
                 attempt += 1
-                delay = min(MAX_BACKOFF, 0.25 * 2**attempt) * random.uniform(0.5, 1.0)  # noqa: S311
-                self.warn(f"connection lost ({type(exc).__name__}); reconnecting in {delay:.1f}s")
+                delay = retry_delay(exc, attempt)
+                if isinstance(exc, InvalidStatus):
+                    self.warn(f"the server answered {exc.response.status_code}; reconnecting in {delay:.1f}s")
+                else:
+                    self.warn(f"connection lost ({type(exc).__name__}); reconnecting in {delay:.1f}s")
                 await asyncio.sleep(delay)
 
     async def _session(self, count: int | None) -> bool:

@@ -8,9 +8,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidStatus
+from websockets.http11 import Response
 
 from petstore.cli import build_parser
-from petstore.watch import TOKEN_ENV, Watcher, command, read_token, ws_endpoint
+from petstore.watch import (
+    MAX_BACKOFF,
+    MAX_RETRY_AFTER,
+    TOKEN_ENV,
+    Watcher,
+    command,
+    read_token,
+    retry_delay,
+    ws_endpoint,
+)
 from tests.realtime.support import AppServer, add_pet, serve, settings_for, until
 
 
@@ -109,3 +121,16 @@ async def test_watch_stops_with_status_1_when_the_room_is_refused(app: AppServer
     err: list[str] = []
     status = await asyncio.wait_for(Watcher(app.url, "orders", out=print, err=err.append).run(), 30)
     assert status == 1 and "unauthorized" in err[0]
+
+
+@pytest.mark.parametrize(("status", "retry_after", "at_least"), [(429, "7", 7.0), (503, "3", 3.0), (429, "x", 0.0)])
+def test_a_refused_upgrade_waits_out_its_retry_after(status: int, retry_after: str, at_least: float) -> None:
+    refusal = InvalidStatus(Response(status, "refused", Headers({"Retry-After": retry_after}), b"{}"))
+    delays = [retry_delay(refusal, attempt=1) for _ in range(20)]
+    assert all(at_least <= delay for delay in delays)
+    assert all(delay <= max(at_least, MAX_BACKOFF) for delay in delays)
+
+
+def test_a_retry_after_is_waited_out_up_to_a_bound() -> None:
+    refusal = InvalidStatus(Response(429, "refused", Headers({"Retry-After": "86400"}), b"{}"))
+    assert retry_delay(refusal, attempt=1) == MAX_RETRY_AFTER
