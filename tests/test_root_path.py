@@ -61,9 +61,11 @@ def proxied(tmp_path: Path) -> Iterator[tuple[HaproxyServer, UvicornServer]]:
     command = [str(PETSTORE), "serve", "--host", "{host}", "--port", "{port}", "--root-path", PREFIX]
     config = tmp_path / "haproxy.cfg"
     config.write_text(CONFIG)
-    with UvicornServer(env=env, command=command, cwd=tmp_path) as app:
-        with HaproxyServer([app.port], port=proxy_port, config=config) as proxy:
-            yield proxy, app
+    with (
+        UvicornServer(env=env, command=command, cwd=tmp_path) as app,
+        HaproxyServer([app.port], port=proxy_port, config=config) as proxy,
+    ):
+        yield proxy, app
 
 
 def test_the_dashboard_and_swagger_ui_work_under_a_path_prefix(
