@@ -30,10 +30,9 @@ from petstore.api import docs, openapi, pets, store, users
 from petstore.config import Settings
 from petstore.conventions import DASHBOARD_CSP, Conventions
 from petstore.cors import JsonCORSMiddleware
-from petstore.db import create_engine, create_sessionmaker, ping
+from petstore.db import create_engine, ping
 from petstore.errors import EXCEPTION_HANDLERS, ConfigurationError, PluginError
 from petstore.plugin import Plugins, load_plugins
-from petstore.redis_client import request_client
 from petstore.state import AppState, app_state
 
 logger = logging.getLogger("petstore")
@@ -170,13 +169,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = create_engine(settings)
-        state = AppState(
-            settings=settings,
-            engine=engine,
-            sessions=create_sessionmaker(engine),
-            plugins=plugins,
-            redis=request_client(settings),
-        )
+        state = AppState.open(settings, engine, plugins)
         started: list[Any] = []
         try:
             for plugin in plugins:

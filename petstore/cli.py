@@ -414,19 +414,11 @@ def users_create(args: argparse.Namespace) -> int:
 async def started_plugins(settings: Settings, engine: AsyncEngine) -> AsyncIterator[Plugins]:
     """The plugins, started on this database as in the app (without HTTP or real time), so that a
     command can call their hooks; shut down after."""
-    from petstore.db import create_sessionmaker
     from petstore.plugin import load_plugins
-    from petstore.redis_client import request_client
     from petstore.state import AppState
 
     plugins = load_plugins(settings)
-    state = AppState(
-        settings=settings,
-        engine=engine,
-        sessions=create_sessionmaker(engine),
-        plugins=plugins,
-        redis=request_client(settings),
-    )
+    state = AppState.open(settings, engine, plugins)
     started = []
     try:
         for plugin in plugins:

@@ -40,6 +40,15 @@ class AppState:
     #: The loop time by which shutdown must be over (``PETSTORE_SHUTDOWN_TIMEOUT`` after it began).
     shutdown_deadline: float | None = None
 
+    @classmethod
+    def open(cls, settings: Settings, engine: AsyncEngine, plugins: Plugins) -> AppState:
+        """The state of an app (or a command) on ``engine``: its sessions, and the process's
+        Redis client when ``PETSTORE_REDIS_URL`` is set (the caller closes it)."""
+        from petstore.db import create_sessionmaker
+        from petstore.redis_client import request_client
+
+        return cls(settings, engine, create_sessionmaker(engine), plugins, redis=request_client(settings))
+
     def begin_shutdown(self) -> float:
         """Mark this instance as stopping (once) and return the loop time by which it must be done."""
         self.draining = True
