@@ -25,7 +25,7 @@ from uvicorn.server import ServerState
 from petstore.config import Settings
 from petstore.internals import InternalsChanged
 from petstore.server.uvicorn_http import USES, HttpProtocol
-from tests.realtime.support import DEADLINE
+from tests.realtime.support import DEADLINE, until
 from tests.releases import check_all, simulate
 from tests.server.test_shutdown import PETSTORE, assert_clean_log, running
 from tests.services import DEFAULT_APP_COMMAND, HOST, UvicornServer
@@ -229,26 +229,26 @@ async def test_the_cap_costs_a_sum_per_chunk_not_a_pass_over_the_headers(monkeyp
             protocol.data_received(b"a")
         return count
 
-    async def answered() -> None:
-        for _ in range(10):
-            await asyncio.sleep(0)  # the app's task answers what came complete
+    async def answered(transport: FakeTransport, count: int) -> None:
+        """Wait until the app's task has answered the ``count`` requests that came complete."""
+        await until(lambda: transport.written.count(b"HTTP/1.1 200") >= count, f"{count} answers")
 
     start = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: "
     for first in (b"", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):  # alone, then pipelined behind a request
         scans = 0
         protocol, transport = open_connection()
         protocol.data_received(first + start)
-        await answered()
+        await answered(transport, 1 if first else 0)
         assert feed_bytes(protocol, transport, cap - 200) == cap - 200
         protocol.data_received(b"\r\n\r\n")
-        await answered()
+        await answered(transport, 2 if first else 1)
         assert not transport.closed and transport.written.count(b"HTTP/1.1 200") == (2 if first else 1)
         assert scans <= (2 if first else 0), scans
         protocol.connection_lost(None)
 
         protocol, transport = open_connection()
         protocol.data_received(first + start)
-        await answered()
+        await answered(transport, 1 if first else 0)
         fed = feed_bytes(protocol, transport, 2 * cap)
         assert transport.closed and b"HTTP/1.1 431" in transport.written
         assert cap - len(start) - 50 < fed <= cap, fed  # refused at the cap, not some way past it
