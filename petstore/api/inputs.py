@@ -147,6 +147,20 @@ def query_list(request: Request, name: str) -> list[str]:
     return values
 
 
+#: A name as :func:`query_list` reads one (a tag's): not empty, no comma (it separates names), no NUL.
+LISTED_NAME = {"type": "string", "maxLength": 255, "pattern": "^[^,\\x00]*[^,\\s\\x00][^,\\x00]*$"}
+
+
+def check_names(names: list[str], what: str) -> list[str]:
+    """``names`` (of tags, a category...) from a query, if a row could have them: 400 past 255
+    characters, or with a NUL (no name has one, and PostgreSQL refuses it in a query)."""
+    if any(len(name) > 255 for name in names):
+        raise BadRequest(f"invalid {what} value: longer than 255 characters")
+    if any("\x00" in name for name in names):
+        raise BadRequest(f"invalid {what} value: contains a NUL character")
+    return names
+
+
 #: How an operation declares the ``limit`` and ``offset`` that :func:`pagination` reads.
 PAGE = (
     Param(
@@ -161,18 +175,21 @@ PAGE = (
 )
 
 
-def pagination(request: Request, default_limit: int = 100) -> tuple[int, int]:
-    def number(name: str, default: int, maximum: int) -> int:
-        raw = request.query_params.get(name)
-        if raw is None:
-            return default
-        value = _integer(raw)
-        if value is None:
-            raise BadRequest(f"{name} must be an integer")
-        if value < 0:
-            raise BadRequest(f"{name} must not be negative")
-        if value > maximum:
-            raise BadRequest(f"{name} must be at most {maximum}")
-        return value
+def query_integer(request: Request, name: str, default: int, maximum: int, minimum: int = 0) -> int:
+    """The integer query parameter ``name`` (``default`` when absent): 400 unless it is ASCII
+    digits between ``minimum`` and ``maximum``."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    value = _integer(raw)
+    if value is None:
+        raise BadRequest(f"{name} must be an integer")
+    if value < minimum:
+        raise BadRequest(f"{name} must not be negative" if minimum == 0 else f"{name} must be at least {minimum}")
+    if value > maximum:
+        raise BadRequest(f"{name} must be at most {maximum}")
+    return value
 
-    return number("limit", default_limit, MAX_LIMIT), number("offset", 0, INT64_MAX)
+
+def pagination(request: Request, default_limit: int = 100) -> tuple[int, int]:
+    return query_integer(request, "limit", default_limit, MAX_LIMIT), query_integer(request, "offset", 0, INT64_MAX)

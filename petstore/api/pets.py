@@ -18,7 +18,9 @@ from starlette.routing import Route
 from petstore.access import WRITE_PETS, Principal
 from petstore.api.caching import conditional
 from petstore.api.inputs import (
+    LISTED_NAME,
     PAGE,
+    check_names,
     id_param,
     limited_stream,
     pagination,
@@ -29,6 +31,7 @@ from petstore.api.inputs import (
     read_model,
     validate,
 )
+from petstore.api.search import search_pets
 from petstore.db import sync_id_sequence
 from petstore.db.queries import WITH_RELATIONS, load_pet
 from petstore.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
@@ -242,8 +245,6 @@ async def find_by_status(request: Request) -> Response:
 
 #: A pet's name, as updatePetWithForm takes it from a query or a form (the Pet model's Name).
 PET_NAME = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00]*$"}
-#: A tag name as ``findByTags`` reads one: not empty, no comma (it separates names), no NUL.
-TAG_NAME = {"type": "string", "maxLength": 255, "pattern": "^[^,\\x00]*[^,\\s\\x00][^,\\x00]*$"}
 
 
 @operation(
@@ -258,7 +259,7 @@ TAG_NAME = {"type": "string", "maxLength": 255, "pattern": "^[^,\\x00]*[^,\\s\\x
         Param(
             "tags",
             "query",
-            {"type": "array", "items": TAG_NAME, "minItems": 1},
+            {"type": "array", "items": LISTED_NAME, "minItems": 1},
             "Tag names to filter by",
             required=True,
         ),
@@ -271,10 +272,7 @@ async def find_by_tags(request: Request) -> Response:
     names = query_list(request, "tags")
     if not names:
         raise BadRequest("invalid tag value: give at least one tag")
-    if any(len(name) > 255 for name in names):
-        raise BadRequest("invalid tag value: longer than 255 characters")
-    if any("\x00" in name for name in names):  # no tag can have one, and PostgreSQL refuses it in a query
-        raise BadRequest("invalid tag value: contains a NUL character")
+    check_names(names, "tag")
     tagged = (
         select(col(PetTagLink.pet_id)).join(Tag, col(Tag.id) == col(PetTagLink.tag_id)).where(col(Tag.name).in_(names))
     )
@@ -492,12 +490,13 @@ async def upload_image(request: Request, who: Principal) -> Response:
 
 
 def routes(prefix: str) -> list[Route]:
-    # /pet/findBy* before /pet/{petId}, which would take them.
+    # /pet/findBy* and /pet/search before /pet/{petId}, which would take them.
     operations = [
         add_pet,
         update_pet,
         find_by_status,
         find_by_tags,
+        search_pets,
         get_pet,
         update_pet_with_form,
         delete_pet,
