@@ -110,6 +110,7 @@ class Doc(TypedDict, total=False):
     ok_description: str
     links: Mapping[str, Mapping[str, str]]
     etag: bool
+    ok_headers: Mapping[str, Schema]
 
 
 def _refusal(scope: str) -> str | None:
@@ -143,6 +144,8 @@ class Operation:
     #: The handler answers through :func:`petstore.api.caching.conditional`: an ETag on its 200,
     #: and 304 to an ``If-None-Match`` that holds it (both in the document).
     etag: bool = False
+    #: Headers of the 200 besides the ETag: name -> the OpenAPI header object (description, schema).
+    ok_headers: Mapping[str, Schema] = field(default_factory=dict)
 
     def statuses(self) -> dict[int, str]:
         """Every status but 200, and when: what the check and the body answer, then ``errors``

@@ -84,6 +84,29 @@ INVENTORY_SCHEMA: Schema = {
     "additionalProperties": False,
 }
 
+PET_PAGE_SCHEMA: Schema = {
+    "type": "object",
+    "description": "A page of `searchPets`: its pets, the cursor of the next page, and how many match.",
+    "required": ["items", "next", "total", "total_exact"],
+    "properties": {
+        "items": {"type": "array", "items": ref("Pet"), "maxItems": 1000},
+        "next": {
+            "type": ["string", "null"],
+            "description": "The `cursor` of the next page (also in the `Link` header); null on the last page",
+        },
+        "total": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "How many pets match the filters (all pages); an estimate when `total_exact` is false",
+        },
+        "total_exact": {
+            "type": "boolean",
+            "description": "Whether `total` is counted (up to 10,000 matches) or estimated (beyond)",
+        },
+    },
+    "additionalProperties": False,
+}
+
 SSE_SCHEMA: Schema = {
     "type": "object",
     "description": "One event of a text/event-stream: its fields as the stream carries them.",
@@ -198,6 +221,7 @@ def component_schemas() -> dict[str, Schema]:
     schemas["PetForm"]["properties"]["photoUrls"] = pet["properties"]["photoUrls"] | {"minItems": 1}
     schemas["PetForm"] = _form_schema(schemas["PetForm"])
     schemas["Inventory"] = INVENTORY_SCHEMA | {"title": "Inventory"}
+    schemas["PetPage"] = PET_PAGE_SCHEMA | {"title": "PetPage"}
     schemas["Error"] = ERROR_SCHEMA | {"title": "Error"}
     schemas["ServerSentEvent"] = SSE_SCHEMA | {"title": "ServerSentEvent"}
     return schemas
@@ -249,6 +273,8 @@ def render(op: Operation) -> Schema:
         etag = {"ETag": {"description": "A weak tag of this JSON body", "schema": {"type": "string"}}}
         ok["headers"] = etag
         responses["304"] = {"description": responses["304"]["description"], "headers": etag}
+    if op.ok_headers:
+        ok["headers"] = {**ok.get("headers", {}), **op.ok_headers}
     if "401" in responses:  # petstore.errors.Unauthorized
         responses["401"]["headers"] = {
             "WWW-Authenticate": {"description": "The scheme to authenticate with", "schema": {"type": "string"}}
