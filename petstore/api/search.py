@@ -1,0 +1,281 @@
+"""``GET /pet/search``: pets by name, status, category and tag, one page at a time (an extension).
+
+Pages are keyset pages, not offsets: the cursor of the next page holds the sort key and the id of
+the last pet shown, and that page starts strictly after it, in the index order of the sort
+(``ix_pet_name_id``, ``ix_pet_status_id``, the primary key: migration 0004). So a page costs the
+same on the thousandth page as on the first, and pets created or deleted between two requests
+move no other pet across a page boundary: no pet that exists throughout a walk is shown twice or
+skipped. (A pet *renamed* during a walk sorted by name may move: its key changed.)
+
+``total`` counts the matches (every page, not this one) up to :data:`EXACT_UP_TO` and stops
+there: a count of every match of a broad filter would cost what a scan of the table costs, on
+every page. Beyond, it is an estimate, extrapolated along the ids (see :func:`_total`), and
+``total_exact`` is false.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from petstore.api.caching import conditional
+from petstore.api.inputs import LISTED_NAME, MAX_LIMIT, check_names, query_integer, query_list
+from petstore.db.queries import WITH_RELATIONS
+from petstore.errors import BadRequest
+from petstore.models import INT64_MAX, Category, Pet, PetPublic, PetStatus, PetTagLink, Tag
+from petstore.operations import Param, operation, ref
+from petstore.routing import route_path
+from petstore.state import app_state
+
+#: ``total`` is exact up to this many matches, an estimate beyond.
+EXACT_UP_TO = 10_000
+DEFAULT_LIMIT = 100
+#: Longer than any cursor this module writes (a 255-character name, escaped, and an id).
+MAX_CURSOR = 2048
+NAME = {"type": "string", "maxLength": 255, "pattern": "^[^\\x00]*$"}
+
+
+@dataclass(frozen=True)
+class Sort:
+    """One ``sort`` value: by name (then id) or by id alone, either way up."""
+
+    by_name: bool
+    descending: bool
+
+    def order(self) -> list[Any]:
+        columns = [col(Pet.name), col(Pet.id)] if self.by_name else [col(Pet.id)]
+        return [c.desc() for c in columns] if self.descending else columns
+
+    def after(self, key: tuple[Any, ...]) -> ColumnElement[bool]:
+        """The pets strictly after ``key`` (the last one shown) in this order."""
+        if self.by_name:
+            row, last = tuple_(col(Pet.name), col(Pet.id)), tuple_(*key)
+            return row < last if self.descending else row > last
+        last_id: int = key[0]
+        return col(Pet.id) < last_id if self.descending else col(Pet.id) > last_id
+
+    def key(self, pet: Pet) -> tuple[Any, ...]:
+        return (pet.name, pet.id) if self.by_name else (pet.id,)
+
+
+SORTS = {
+    "id": Sort(by_name=False, descending=False),
+    "-id": Sort(by_name=False, descending=True),
+    "name": Sort(by_name=True, descending=False),
+    "-name": Sort(by_name=True, descending=True),
+}
+
+
+# --- the cursor: opaque to clients, checked here --------------------------------------------
+
+
+def encode_cursor(sort: str, key: tuple[Any, ...]) -> str:
+    raw = json.dumps([sort, *key], separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def _bad_cursor(why: str) -> BadRequest:
+    return BadRequest(f"invalid cursor: {why}; use the `next` of the previous page as it came, or leave cursor out")
+
+
+def decode_cursor(cursor: str, sort: str) -> tuple[Any, ...]:
+    """The key a cursor of :func:`encode_cursor` holds, if it is one for ``sort``: 400 otherwise."""
+    if not cursor or len(cursor) > MAX_CURSOR:
+        raise _bad_cursor("empty or too long")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        decoded = json.loads(raw.decode("utf-8"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise _bad_cursor("not one this server wrote") from None
+    if not isinstance(decoded, list) or not decoded or decoded[0] not in SORTS:
+        raise _bad_cursor("not one this server wrote")
+    if decoded[0] != sort:
+        raise _bad_cursor(f"it continues sort={decoded[0]}, not sort={sort}")
+    key = tuple(decoded[1:])
+    last_id = key[-1] if key else None
+    if not isinstance(last_id, int) or isinstance(last_id, bool) or not 0 <= last_id <= INT64_MAX:
+        raise _bad_cursor("not one this server wrote")
+    if SORTS[sort].by_name:
+        if len(key) != 2 or not isinstance(key[0], str) or len(key[0]) > 255 or "\x00" in key[0]:
+            raise _bad_cursor("not one this server wrote")
+    elif len(key) != 1:
+        raise _bad_cursor("not one this server wrote")
+    return key
+
+
+# --- the filters ----------------------------------------------------------------------------
+
+
+def _like_pattern(q: str) -> str:
+    """``q`` anywhere in a name, its own ``%``, ``_`` and ``\\`` taken literally (``ESCAPE '\\'``)."""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def filters(request: Request) -> list[ColumnElement[bool]]:
+    """The conditions of the query's ``q``, ``status``, ``category`` and ``tag``: 400 on any bad one."""
+    params = request.query_params
+    conditions: list[ColumnElement[bool]] = []
+    q = params.get("q", "")
+    if len(params.getlist("q")) > 1:
+        raise BadRequest("invalid q: give it once")
+    if q:
+        check_names([q], "q")
+        # ILIKE on PostgreSQL (the trigram index of migration 0004 serves it), lower() LIKE lower() on SQLite.
+        conditions.append(col(Pet.name).ilike(_like_pattern(q), escape="\\"))
+    if "status" in params:
+        statuses = query_list(request, "status")
+        if not statuses:
+            raise BadRequest("invalid status value: empty (leave status out for every status)")
+        invalid = [s for s in statuses if s not in PetStatus.__members__]
+        if invalid:
+            raise BadRequest(f"invalid status value: {invalid[0][:40]!r} (use available, pending or sold)")
+        conditions.append(col(Pet.status).in_(statuses))
+    if "category" in params:
+        categories = params.getlist("category")
+        if len(categories) > 1:
+            raise BadRequest("invalid category value: give one category name")
+        if not categories[0]:
+            raise BadRequest("invalid category value: empty (leave category out for every category)")
+        check_names(categories, "category")
+        named = select(col(Category.id)).where(col(Category.name) == categories[0])
+        conditions.append(col(Pet.category_id).in_(named))
+    if "tag" in params:
+        tags = check_names(query_list(request, "tag"), "tag")
+        if not tags:
+            raise BadRequest("invalid tag value: empty (leave tag out for every pet)")
+        tagged = (
+            select(col(PetTagLink.pet_id))
+            .join(Tag, col(Tag.id) == col(PetTagLink.tag_id))
+            .where(col(Tag.name).in_(tags))
+        )
+        conditions.append(col(Pet.id).in_(tagged))
+    return conditions
+
+
+def _sort(request: Request) -> str:
+    sort = request.query_params.get("sort", "id")
+    if sort not in SORTS:
+        raise BadRequest(f"invalid sort: {sort[:40]!r} (use id, -id, name or -name)")
+    return sort
+
+
+# --- counting ---------------------------------------------------------------------------------
+
+
+async def _total(session: AsyncSession, conditions: list[ColumnElement[bool]]) -> tuple[int, bool]:
+    """How many pets match, and whether that is exact.
+
+    The count walks the matches in id order and stops after ``EXACT_UP_TO + 1``: exact up to
+    that, and a bounded cost on every page however many match. Past it, the matches are assumed
+    as dense in the rest of the ids as in the part walked: ``walked * (id span of every pet) /
+    (id span walked)``. That is exact for a filter spread evenly over the ids (most are: ids
+    follow creation), and errs when the matches bunch up (pets created in a batch that all
+    match): a figure for "about 48,000", not for arithmetic. Never below what was counted.
+    """
+    walked = select(col(Pet.id).label("id")).where(*conditions).order_by(col(Pet.id)).limit(EXACT_UP_TO + 1).subquery()
+    counted, first_id, last_id = (
+        await session.execute(select(func.count(), func.min(walked.c.id), func.max(walked.c.id)))
+    ).one()
+    if counted <= EXACT_UP_TO:
+        return counted, True
+    high = (await session.execute(select(func.max(col(Pet.id))))).scalar_one()
+    span_walked = last_id - first_id + 1
+    estimate = counted * (high - first_id + 1) // span_walked
+    return max(estimate, counted), False
+
+
+# --- the operation ----------------------------------------------------------------------------
+
+
+def _next_link(request: Request, cursor: str) -> str:
+    """The absolute URL of the next page: this one's, behind ``root_path`` too, with the new cursor."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    url = request.url.replace(path=root + route_path(request.scope))
+    return str(url.include_query_params(cursor=cursor))
+
+
+def _page_query(
+    conditions: list[ColumnElement[bool]], sort: Sort, key: tuple[Any, ...] | None, limit: int
+) -> Select[Any]:
+    query = select(Pet).options(*WITH_RELATIONS).where(*conditions)
+    if key is not None:
+        query = query.where(sort.after(key))
+    # One more than asked: whether there is a next page, without a query of its own.
+    return query.order_by(*sort.order()).limit(limit + 1)
+
+
+@operation(
+    "GET",
+    "/pet/search",
+    "searchPets",
+    permission=None,
+    tag="pet",
+    summary="Searches pets, a page at a time.",
+    description="Pets whose name contains `q` (any case), with any of the statuses and tags given, in the "
+    "category named. Every filter is optional; `status` and `tag` take `a,b` and repeated parameters alike. "
+    "Pages are keyset pages: follow `next` (or the `Link` header) with the same filters and sort; pets "
+    "created or deleted meanwhile never make another appear twice or be skipped. `total` counts the matches "
+    "of every page, exactly up to 10,000, estimated beyond (`total_exact` false). (Not in the Petstore document.)",
+    params=(
+        Param("q", "query", NAME, "Part of the name, in any case (empty: any name)"),
+        Param("status", "query", {"type": "array", "items": ref("PetStatus")}, "Any of these statuses (default: all)"),
+        Param("category", "query", NAME | {"minLength": 1}, "The name of the pets' category"),
+        Param("tag", "query", {"type": "array", "items": LISTED_NAME}, "Pets with any of these tags"),
+        Param(
+            "sort",
+            "query",
+            {"type": "string", "enum": list(SORTS), "default": "id"},
+            "By id or name (then id), `-` for descending",
+        ),
+        Param(
+            "limit",
+            "query",
+            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+            "At most this many pets on the page",
+        ),
+        Param(
+            "cursor",
+            "query",
+            {"type": "string", "minLength": 1, "maxLength": MAX_CURSOR, "pattern": "^[A-Za-z0-9_-]+$"},
+            "Where the page starts: the `next` of the previous page, as it came",
+        ),
+    ),
+    ok=ref("PetPage"),
+    ok_headers={
+        "Link": {
+            "description": 'The absolute URL of the next page, `<…>; rel="next"`; absent on the last page',
+            "schema": {"type": "string"},
+        }
+    },
+    errors={400: "Invalid q, status, category, tag, sort, limit or cursor"},
+    etag=True,
+)
+async def search_pets(request: Request) -> Response:
+    conditions = filters(request)
+    sort_name = _sort(request)
+    sort = SORTS[sort_name]
+    limit = query_integer(request, "limit", DEFAULT_LIMIT, MAX_LIMIT, minimum=1)
+    if "offset" in request.query_params:
+        raise BadRequest("offset is not taken here: follow the `next` cursor of each page")
+    cursor = request.query_params.get("cursor")
+    key = decode_cursor(cursor, sort_name) if cursor is not None else None
+    async with app_state(request).sessions() as session:
+        pets = list((await session.execute(_page_query(conditions, sort, key, limit))).scalars().all())
+        total, exact = await _total(session, conditions)
+        more = len(pets) > limit
+        pets = pets[:limit]
+        items = [PetPublic.model_validate(p, from_attributes=True).model_dump(mode="json", by_alias=True) for p in pets]
+    next_cursor = encode_cursor(sort_name, sort.key(pets[-1])) if more else None
+    response = JSONResponse({"items": items, "next": next_cursor, "total": total, "total_exact": exact})
+    if next_cursor is not None:
+        response.headers["Link"] = f'<{_next_link(request, next_cursor)}>; rel="next"'
+    return conditional(request, response)
