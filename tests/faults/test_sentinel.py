@@ -1,0 +1,485 @@
+"""Redis Sentinel rows of the fault matrix (SPEC §1 ``redis+sentinel://``, §3, §6): the primary
+crashes (SIGKILL) and the sentinels promote its replica; petstore follows by itself.
+
+Each test has a sentinel set of its own (:class:`tests.services.sentinel.RedisSentinelSet`: a
+primary, one replica, three sentinels with a quorum of 2, down after 1 s) and two real petstore
+instances (uvicorn subprocesses) sharing one SQLite file, both given the set's
+``redis+sentinel://`` URL. Every wait has a deadline; no sleep stands in for a condition.
+
+What must hold across the failover:
+
+- every pet committed over REST is in the database, and each subscriber either received its
+  event or was told it may have missed some: ``recovered: false`` when it subscribed again, or
+  events in a new epoch. Never a silent gap: within an epoch the offsets a subscriber sees rise
+  by one, an epoch once left never comes back, and no pet is missing from an epoch-less stream;
+- writes after the promotion succeed and their events reach the subscribers of both instances;
+- a token revoked on one instance after the promotion is refused by the other at once (its
+  revocation pub/sub follows the failover), and the rate limiter counts in the new primary again
+  (RateLimit headers, a shared budget, 429 past it) instead of failing open for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import subprocess
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from petstore import logs
+from tests.fakes import create_schema
+from tests.faults.test_redis_faults import (
+    DEFAULT_PLUGINS,
+    EVENT_WAIT,
+    FAKE_PLUGINS,
+    PETSTORE,
+    STAFF,
+    Subscriber,
+    close_subscribers,
+    poll,
+    readyz,
+)
+from tests.realtime.support import DEADLINE, add_pet, staff_headers
+from tests.services import DEFAULT_APP_COMMAND, UvicornServer
+from tests.services.sentinel import RedisSentinelSet, info_fields, resp_command
+
+pytestmark = [pytest.mark.redis, pytest.mark.process]
+
+#: The stream of changes around the crash: this many pets, one every WRITE_EVERY s, the primary
+#: killed after KILL_AFTER of them (so the stream goes on through the outage and the promotion).
+STREAM_PETS = 16
+WRITE_EVERY = 0.25
+KILL_AFTER = 4
+#: From the crash to every sentinel naming the replica: down after 1 s, the vote, the promotion.
+PROMOTION_WAIT = 20.0
+#: A subscriber is quiet this long after its last expected event: nothing else was on its way.
+QUIET = 1.5
+#: The revocation poll of the auth plugin in the auth test: longer than the test, so that only
+#: pub/sub (or the poll its subscriber makes on reconnecting) can carry a revocation in time.
+LONG_POLL_SECONDS = 120
+#: "At once" for a revocation published on one instance to be applied on the other.
+AT_ONCE = 3.0
+
+Serve = Callable[..., UvicornServer]
+
+
+# ---------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def sentinel_set() -> Iterator[RedisSentinelSet]:
+    """A fresh primary, replica and three sentinels, ready for a failover; all stopped at the end."""
+    with RedisSentinelSet() as sentinels:
+        yield sentinels
+
+
+@pytest.fixture
+def log_config(tmp_path: Path) -> Path:
+    """``petstore serve``'s logging (INFO, one handler for every logger), for uvicorn run directly:
+    the plugins' INFO lines (the revocation subscriber's) land in the server's log."""
+    path = tmp_path / "log-config.json"
+    # The formatter and filter classes go by their dotted names, which dictConfig takes as well.
+    path.write_text(json.dumps(logs.config("text", "info"), default=lambda cls: f"{cls.__module__}.{cls.__qualname__}"))
+    return path
+
+
+def app_command(log_config: Path) -> list[str]:
+    return [*DEFAULT_APP_COMMAND, "--log-config", str(log_config), "--no-access-log"]  # as `petstore serve`
+
+
+@pytest.fixture
+def serve(tmp_path: Path, log_config: Path) -> Iterator[Serve]:
+    """``serve(redis_url, plugins=..., **env)``: a started server; every one shares one SQLite file."""
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}"
+    asyncio.run(create_schema(database_url))
+    servers: list[UvicornServer] = []
+
+    def start(redis_url: str, plugins: str = FAKE_PLUGINS, **env: str) -> UvicornServer:
+        server = UvicornServer(
+            env={
+                "PETSTORE_DATABASE_URL": database_url,
+                "PETSTORE_REDIS_URL": redis_url,
+                "PETSTORE_PLUGINS": plugins,
+                "PETSTORE_ENV": "test",
+                "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
+                **env,
+            },
+            command=app_command(log_config),
+        )
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture(autouse=True)
+async def _subscribers_closed_first(serve: Serve) -> AsyncIterator[None]:
+    """Clients close in the test's event loop, before the servers stop."""
+    yield
+    await close_subscribers()
+
+
+def logs_of(*servers: UvicornServer, sentinels: RedisSentinelSet | None = None, lines: int = 30) -> str:
+    """The tails of the servers' (and the sentinel set's) logs, for a failure message."""
+    parts = [f"--- petstore on port {server.port}:\n{server.logtail(lines)}" for server in servers]
+    if sentinels is not None:
+        parts.append(sentinels.logtails(10))
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------- the helper itself
+
+
+def master_address_by_cli(port: int) -> list[str]:
+    """``redis-cli -p PORT SENTINEL get-master-addr-by-name petstore``: what an operator would see."""
+    done = subprocess.run(
+        ["redis-cli", "-p", str(port), "SENTINEL", "get-master-addr-by-name", "petstore"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return done.stdout.split()
+
+
+async def test_the_sentinel_set_promotes_the_replica_when_the_primary_is_killed(
+    sentinel_set: RedisSentinelSet,
+) -> None:
+    """The helper: a key written to the primary is on the replica; SIGKILL the primary, and every
+    sentinel names the replica, which answers as a primary with the key and takes writes."""
+    primary, replica = sentinel_set.primary, sentinel_set.replica
+    assert sentinel_set.url == (
+        "redis+sentinel://" + ",".join(f"127.0.0.1:{port}" for port in sentinel_set.sentinel_ports) + "/petstore"
+    )
+    assert sentinel_set.current_primary() is primary
+    primary.command("SET", "before-the-crash", "1")
+    primary.command("WAIT", "1", "2000")  # replicated before the crash, whatever the timing
+    assert replica.command("GET", "before-the-crash") == b"1"
+
+    killed = time.monotonic()
+    assert sentinel_set.kill_primary() is primary
+    assert not primary.running
+    await asyncio.to_thread(sentinel_set.wait_promoted, PROMOTION_WAIT)
+    took = time.monotonic() - killed
+
+    assert sentinel_set.current_primary() is replica
+    assert info_fields(replica.command("INFO", "replication"))["role"] == "master"
+    assert replica.command("GET", "before-the-crash") == b"1"
+    assert replica.command("SET", "after-the-promotion", "1") == b"OK"
+    # redis-cli, as an operator would ask: the sentinels agree on the new address.
+    for port in sentinel_set.sentinel_ports:
+        assert await asyncio.to_thread(master_address_by_cli, port) == ["127.0.0.1", str(replica.port)]
+    reply = resp_command(sentinel_set.sentinel_ports[0], "SENTINEL", "REPLICAS", "petstore")
+    assert isinstance(reply, list)
+    assert took < PROMOTION_WAIT
+
+
+# -------------------------------------------------------------------- a stream across a crash
+
+
+async def add_pets(servers: Sequence[UvicornServer], names: Sequence[str], pace: float = 0.0) -> list[dict[str, Any]]:
+    """One pet after the other, alternating between the servers; each must succeed (Redis or not)."""
+    pets = []
+    for n, name in enumerate(names):
+        pets.append(await add_pet(servers[n % len(servers)].url, name))
+        if pace:
+            await asyncio.sleep(pace)  # the pace of the stream, not a synchronisation
+    return pets
+
+
+async def stream_with_a_crash(
+    servers: Sequence[UvicornServer], sentinels: RedisSentinelSet, names: Sequence[str]
+) -> tuple[list[dict[str, Any]], float]:
+    """The pets, one every WRITE_EVERY s; the primary is SIGKILLed after KILL_AFTER of them.
+    Returns the pets and when (monotonic) the primary died."""
+    pets = await add_pets(servers, names[:KILL_AFTER], WRITE_EVERY)
+    await asyncio.to_thread(sentinels.kill_primary)
+    killed = time.monotonic()
+    pets += await add_pets(servers, names[KILL_AFTER:], WRITE_EVERY)
+    return pets, killed
+
+
+async def take_until_seen(subscriber: Subscriber, wanted: set[str], within: float) -> None:
+    """Read events until every name in ``wanted`` has been seen, then until QUIET s pass without
+    one; each read within EVENT_WAIT, the whole within ``within``. A timeout says what is missing."""
+    deadline = time.monotonic() + within
+    missing = wanted - set(names_in(subscriber.events))
+    while missing:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"still missing after {within:g}s: {sorted(missing)}; got {names_in(subscriber.events)}")
+        try:
+            message = await subscriber.client.recv(within=min(EVENT_WAIT, left))
+        except TimeoutError:
+            continue
+        assert message["type"] == "event", message
+        subscriber.events.append(message)
+        missing.discard(message["data"].get("name"))
+    while True:  # what is still on its way (a duplicate, say) is read too, and judged below
+        try:
+            message = await subscriber.client.recv(within=QUIET)
+        except TimeoutError:
+            return
+        assert message["type"] == "event", message
+        subscriber.events.append(message)
+
+
+def names_in(events: Sequence[dict[str, Any]]) -> list[str]:
+    return [event["data"].get("name", "") for event in events]
+
+
+def assert_no_silent_gap(start: dict[str, Any], events: Sequence[dict[str, Any]], created: Sequence[str]) -> None:
+    """From ``start`` (``{"epoch", "offset"}``) on, the stream never lies about what it left out:
+
+    - within an epoch, offsets rise by one from where the subscriber stood; a new epoch starts
+      at 1, and an epoch once left never comes back;
+    - no pet twice within one epoch;
+    - every pet of ``created`` is among the events, unless an epoch change told the subscriber
+      that history was lost (then the client starts over, from REST).
+    """
+    epoch, last, left_behind = start["epoch"], start["offset"], set[str]()
+    per_epoch: dict[str, Counter[str]] = {}
+    for event in events:
+        if event["epoch"] != epoch:
+            assert event["epoch"] not in left_behind, f"epoch {event['epoch']} came back: {event}"
+            left_behind.add(epoch)
+            epoch, last = event["epoch"], 0
+        assert event["offset"] == last + 1, (
+            f"offset {event['offset']} after {last} in epoch {epoch}: a gap or a repeat the client cannot see "
+            f"({[(e['epoch'][:8], e['offset'], e['data'].get('name')) for e in events]})"
+        )
+        last = event["offset"]
+        per_epoch.setdefault(epoch, Counter())[event["data"].get("name", "")] += 1
+    for name_epoch, counts in per_epoch.items():
+        twice = sorted(name for name, count in counts.items() if count > 1)
+        assert not twice, f"delivered twice in epoch {name_epoch}: {twice}"
+    missing = sorted(set(created) - set(names_in(events)))
+    if missing:
+        assert left_behind, f"missing without a new epoch (a silent gap): {missing}"
+
+
+async def names_in_database(server: UvicornServer) -> set[str]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=DEADLINE) as http:
+        response = await http.get(
+            "/api/v3/pet/findByStatus", params={"status": "available", "limit": 1000}, headers=staff_headers()
+        )
+        assert response.status_code == 200, response.text
+        return {pet["name"] for pet in response.json()}
+
+
+async def broker_ok(server: UvicornServer) -> bool:
+    status, body = await readyz(server)
+    return status == 200 and body.get("checks", {}).get("broker") == "ok"
+
+
+async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brokers_follow_the_failover(
+    sentinel_set: RedisSentinelSet, serve: Serve
+) -> None:
+    """A stream of pets over both instances; the primary SIGKILLed in its middle; the replica
+    promoted. Subscribers: one per instance that stays connected, and one that leaves before the
+    crash and comes back with ``since`` (to the other instance) after the promotion."""
+    a, b = serve(sentinel_set.url), serve(sentinel_set.url)
+    servers = (a, b)
+    stay_a = await Subscriber.join(a.ws_url)
+    stay_b = await Subscriber.join(b.ws_url)
+    leaver = await Subscriber.join(a.ws_url)
+    before = [f"before-{n}" for n in range(4)]
+    stream = [f"stream-{n}" for n in range(STREAM_PETS)]
+    after = [f"after-{n}" for n in range(6)]
+
+    committed = await add_pets(servers, before)
+    for subscriber in (stay_a, stay_b, leaver):
+        await subscriber.take(len(before))
+        assert names_in(subscriber.events) == before
+    since = leaver.position
+    await leaver.leave()
+
+    pets, killed = await stream_with_a_crash(servers, sentinel_set, stream)
+    committed += pets
+    try:
+        await asyncio.to_thread(sentinel_set.wait_promoted, max(1.0, killed + PROMOTION_WAIT - time.monotonic()))
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}\n{logs_of(a, b)}")
+    promoted = time.monotonic()
+
+    # Both brokers say they deliver again, by themselves.
+    try:
+        for server in servers:
+            await poll(functools.partial(broker_ok, server), f"the broker of {server.url} to be ok", DEADLINE)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc} ({promoted - killed:.1f}s after the crash)\n{logs_of(a, b, sentinels=sentinel_set)}")
+    back = await Subscriber.join(b.ws_url, since=since, within=DEADLINE)
+    committed += await add_pets(servers, after)
+
+    # Every pet committed over REST is in the database.
+    assert [pet["name"] for pet in committed] == before + stream + after
+    assert set(before + stream + after) <= await names_in_database(a)
+
+    # The stayers: the writes after the promotion arrive on both instances; nothing left out silently.
+    for subscriber in (stay_a, stay_b):
+        try:
+            await take_until_seen(subscriber, set(after), within=EVENT_WAIT + 10.0)
+        except TimeoutError as exc:
+            pytest.fail(f"{exc}\n{logs_of(a, b)}")
+        assert_no_silent_gap(subscriber.subscribed, subscriber.events, before + stream + after)
+
+    # The comeback: recovered (the missed events replayed, in order) or told to start over.
+    subscribed = back.subscribed
+    try:
+        await take_until_seen(back, set(after), within=EVENT_WAIT + 10.0)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc} (subscribed: {subscribed})\n{logs_of(a, b)}")
+    if subscribed["recovered"]:
+        assert subscribed["epoch"] == since["epoch"], subscribed
+        assert_no_silent_gap(since, back.events, stream + after)
+    else:
+        # Told to start over: whatever it missed it reads from REST (in the database, checked
+        # above); from its new position on nothing may be left out silently.
+        assert_no_silent_gap(subscribed, back.events, after)
+
+    # One stream whatever the instance: the writes after the promotion at the same epoch and offset for all.
+    def placed(subscriber: Subscriber) -> dict[str, tuple[str, int]]:
+        return {
+            e["data"]["name"]: (e["epoch"], e["offset"]) for e in subscriber.events if e["data"].get("name") in after
+        }
+
+    assert placed(stay_a) == placed(stay_b) == placed(back)
+
+
+# ---------------------------------------------------------------------- auth and rate limits
+
+
+@pytest.fixture
+def real_env(sentinel_set: RedisSentinelSet, tmp_path: Path) -> dict[str, str]:
+    """The default plugins on a migrated database with a staff user; a revocation poll too long
+    to matter (pub/sub must carry revocations); one route with a small budget."""
+    env = {
+        "PETSTORE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'real.db'}",
+        "PETSTORE_REDIS_URL": sentinel_set.url,
+        "PETSTORE_PLUGINS": DEFAULT_PLUGINS,
+        "PETSTORE_JWT_SECRET": "sentinel-tests-secret-0123456789abcdefghij",
+        "PETSTORE_JWT_REVOCATION_POLL_SECONDS": str(LONG_POLL_SECONDS),
+        "PETSTORE_RATE_LIMIT": "10000/minute",
+        "PETSTORE_RATELIMIT_ROUTES": f"GET /api/v3/pet/findByStatus={LIMITED}/minute",
+        "PETSTORE_ENV": "test",
+        "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
+    }
+    for argv in (["migrate"], ["users", "create", STAFF[0], "--password", STAFF[1], "--role", "staff"]):
+        done = subprocess.run(
+            [str(PETSTORE), *argv], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, f"petstore {argv[0]} failed:\n{done.stdout}{done.stderr}"
+    return env
+
+
+#: The budget of ``GET /api/v3/pet/findByStatus`` in the auth test, per client per minute.
+LIMITED = 6
+SUBSCRIBED_LINE = "auth: revocation pub/sub subscribed"
+
+
+def subscriptions(server: UvicornServer) -> int:
+    """How often the server's revocation subscriber has (re)subscribed, by its log."""
+    return server.log_path.read_text(errors="replace").count(SUBSCRIBED_LINE)
+
+
+async def login(http: httpx.AsyncClient) -> dict[str, str]:
+    response = await http.post("/api/v3/auth/token", data={"username": STAFF[0], "password": STAFF[1]})
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+async def test_after_the_promotion_revocations_reach_the_other_instance_at_once_and_rate_limits_count_again(
+    sentinel_set: RedisSentinelSet, real_env: dict[str, str], tmp_path: Path, log_config: Path
+) -> None:
+    """The real auth, rate limit and metrics plugins on two instances. After the promotion: a
+    logout on A is refused on B at once (the revocation pub/sub of both followed the failover),
+    and the limiter answers from the new primary: RateLimit headers, one budget for both
+    instances, 429 past it."""
+    with (
+        UvicornServer(env=real_env, cwd=tmp_path, command=app_command(log_config)) as a,
+        UvicornServer(env=real_env, cwd=tmp_path, command=app_command(log_config)) as b,
+    ):
+        on_a = httpx.AsyncClient(base_url=a.url, timeout=DEADLINE)
+        on_b = httpx.AsyncClient(base_url=b.url, timeout=DEADLINE)
+        async with on_a, on_b:
+            await poll(lambda: asyncio.to_thread(lambda: subscriptions(b) >= 1), "B to subscribe", DEADLINE)
+            bearer = await login(on_a)
+            assert (await on_b.get("/api/v3/store/inventory", headers=bearer)).status_code == 200
+            limited = await on_a.get("/api/v3/store/inventory")
+            assert "RateLimit" in limited.headers, "the limiter counts in Redis before the crash"
+            subscribed_before = subscriptions(b)
+
+            await asyncio.to_thread(sentinel_set.kill_primary)
+            killed = time.monotonic()
+            try:
+                await asyncio.to_thread(sentinel_set.wait_promoted, PROMOTION_WAIT)
+            except TimeoutError as exc:
+                pytest.fail(f"{exc}\n{logs_of(a, b)}")
+
+            # B's subscriber noticed the crash and subscribed again, on the new primary.
+            try:
+                await poll(
+                    lambda: asyncio.to_thread(lambda: subscriptions(b) > subscribed_before),
+                    "B's revocation subscriber to subscribe again",
+                    max(1.0, killed + PROMOTION_WAIT + 15.0 - time.monotonic()),
+                )
+            except TimeoutError as exc:
+                pytest.fail(f"{exc}\n{logs_of(b)}")
+
+            # A token revoked on A after the promotion: refused on B at once.
+            bearer = await login(on_a)
+            assert (await on_b.get("/api/v3/store/inventory", headers=bearer)).status_code == 200
+            assert (await on_a.post("/api/v3/auth/logout", headers=bearer)).status_code in (200, 204)
+            logged_out = time.monotonic()
+            assert (await on_a.get("/api/v3/store/inventory", headers=bearer)).status_code == 401
+
+            async def refused_on_b() -> bool:
+                return (await on_b.get("/api/v3/store/inventory", headers=bearer)).status_code == 401
+
+            try:
+                await poll(refused_on_b, "B to refuse the token revoked on A", AT_ONCE)
+            except TimeoutError as exc:
+                pytest.fail(
+                    f"{exc} (its revocation poll is every {LONG_POLL_SECONDS}s: pub/sub did not carry it)\n"
+                    f"{logs_of(a, b)}"
+                )
+            assert time.monotonic() - logged_out < AT_ONCE
+
+            # The limiter counts in the new primary again: headers on ordinary traffic ...
+            async def counted_again(http: httpx.AsyncClient) -> bool:
+                response = await http.get("/api/v3/store/inventory")
+                assert response.status_code == 200, response.text
+                return "RateLimit" in response.headers
+
+            for http in (on_a, on_b):
+                try:
+                    await poll(functools.partial(counted_again, http), "the limiter to count again", DEADLINE)
+                except TimeoutError as exc:
+                    pytest.fail(f"{exc}: still failing open after the promotion\n{logs_of(a, b)}")
+
+            # ... and one budget for both instances, refused past it.
+            fresh = await login(on_b)
+            answers = []
+            for n in range(LIMITED + 2):
+                response = await (on_a if n % 2 else on_b).get(
+                    "/api/v3/pet/findByStatus", params={"status": "available"}, headers=fresh
+                )
+                answers.append((response.status_code, response.headers.get("RateLimit"), response.headers))
+                if response.status_code == 429:
+                    break
+            statuses = [status for status, _, _ in answers]
+            assert statuses[-1] == 429, f"never refused past {LIMITED}/minute across A and B: {statuses}"
+            assert all(header for _, header, _ in answers), f"a request went uncounted: {answers}"
+            assert len(statuses) <= LIMITED + 1, statuses
+            assert "Retry-After" in answers[-1][2]
