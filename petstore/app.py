@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from petstore import realtime
+from petstore import realtime, redis_client
 from petstore.api import docs, openapi, pets, store, users
 from petstore.config import Settings
 from petstore.conventions import DASHBOARD_CSP, Conventions
@@ -187,7 +187,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             for plugin in reversed(started):
                 await _bounded(plugin.shutdown(state), f"plugin {plugin.name!r} shutdown", state)
             if state.redis is not None:
-                await _bounded(state.redis.aclose(close_connection_pool=True), "closing the Redis pool", state)
+                await _bounded(redis_client.close(state.redis), "closing the Redis pool", state)
             await _bounded(engine.dispose(), "closing the database pool", state)
 
     outermost, ordinary = plugins.middleware()

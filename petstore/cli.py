@@ -429,7 +429,9 @@ async def started_plugins(settings: Settings, engine: AsyncEngine) -> AsyncItera
         for plugin in reversed(started):
             await plugin.shutdown(state)
         if state.redis is not None:
-            await state.redis.aclose(close_connection_pool=True)
+            from petstore.redis_client import close
+
+            await close(state.redis)
 
 
 def users_list(args: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from petstore import redis_url
+
 logger = logging.getLogger("petstore.config")
 
 DEFAULT_PLUGINS = ("plugins.auth", "plugins.ratelimit", "plugins.metrics")
@@ -88,6 +90,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            redis_url.parse(value)  # one of SPEC §1's forms, or a ValueError naming the mistake
+        return value
 
     @property
     def effective_log_format(self) -> Literal["text", "json"]:

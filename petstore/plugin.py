@@ -121,7 +121,7 @@ from starlette.websockets import WebSocket
 from petstore.errors import PluginError
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
     from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -168,7 +168,7 @@ class App(Protocol):
     sessions: async_sessionmaker[AsyncSession]
     plugins: Plugins
     #: The process's one Redis client (:mod:`petstore.redis_client`), None without Redis.
-    redis: Redis | None
+    redis: Redis | RedisCluster | None
 
     def end_sessions(self, match: Callable[[Principal], bool]) -> int:
         """End this instance's live sessions whose principal ``match`` picks; how many."""

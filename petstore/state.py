@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
@@ -29,7 +29,7 @@ class AppState:
     plugins: Plugins
     #: The app's Redis client for request-time work (petstore.redis_client): one bounded pool for
     #: every plugin, None without ``PETSTORE_REDIS_URL``. Use it, never close it.
-    redis: Redis | None = None
+    redis: Redis | RedisCluster | None = None
     #: Set after every commit that wrote outbox rows, so the relay publishes without polling delay.
     outbox_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     #: The real-time layer (broker, hub, relay) while the app runs: set by the lifespan once the

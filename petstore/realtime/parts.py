@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from petstore.config import Settings
@@ -23,6 +23,6 @@ class Parts(Protocol):
     #: The loaded plugins: their ``observe`` and ``ws_*`` hooks.
     plugins: Plugins
     #: The process's one Redis client (None without Redis): the broker's, as auth's and the limits'.
-    redis: Redis | None
+    redis: Redis | RedisCluster | None
     #: Set after a commit that wrote outbox rows: the relay publishes them at once.
     outbox_wakeup: asyncio.Event

@@ -26,12 +26,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
 from petstore.errors import PetstoreError
+from petstore.redis_client import node_pool
 from plugins.auth.store import Entry, TokenStore
 
 logger = logging.getLogger("plugins.auth")
@@ -88,7 +89,7 @@ class _Subscription(PubSub):
 class RevocationFeed:
     """The background work that keeps ``store.revoked`` up to date; :meth:`publish` is the store's ``announce``."""
 
-    def __init__(self, store: TokenStore, redis: Redis | None, poll_seconds: float) -> None:
+    def __init__(self, store: TokenStore, redis: Redis | RedisCluster | None, poll_seconds: float) -> None:
         self.store = store
         self.redis = redis
         self.poll_seconds = poll_seconds
@@ -121,8 +122,7 @@ class RevocationFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self.redis is not None:
-            await self.redis.aclose()
+        # The client is the app's (App.redis): the app closes it.
 
     # ------------------------------------------------------------------ the database poll
 
@@ -205,7 +205,9 @@ class RevocationFeed:
     async def _listen(self) -> None:
         """Subscribe and apply messages until something fails; returns only by raising."""
         assert self.redis is not None
-        pubsub = _Subscription(self.redis.connection_pool)
+        # On a cluster, a plain PUBLISH reaches the subscribers of every node: any one will do.
+        pool = await node_pool(self.redis)
+        pubsub = _Subscription(pool)
         try:
             await pubsub.subscribe(CHANNEL)
             # Whatever was published while nobody here listened is gone: read it from the database.
@@ -233,3 +235,6 @@ class RevocationFeed:
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if pool is not getattr(self.redis, "connection_pool", None):
+                with contextlib.suppress(Exception):
+                    await pool.disconnect()

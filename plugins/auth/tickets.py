@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from petstore.redis_client import PoolExhausted
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 #: How long a ticket may wait to be spent: enough for a page to open its stream, little to steal.
 TICKET_SECONDS = 30
@@ -52,7 +52,7 @@ class StreamTickets:
     """Issue and spend single-use tickets, in Redis when given one, else in this process."""
 
     def __init__(
-        self, redis: Redis | None, ttl: int = TICKET_SECONDS, clock: Callable[[], float] = time.monotonic
+        self, redis: Redis | RedisCluster | None, ttl: int = TICKET_SECONDS, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.redis = redis
         self.ttl = ttl

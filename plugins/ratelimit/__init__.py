@@ -65,7 +65,7 @@ from petstore.access import Principal
 from petstore.config import Settings, variables
 from petstore.errors import error_response, unavailable_response
 from petstore.plugin import App, CorsHeaders, LoginRoute, PluginBase
-from petstore.redis_client import PoolExhausted
+from petstore.redis_client import BUSY
 from petstore.routing import route_path
 from plugins.ratelimit.clients import client_key, ip_key, username_key
 from plugins.ratelimit.config import Policies, RateLimitSettings
@@ -175,7 +175,7 @@ class RateLimitPlugin(PluginBase):
         if time.monotonic() >= self._down_until:
             try:
                 return await self.limiter.check(checks)
-            except PoolExhausted:
+            except BUSY:
                 if time.monotonic() >= self._down_until:
                     self._log_busy()
                     raise
@@ -210,7 +210,7 @@ class RateLimitPlugin(PluginBase):
         checks += budgets(self.policies.ws_connect_ip, ip_key(scope, self.policies.trusted))
         try:
             decision = await self.check(checks)
-        except PoolExhausted:
+        except BUSY:
             return unavailable_response("too busy to count this connection: retry shortly", BUSY_RETRY_AFTER)
         if decision is not None and not decision.allowed:
             self.report("ratelimit.rejected", scope="ws")
@@ -250,7 +250,7 @@ class RateLimitMiddleware:
             counted, checks, label = [policy], budgets(policy, plugin.client(scope)), "http"
         try:
             decision = await plugin.check(checks)
-        except PoolExhausted:
+        except BUSY:
             message = "too busy to count this request: retry shortly"
             await unavailable_response(message, BUSY_RETRY_AFTER)(scope, receive, send)
             return

@@ -9,17 +9,25 @@ passes only if every one has room; then every key moves on, else none does.
 :class:`RedisLimiter` runs :data:`_GCRA`, which does what :func:`evaluate` does in one atomic
 round trip on Redis's clock, so that every instance shares one budget. Keep the two in step: the
 Redis limiter checks the script's verdict against :func:`evaluate` on every call.
+
+A client's keys share a hash slot (``petstore:rl:{<client>}:…``), so one client's check is one
+script in one slot, on a Redis Cluster too. A check over two clients (a login, by user and by
+address) cannot be one script there: the cluster form spends each client's budgets in turn and,
+when a later one refuses, gives back what the earlier ones took (:data:`_REFUND`). It never lets
+more through than the single-server form; while a refund is on its way, a concurrent request of
+the same client may be refused that the single-server form would have let through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from petstore.rates import Rate
 
@@ -55,7 +63,12 @@ class Budget:
 
     @property
     def key(self) -> str:
-        return f"{PREFIX}{self.policy.name}:{self.index}:{self.client}"
+        return f"{PREFIX}{{{self.client}}}:{self.policy.name}:{self.index}"
+
+    @property
+    def interval(self) -> int:
+        """Microseconds one request moves the TAT on (the script's ``interval``)."""
+        return -(-(self.rate.window * MICRO) // self.rate.limit)
 
 
 def budgets(policy: Policy, client: str) -> list[Budget]:
@@ -148,6 +161,18 @@ return reply
 """
 
 
+# KEYS: the budgets a check took. ARGV: the interval each took (microseconds). Moves each TAT back.
+_REFUND = """
+for i = 1, #KEYS do
+  local stored = redis.call('GET', KEYS[i])
+  if stored then
+    redis.call('SET', KEYS[i], string.format('%d', tonumber(stored) - tonumber(ARGV[i])), 'KEEPTTL')
+  end
+end
+return 1
+"""
+
+
 class Limiter(Protocol):
     async def check(self, checks: Sequence[Budget]) -> Decision: ...
 
@@ -190,11 +215,36 @@ class RedisLimiter:
     On the app's Redis client (``App.redis``), which the app closes: :meth:`close` leaves it.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis | RedisCluster) -> None:
         self.redis = redis
         self._script = redis.register_script(_GCRA)
+        self._refund = redis.register_script(_REFUND)
+        #: On a cluster, a check over several clients' keys is split per client (per hash slot).
+        self._per_slot = isinstance(redis, RedisCluster)
 
     async def check(self, checks: Sequence[Budget]) -> Decision:
+        clients: dict[str, list[Budget]] = {}
+        for budget in checks:
+            clients.setdefault(budget.client, []).append(budget)
+        if not self._per_slot or len(clients) == 1:
+            return await self._check(checks)
+        taken: list[list[Budget]] = []
+        worst: Decision | None = None
+        for group in clients.values():
+            decision = await self._check(group)
+            if worst is None or _worse(decision, worst):
+                worst = decision
+            if not decision.allowed:
+                await asyncio.gather(*(self._give_back(done) for done in taken))
+                break
+            taken.append(group)
+        assert worst is not None
+        return worst
+
+    async def _give_back(self, group: Sequence[Budget]) -> None:
+        await self._refund(keys=[b.key for b in group], args=[b.interval for b in group])
+
+    async def _check(self, checks: Sequence[Budget]) -> Decision:
         args: list[int] = []
         for budget in checks:
             args += [budget.rate.limit, budget.rate.window]

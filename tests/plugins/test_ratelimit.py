@@ -439,5 +439,5 @@ def test_openapi_document_lists_429_on_every_operation(tmp_path: Path) -> None:
 def test_redis_budgets_expire_when_full_again(tmp_path: Path, redis_server: RedisServer, redis_url: str) -> None:
     with running_app(tmp_path, redis_url=redis_url, rate_limit="3/hour") as app:
         assert app.client.get(READ).status_code == 200
-        pttl = int(redis_server.command("PTTL", "petstore:rl:default:0:ip:127.0.0.1") or b"0")
+        pttl = int(redis_server.command("PTTL", "petstore:rl:{ip:127.0.0.1}:default:0") or b"0")
         assert 0 < pttl <= 20 * 60 * 1000 + 1000  # one request of 3/hour is forgotten after 20 minutes

@@ -37,7 +37,7 @@ from petstore.errors import PetstoreError
 from petstore.realtime.rooms import room_kind
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
     from petstore.config import Settings
 
@@ -192,7 +192,9 @@ def dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def create_broker(settings: Settings, deliver: Deliver, observe: Observe, redis: Redis | None = None) -> Broker:
+def create_broker(
+    settings: Settings, deliver: Deliver, observe: Observe, redis: Redis | RedisCluster | None = None
+) -> Broker:
     """The Redis broker when ``settings.redis_url`` is set (on the process's client ``redis``, which
     its owner closes), else the in-process one."""
     if settings.redis_url:

@@ -1,31 +1,47 @@
 """The Redis broker: history in one stream per room, fan-out between instances by pub/sub.
 
-Keys of a room ``R``:
+Keys of a room ``R``, all in one hash slot (the ``{R}`` hash tag), so a room lives on one shard of
+a Redis Cluster and its script never crosses slots:
 
-- ``petstore:{R}:meta``  hash ``epoch``, ``offset``: the room's position.
-- ``petstore:{R}:log``   stream of the last ``history_size`` frames, entry id ``0-<offset>``.
-- ``petstore:{R}:src``   sorted set outbox id → offset, so a retried publish is a no-op.
-- channel ``petstore:room:R``: each frame, as published; an event whose outbox row kept a trace
-  context goes as ``@<context JSON>\n<frame>`` instead (a frame starts with ``{`` and holds no
-  newline), so other instances' traced delivery joins the request's trace. The stream keeps the
-  frame alone: what clients read is the same either way.
+- ``petstore:{R}:meta``    hash ``epoch``, ``offset``: the room's position.
+- ``petstore:{R}:log``     stream of the last ``history_size`` frames, entry id ``0-<offset>``.
+- ``petstore:{R}:src``     sorted set outbox id → offset, so a retried publish is a no-op.
+- channel ``petstore:{R}:events``: each frame, as published; an event whose outbox row kept a
+  trace context goes as ``@<context JSON>\n<frame>`` instead (a frame starts with ``{`` and holds
+  no newline), so other instances' traced delivery joins the request's trace. The stream keeps
+  the frame alone: what clients read is the same either way.
 
 All three keys get the history TTL on every publish, so a room expires as a whole; a missing
 ``meta`` (restart without persistence, expiry) starts a new epoch, which tells clients that
-history was lost. Publishing is one Lua script for all the rooms of an event: offsets,
-streams, dedup and PUBLISH happen atomically or not at all, so an event that reached one of
-its rooms is never published again to another after Redis lost its memory. (The keys of
-several rooms in one script: a single Redis server or a replicated one, not Redis Cluster.)
+history was lost.
 
-Each instance holds ONE pub/sub connection for the rooms its local clients watch, read by one
-listener task. When it breaks (or goes silent: the watchdog pings it and gives up when no
-answer comes), the listener reconnects with backoff and jitter, resubscribes, and fills every
-watched room's gap from its stream, so a client that stays connected misses nothing. Any
-failure on the way, the gap fill's included, ends in a reconnect, never in the end of the
-listener; :func:`~petstore.realtime.supervisor.supervise` restarts it should it end all the same.
-``connected`` is True from the moment the gaps are filled until the connection is lost. The
-listener speaks to its connection directly (redis-py's ``Connection``), because redis-py's
-``PubSub`` reconnects and resubscribes on its own, which would hide exactly the gap to fill.
+Publishing is one Lua script per publication. On one server (or a Sentinel-managed primary) it
+takes all the rooms of the event at once: offsets, streams, dedup and ``PUBLISH`` happen
+atomically or not at all. On a Redis Cluster the same script runs room by room, each in its own
+slot with ``SPUBLISH`` (sharded pub/sub, Redis 7): every room keeps its own offsets and its own
+exactly-once (the ``src`` set), and within a room events keep the outbox's order (a room's
+publications go one after another); across rooms on different shards no order holds: a client
+watching two rooms may see an event of one before an earlier event of the other.
+
+Each instance listens to the rooms its local clients watch, and only to those, on *links*: one
+pub/sub connection to the one server, or on a cluster one per primary that owns a watched room
+(``SSUBSCRIBE``), so an instance hears only its rooms, each from the shard that owns it, and
+adding shards adds capacity. A link that breaks (or goes silent: the watchdog pings it and gives
+up when no answer comes) reconnects with backoff and jitter, resubscribes, and fills every room's
+gap from its stream, so a client that stays connected misses nothing. On a cluster a broken link
+first asks the cluster where its rooms are now (a failover promoted a replica), and a room whose
+slot migrated away (the server says ``sunsubscribe``) moves to the link of its new owner, which
+fills its gap the same way. Any failure on the way ends in a reconnect, never in the end of a
+link; :func:`~petstore.realtime.supervisor.supervise` restarts one should it end all the same.
+``connected`` is True while every link is subscribed and caught up. A link speaks to its
+connection directly (redis-py's ``Connection``), because redis-py's ``PubSub`` reconnects and
+resubscribes on its own, which would hide exactly the gap to fill.
+
+The gap fill also checks that the room's history still holds what this instance delivered: a
+failover (Sentinel or Cluster) promotes a replica that may lack the primary's last writes, and
+new events would then reuse their offsets. When the room's offset went back, or the entry at the
+last delivered offset is not the frame delivered, the room starts a new epoch (atomically, once
+for all instances): clients learn that history was lost from the epoch, never from a silent gap.
 """
 
 from __future__ import annotations
@@ -39,8 +55,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import redis.asyncio
 import redis.exceptions
+from redis.asyncio import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -60,16 +76,19 @@ from petstore.realtime.broker import (
 )
 from petstore.realtime.broker.memory import continuation
 from petstore.realtime.supervisor import supervise
-from petstore.redis_client import request_client
+from petstore.redis_client import Client, close, new_connection, request_client
 
 logger = logging.getLogger("petstore.realtime.broker.redis")
 
+#: KEYS: meta, log, src of each room. ARGV: the frame's tail, the history size, the TTL, the outbox
+#: id, the trace context ('' for none), the publish command (PUBLISH, or SPUBLISH on a cluster),
+#: then each room's JSON name, channel and fresh epoch. Returns each room's offset (0: a repeat).
 PUBLISH = """
-local tail, maxlen, ttl, source, trace = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local tail, maxlen, ttl, source, trace, command = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local offsets = {}
 for i = 0, (#KEYS / 3) - 1 do
   local meta, log, src = KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3]
-  local room, channel, fresh = ARGV[6 + i * 3], ARGV[7 + i * 3], ARGV[8 + i * 3]
+  local room, channel, fresh = ARGV[7 + i * 3], ARGV[8 + i * 3], ARGV[9 + i * 3]
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     epoch = fresh
@@ -88,9 +107,9 @@ for i = 0, (#KEYS / 3) - 1 do
     redis.call('EXPIRE', log, ttl)
     redis.call('EXPIRE', src, ttl)
     if trace == '' then
-      redis.call('PUBLISH', channel, frame)
+      redis.call(command, channel, frame)
     else
-      redis.call('PUBLISH', channel, '@' .. trace .. '\\n' .. frame)
+      redis.call(command, channel, '@' .. trace .. '\\n' .. frame)
     end
     offsets[#offsets + 1] = offset
   end
@@ -117,7 +136,21 @@ end
 return {epoch, offset, frames}
 """
 
-CHANNEL_PREFIX = "petstore:room:"
+#: The room's history diverged from what was delivered in epoch ARGV[1]: start epoch ARGV[2], unless
+#: another instance did first (the epoch is no longer ARGV[1]). Returns the room's epoch now.
+RESTART = """
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'offset', 0)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return redis.call('HGET', KEYS[1], 'epoch')
+"""
+
+CHANNEL_PREFIX = "petstore:{"
+CHANNEL_SUFFIX = "}:events"
+#: What a link with no room yet subscribes to (one server only), so that it reads like any other.
+IDLE_CHANNEL = "petstore:listener"
 EMPTY_ROOM_TTL_SECONDS = 3600
 SUBSCRIBE_TIMEOUT = 5.0
 MAX_BACKOFF = 2.0
@@ -134,14 +167,22 @@ def keys(room: str) -> list[str]:
 
 
 def channel(room: str) -> str:
-    return CHANNEL_PREFIX + room
+    """The room's pub/sub channel, in the slot of its keys (a sharded channel on a cluster)."""
+    return CHANNEL_PREFIX + room + CHANNEL_SUFFIX
+
+
+def room_of(name: str) -> str | None:
+    """The room a channel name is for; None for any other channel."""
+    if name.startswith(CHANNEL_PREFIX) and name.endswith(CHANNEL_SUFFIX):
+        return name[len(CHANNEL_PREFIX) : -len(CHANNEL_SUFFIX)]
+    return None
 
 
 class ListenerSilent(PetstoreError):
     """The pub/sub connection did not answer the watchdog's ping in time."""
 
 
-#: What a Redis or network fault looks like to the listener: logged in one line, then reconnect.
+#: What a Redis or network fault looks like to a link: logged in one line, then reconnect.
 EXPECTED_FAULTS = (RedisError, OSError, TimeoutError, ListenerSilent, BrokerUnavailable)
 
 
@@ -154,7 +195,7 @@ class RedisBroker:
         deliver: Deliver,
         observe: Observe,
         *,
-        client: redis.asyncio.Redis | None = None,
+        client: Client | None = None,
         watchdog_seconds: float = 5.0,
     ) -> None:
         assert settings.redis_url
@@ -172,43 +213,63 @@ class RedisBroker:
         self._owns_client = client is None
         own = client if client is not None else request_client(settings)
         assert own is not None  # a redis_url is set
-        self._client: redis.asyncio.Redis = own
+        self._client: Client = own
+        self._cluster = isinstance(own, RedisCluster)
+        self._publish_command = "SPUBLISH" if self._cluster else "PUBLISH"
         # A command that meets a connection broken by a Redis restart is tried again, with backoff,
         # on a fresh one: every command here is safe to repeat (publishing a source twice is a
         # no-op). The shared pool retries once at once; this rides over a restart a little longer.
-        self._retry = Retry(
-            ExponentialBackoff(cap=0.5, base=0.05),
-            RETRIES,
-            supported_errors=(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError),
-        )
+        retried: tuple[type[RedisError], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        if self._cluster:
+            # A slot being migrated or a shard being failed over answers these for a moment.
+            retried += (redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
+        self._retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), RETRIES, supported_errors=retried)
         self._publish = self._client.register_script(PUBLISH)
         self._read = self._client.register_script(READ)
+        self._restart = self._client.register_script(RESTART)
         self._watched: dict[str, int] = {}
         self._cursors: dict[str, Since] = {}
-        self._confirmed: dict[str, asyncio.Future[None]] = {}
-        self._conn: AbstractConnection | None = None
-        self._task: asyncio.Task[None] | None = None
+        #: The frame last delivered in each watched room, to tell that its history still holds it.
+        self._last: dict[str, str] = {}
+        #: Links by node name (``host:port``); the one server's is ``""``.
+        self._links: dict[str, _Link] = {}
+        self._room_links: dict[str, _Link] = {}
+        self._started = False
         self.reconnects = 0
-        #: True while the listener is subscribed and delivering (readiness, ``petstore_broker_connected``).
+        #: True while every link is subscribed and delivering (readiness, ``petstore_broker_connected``).
         self.connected = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._observe("broker.connected", 0.0)
-        self._task = supervise("redis-broker-listener", self._run, self._observe)
+        self._started = True
+        if not self._cluster:
+            self._link("")  # one server: one link, subscribed (to nothing yet) from the start
+        else:
+            self._update_connected()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            # Whatever the task ends with, shutdown goes on (the supervisor lets nothing else out).
-            await asyncio.wait({self._task})
-            self._task = None
+        self._started = False
+        tasks = [link.task for link in self._links.values() if link.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Whatever the tasks end with, shutdown goes on (the supervisor lets nothing else out).
+            await asyncio.wait(tasks)
+        self._links.clear()
+        self._room_links.clear()
         if self._owns_client:
-            await self._client.aclose(close_connection_pool=True)
+            await close(self._client)
 
     async def ping(self) -> None:
         await self._client.ping()
+
+    @property
+    def _conn(self) -> AbstractConnection | None:
+        """The one server's link's connection (None while it reconnects)."""
+        link = self._links.get("")
+        return link.conn if link is not None else None
 
     # -- publishing and history ---------------------------------------------------------------
 
@@ -216,34 +277,58 @@ class RedisBroker:
         await self.publish_all([Publication(room_names, event, data_json, ts, source)])
 
     async def publish_all(self, publications: Sequence[Publication]) -> None:
-        """One script call per publication, all in one pipeline (one round trip)."""
-        calls = [self._script_call(publication) for publication in publications]
-
-        async def once() -> None:
-            if len(calls) == 1:
-                await self._publish(*calls[0])
-                return
-            async with self._client.pipeline(transaction=False) as pipe:
-                for call_keys, call_args in calls:
-                    await self._publish(call_keys, call_args, client=pipe)
-                await pipe.execute()
-
+        """One script call per publication, all in one pipeline (one round trip); on a cluster, one
+        call per room of each, each room's in order, the rooms' at once."""
         try:
-            await self._retry.call_with_retry(once, _retrying)
+            if self._cluster:
+                await self._publish_by_room(publications)
+            else:
+                await self._retry.call_with_retry(lambda: self._publish_pipelined(publications), _retrying)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"redis publish failed: {type(exc).__name__}") from exc
 
-    def _script_call(self, publication: Publication) -> tuple[list[str], list[str | int]]:
-        """The keys and arguments of the publish script for one publication."""
+    async def _publish_pipelined(self, publications: Sequence[Publication]) -> None:
+        calls = [self._script_call(publication, publication.rooms) for publication in publications]
+        if len(calls) == 1:
+            await self._publish(*calls[0])
+            return
+        assert not isinstance(self._client, RedisCluster)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for call_keys, call_args in calls:
+                await self._publish(call_keys, call_args, client=pipe)
+            await pipe.execute()
+
+    async def _publish_by_room(self, publications: Sequence[Publication]) -> None:
+        by_room: dict[str, list[tuple[list[str], list[str | int]]]] = {}
+        for publication in publications:
+            for room in publication.rooms:
+                by_room.setdefault(room, []).append(self._script_call(publication, [room]))
+
+        async def in_order(calls: list[tuple[list[str], list[str | int]]]) -> None:
+            for call_keys, call_args in calls:
+
+                async def once(k: list[str] = call_keys, a: list[str | int] = call_args) -> Any:
+                    return await self._publish(k, a)
+
+                await self._retry.call_with_retry(once, _retrying)
+
+        results = await asyncio.gather(*(in_order(calls) for calls in by_room.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def _script_call(self, publication: Publication, rooms: Sequence[str]) -> tuple[list[str], list[str | int]]:
+        """The keys and arguments of the publish script for ``rooms`` of one publication."""
         args: list[str | int] = [
             frame_tail(publication.event, publication.data_json, publication.ts),
             self._size,
             self._ttl,
             publication.source,
             publication.trace or "",
+            self._publish_command,
         ]
         all_keys: list[str] = []
-        for room in publication.rooms:
+        for room in rooms:
             all_keys += keys(room)
             args += [json.dumps(room), channel(room), uuid.uuid4().hex]
         return all_keys, args
@@ -264,20 +349,24 @@ class RedisBroker:
             raise BrokerUnavailable(f"redis read failed: {type(exc).__name__}") from exc
         return reply[0].decode(), int(reply[1]), list(reply[2])
 
+    async def _start_new_epoch(self, room: str, old: str) -> None:
+        try:
+            args: list[str | int] = [old, uuid.uuid4().hex, self._ttl]
+            await self._retry.call_with_retry(lambda: self._restart(keys=keys(room), args=args), _retrying)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"redis restart of an epoch failed: {type(exc).__name__}") from exc
+
     # -- watching rooms -----------------------------------------------------------------------
 
     async def watch(self, room: str) -> None:
         count = self._watched.get(room, 0)
         self._watched[room] = count + 1
         try:
-            confirmed = self._confirmed.get(room)
-            if confirmed is None:
-                confirmed = self._confirmed[room] = asyncio.get_running_loop().create_future()
-                conn = self._conn
-                if conn is not None and conn.is_connected:
-                    await conn.send_command("SUBSCRIBE", channel(room))
-                # else: the listener subscribes every watched room when it (re)connects
-            await asyncio.wait_for(asyncio.shield(confirmed), SUBSCRIBE_TIMEOUT)
+            link = self._room_links.get(room)
+            if link is None:
+                link = await self._home(room)
+                await link.add(room, fill=False)
+            await asyncio.wait_for(asyncio.shield(link.confirmation(room)), SUBSCRIBE_TIMEOUT)
             if room not in self._cursors:
                 epoch, offset, _ = await self._read_room(room, -1, "")
                 self._cursors.setdefault(room, Since(epoch, offset))
@@ -292,99 +381,62 @@ class RedisBroker:
             return
         self._watched.pop(room, None)
         self._cursors.pop(room, None)
-        future = self._confirmed.pop(room, None)
-        if future is not None and not future.done():
-            future.cancel()
-        conn = self._conn
-        if conn is not None and conn.is_connected:
-            with contextlib.suppress(RedisError, OSError):
-                await conn.send_command("UNSUBSCRIBE", channel(room))
+        self._last.pop(room, None)
+        link = self._room_links.pop(room, None)
+        if link is not None:
+            await link.remove(room)
 
-    # -- the listener -------------------------------------------------------------------------
+    async def _home(self, room: str) -> _Link:
+        """The link the room's events come on: the one server's, or its slot's primary's."""
+        if not isinstance(self._client, RedisCluster):
+            return self._link("")
+        await self._client.initialize()
+        node = self._client.get_node_from_key(channel(room))
+        if node is None:
+            raise redis.exceptions.ClusterDownError(f"no node serves the slot of room {room}")
+        return self._link(node.name)
 
-    async def _run(self) -> None:
-        """Connect, listen, and on ANY failure reconnect: this loop ends only when cancelled.
+    def _link(self, name: str) -> _Link:
+        link = self._links.get(name)
+        if link is None or link.retired:
+            link = self._links[name] = _Link(self, name)
+            link.task = supervise(
+                f"redis-broker-listener{':' + name if name else ''}",
+                link.run,
+                self._observe,
+                stopping=lambda: link.retired,
+            )
+        return link
 
-        A fault of Redis or of the network shows up in many forms (a reset, a timeout, a
-        ``BrokerUnavailable`` from the gap fill, an error reply, a frame that does not parse);
-        none of them may end the loop, or delivery stops for good while REST goes on.
-        """
-        attempt = 0
-        connected_before = False
-        while True:
-            # The listener's own connection, outside the pool: it lives as long as it works.
-            pool = self._client.connection_pool
-            conn: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+    async def _rehome(self, link: _Link, rooms: Sequence[str]) -> None:
+        """On a cluster, after ``link`` lost its connection or was told a slot moved: ask the
+        cluster where ``rooms`` are now and move those that went elsewhere to their owner's link,
+        which subscribes them and fills their gap."""
+        assert isinstance(self._client, RedisCluster)
+        with contextlib.suppress(*EXPECTED_FAULTS):
+            await self._client.nodes_manager.initialize()
+        for room in rooms:
+            if room not in self._watched or self._room_links.get(room) is not link:
+                continue
             try:
-                await conn.connect()  # type: ignore[no-untyped-call]
-                if connected_before:
-                    self.reconnects += 1
-                    self._observe("broker.reconnected")
-                    logger.info("redis pub/sub reconnected; resubscribing %d rooms", len(self._watched))
-                connected_before = True
-                attempt = 0
-                await self._listen(conn)
-            except asyncio.CancelledError:
-                raise
-            except EXPECTED_FAULTS as exc:
-                if attempt == 0:
-                    logger.warning("redis pub/sub connection lost: %s", type(exc).__name__)
-            except Exception:
-                logger.exception("redis pub/sub listener failed; reconnecting")
-            finally:
-                self._set_connected(False)
-                self._conn = None
-                for room, future in list(self._confirmed.items()):
-                    if future.done():  # confirmed on the old connection: must be confirmed again
-                        self._confirmed[room] = asyncio.get_running_loop().create_future()
-                with contextlib.suppress(Exception):
-                    await conn.disconnect(nowait=True)
-            attempt += 1
-            await asyncio.sleep(min(MAX_BACKOFF, 0.05 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))  # noqa: S311
+                node = self._client.get_node_from_key(channel(room))
+            except (RedisError, IndexError):
+                continue  # the cluster does not know yet: the link tries again
+            if node is not None and node.name != link.name:
+                link.drop(room)
+                owner = self._link(node.name)
+                await owner.add(room, fill=True)
+        if not link.rooms:
+            link.retire()
 
-    def _set_connected(self, connected: bool) -> None:
+    def _update_connected(self) -> None:
+        links = list(self._links.values())
+        connected = self._started and all(link.connected for link in links) and (self._cluster or bool(links))
         if connected != self.connected:
             self.connected = connected
             self._observe("broker.connected", float(connected))
 
-    async def _listen(self, conn: AbstractConnection) -> None:
-        loop = asyncio.get_running_loop()
-        self._conn = conn
-        waiting = {channel(room) for room in self._watched}
-        if waiting:
-            await conn.send_command("SUBSCRIBE", *waiting)
-        else:
-            # Subscribed to nothing yet: a plain connection answers PING with PONG, not ["pong", ""].
-            await conn.send_command("SUBSCRIBE", CHANNEL_PREFIX)
-            waiting = {CHANNEL_PREFIX}
-        gaps_filled = False
-        heard = loop.time()
-        pinged: float | None = None
-        while True:
-            reply = await conn.read_response(timeout=min(1.0, self._watchdog), push_request=True)
-            now = loop.time()
-            if reply is None:
-                if pinged is not None and now - pinged > self._watchdog:
-                    raise ListenerSilent(f"no answer to PING for {self._watchdog:g}s")
-                if pinged is None and now - heard > self._watchdog:
-                    await conn.send_command("PING")
-                    pinged = now
-                continue
-            heard, pinged = now, None
-            kind = reply[0]
-            if kind == b"message":
-                await self._on_frame(reply[1].decode()[len(CHANNEL_PREFIX) :], reply[2])
-            elif kind == b"subscribe":
-                name = reply[1].decode()
-                future = self._confirmed.get(name[len(CHANNEL_PREFIX) :])
-                if future is not None and not future.done():
-                    future.set_result(None)
-                waiting.discard(name)
-                if not waiting and not gaps_filled:
-                    gaps_filled = True
-                    for room in list(self._cursors):
-                        await self._fill(room)
-                    self._set_connected(True)
+    # -- delivery -----------------------------------------------------------------------------
 
     async def _on_frame(self, room: str, frame: bytes) -> None:
         if room not in self._watched:
@@ -413,11 +465,23 @@ class RedisBroker:
             self._hand_over(message)
 
     async def _fill(self, room: str) -> None:
-        """Deliver what the room's stream holds beyond the cursor (everything, in a new epoch)."""
+        """Deliver what the room's stream holds beyond the cursor (everything, in a new epoch),
+        after checking that it still holds what was delivered (see the module docstring)."""
         cursor = self._cursors.get(room)
         if cursor is None:
             return
-        epoch, _, frames = await self._read_room(room, cursor.offset, cursor.epoch)
+        last = self._last.get(room)
+        # From the last delivered entry on, when there is one to check against.
+        after = cursor.offset - 1 if last is not None and cursor.offset > 0 else cursor.offset
+        epoch, offset, frames = await self._read_room(room, after, cursor.epoch)
+        if epoch == cursor.epoch and self._diverged(cursor, offset, frames, last):
+            logger.warning(
+                "room %s: its history no longer holds offset %d as delivered (a failover lost writes): new epoch",
+                room,
+                cursor.offset,
+            )
+            await self._start_new_epoch(room, cursor.epoch)
+            epoch, offset, frames = await self._read_room(room, 0, "")
         if epoch != cursor.epoch:
             epoch, _, frames = await self._read_room(room, 0, epoch)
             cursor = Since(epoch, 0)
@@ -428,6 +492,207 @@ class RedisBroker:
                 self._hand_over(message)
                 cursor = self._cursors[room]
 
+    @staticmethod
+    def _diverged(cursor: Since, offset: int, frames: list[bytes], last: str | None) -> bool:
+        if offset < cursor.offset:
+            return True  # the room went back: what was delivered past its offset is gone
+        if last is None or not frames:
+            return False  # nothing to compare with (or trimmed away): trust the offsets
+        first = Message.parse(frames[0])
+        return first.offset == cursor.offset and first.frame != last
+
     def _hand_over(self, message: Message) -> None:
         self._cursors[message.room] = Since(message.epoch, message.offset)
+        self._last[message.room] = message.frame
         self._deliver(message)
+
+
+class _Link:
+    """One pub/sub connection and the rooms heard on it: the one server's, or a cluster primary's."""
+
+    def __init__(self, broker: RedisBroker, name: str) -> None:
+        self.broker = broker
+        #: ``host:port`` of the cluster node, or ``""`` for the one server.
+        self.name = name
+        self.sharded = broker._cluster
+        self.subscribe, self.unsubscribe = (
+            ("SSUBSCRIBE", "SUNSUBSCRIBE") if self.sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
+        )
+        self.rooms: set[str] = set()
+        #: Per room, resolved once the server confirmed its subscription on the current connection.
+        self._confirmed: dict[str, asyncio.Future[None]] = {}
+        #: Rooms that came from another link: their gap is filled once they are confirmed here.
+        self._to_fill: set[str] = set()
+        self.conn: AbstractConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.retired = False
+
+    # -- rooms --------------------------------------------------------------------------------
+
+    def confirmation(self, room: str) -> asyncio.Future[None]:
+        future = self._confirmed.get(room)
+        if future is None:
+            future = self._confirmed[room] = asyncio.get_running_loop().create_future()
+        return future
+
+    async def add(self, room: str, *, fill: bool) -> None:
+        self.rooms.add(room)
+        self.broker._room_links[room] = self
+        self.confirmation(room)
+        if fill:
+            self._to_fill.add(room)
+        conn = self.conn
+        if conn is not None and conn.is_connected:
+            with contextlib.suppress(RedisError, OSError):  # a broken connection resubscribes all
+                await conn.send_command(self.subscribe, channel(room))
+        # else: the link subscribes every room when it (re)connects
+
+    def drop(self, room: str) -> None:
+        """Forget the room without telling the server (it moved to another link)."""
+        self.rooms.discard(room)
+        self._to_fill.discard(room)
+        future = self._confirmed.pop(room, None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    async def remove(self, room: str) -> None:
+        self.drop(room)
+        conn = self.conn
+        if conn is not None and conn.is_connected:
+            with contextlib.suppress(RedisError, OSError):
+                await conn.send_command(self.unsubscribe, channel(room))
+        if self.sharded and not self.rooms:
+            self.retire()
+
+    def retire(self) -> None:
+        """A cluster link without rooms ends (its node may be gone for good)."""
+        self.retired = True
+        if self.broker._links.get(self.name) is self:
+            del self.broker._links[self.name]
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self._set_connected(False)
+        self.broker._update_connected()
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self.broker._update_connected()
+
+    # -- the connection -----------------------------------------------------------------------
+
+    def _new_connection(self) -> AbstractConnection:
+        client = self.broker._client
+        if not isinstance(client, RedisCluster):
+            return new_connection(client.connection_pool)
+        node = client.get_node(node_name=self.name)
+        if node is None:
+            raise redis.exceptions.ConnectionError(f"cluster node {self.name} is no longer known")
+        connection: AbstractConnection = node.connection_class(**node.connection_kwargs)
+        return connection
+
+    async def run(self) -> None:
+        """Connect, listen, and on ANY failure reconnect: ends only when cancelled or retired.
+
+        A fault of Redis or of the network shows up in many forms (a reset, a timeout, a
+        ``BrokerUnavailable`` from the gap fill, an error reply, a frame that does not parse);
+        none of them may end the loop, or delivery stops for good while REST goes on.
+        """
+        attempt = 0
+        connected_before = False
+        broker = self.broker
+        while not self.retired:
+            conn: AbstractConnection | None = None
+            try:
+                conn = self._new_connection()
+                await conn.connect()  # type: ignore[no-untyped-call]
+                if connected_before:
+                    broker.reconnects += 1
+                    broker._observe("broker.reconnected")
+                    logger.info("redis pub/sub reconnected; resubscribing %d rooms", len(self.rooms))
+                connected_before = True
+                attempt = 0
+                await self._listen(conn)
+            except asyncio.CancelledError:
+                raise
+            except EXPECTED_FAULTS as exc:
+                if attempt == 0:
+                    logger.warning("redis pub/sub connection lost: %s", type(exc).__name__)
+            except Exception:
+                logger.exception("redis pub/sub listener failed; reconnecting")
+            finally:
+                self.conn = None
+                self._set_connected(False)
+                for room, future in list(self._confirmed.items()):
+                    if future.done():  # confirmed on the old connection: must be confirmed again
+                        self._confirmed[room] = asyncio.get_running_loop().create_future()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.disconnect(nowait=True)
+            if self.sharded and not self.retired:
+                # The node may have failed over or given its slots away: follow the rooms there.
+                await broker._rehome(self, sorted(self.rooms))
+                if self.retired:
+                    return
+            attempt += 1
+            await asyncio.sleep(min(MAX_BACKOFF, 0.05 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.0))  # noqa: S311
+
+    async def _listen(self, conn: AbstractConnection) -> None:
+        loop = asyncio.get_running_loop()
+        broker = self.broker
+        self.conn = conn
+        waiting = {channel(room) for room in self.rooms}
+        if waiting:
+            await conn.send_command(self.subscribe, *waiting)
+        elif not self.sharded:
+            # Subscribed to nothing yet: a plain connection answers PING with PONG, not ["pong", ""].
+            await conn.send_command("SUBSCRIBE", IDLE_CHANNEL)
+            waiting = {IDLE_CHANNEL}
+        else:
+            self.retire()
+            return
+        # Every room of this connection is filled once all are subscribed: a reconnect's gap.
+        self._to_fill.clear()
+        gaps_filled = False
+        heard = loop.time()
+        pinged: float | None = None
+        while True:
+            reply = await conn.read_response(timeout=min(1.0, broker._watchdog), push_request=True)
+            now = loop.time()
+            if reply is None:
+                if pinged is not None and now - pinged > broker._watchdog:
+                    raise ListenerSilent(f"no answer to PING for {broker._watchdog:g}s")
+                if pinged is None and now - heard > broker._watchdog:
+                    await conn.send_command("PING")
+                    pinged = now
+                continue
+            heard, pinged = now, None
+            kind = reply[0]
+            if kind in (b"message", b"smessage"):
+                room = room_of(reply[1].decode())
+                if room is not None and room in self.rooms:
+                    await broker._on_frame(room, reply[2])
+            elif kind in (b"subscribe", b"ssubscribe"):
+                name = reply[1].decode()
+                room = room_of(name)
+                future = self._confirmed.get(room) if room is not None else None
+                if future is not None and not future.done():
+                    future.set_result(None)
+                waiting.discard(name)
+                if room is not None and room in self._to_fill:
+                    self._to_fill.discard(room)
+                    await broker._fill(room)
+                if not waiting and not gaps_filled:
+                    gaps_filled = True
+                    for each in sorted(self.rooms):
+                        await broker._fill(each)
+                    self._set_connected(True)
+            elif kind == b"sunsubscribe":
+                # The server dropped a room we still watch: its slot migrated to another shard.
+                room = room_of(reply[1].decode())
+                if room is not None and room in self.rooms:
+                    logger.info("room %s: its slot moved off %s; following it", room, self.name)
+                    await broker._rehome(self, [room])
+                    if self.retired:
+                        return
