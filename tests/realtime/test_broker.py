@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+import redis.exceptions
 
 from petstore.config import Settings
 from petstore.realtime.broker import Broker, BrokerUnavailable, Message, Publication, Since, create_broker, dumps
 from petstore.realtime.broker.memory import MemoryBroker
-from petstore.realtime.broker.redis import RedisBroker
+from petstore.realtime.broker.redis import RedisBroker, keys
 from tests.realtime.support import until
 from tests.services import RedisServer
 
@@ -346,3 +347,86 @@ async def test_a_room_nobody_publishes_to_expires_from_redis_sooner(redis_broker
         assert await client.ttl("petstore:{pet:7}:meta") > 3600
     finally:
         await client.aclose()
+
+
+# -- a failover that lost the last writes: never a silent gap -----------------------------------------
+
+
+class Gate:
+    """Keeps the broker's listener from reconnecting while closed, as during a failover."""
+
+    def __init__(self, broker: RedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+        from petstore.realtime.broker import redis as module
+
+        self.closed = True
+        real = module._Link._new_connection
+
+        def gated(link: Any) -> Any:
+            if self.closed:
+                raise redis.exceptions.ConnectionError("the gate is closed")
+            return real(link)
+
+        monkeypatch.setattr(module._Link, "_new_connection", gated)
+
+
+async def lose_last_write(client: redis.asyncio.Redis, room: str, offset: int) -> None:
+    """What a promoted replica that missed the primary's last write looks like: one entry less."""
+    meta, log, _ = keys(room)
+    await client.xdel(log, f"0-{offset}")
+    await client.execute_command("XSETID", log, f"0-{offset - 1}")  # as if the entry never came
+    await client.hset(meta, "offset", offset - 1)
+
+
+@pytest.mark.parametrize("rewritten", [False, True], ids=["offset-went-back", "offset-reused-by-another-event"])
+async def test_a_history_that_lost_delivered_events_starts_a_new_epoch(
+    redis_broker: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch, rewritten: bool
+) -> None:
+    """The listener delivered offset 3, then the room's history lost it (a failover to a replica
+    that had not received it). Reusing offset 3 for another event would be a silent gap for every
+    client that saw the first one: the room must start a new epoch, which tells them."""
+    broker, recorder = redis_broker
+    await broker.watch("pets")
+    for n in range(1, 4):
+        await publish(broker, "pets", n)
+    await until(lambda: len(recorder.delivered) == 3, "three events")
+    old_epoch = recorder.delivered[-1].epoch
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        gate = Gate(broker, monkeypatch)
+        await client.client_kill_filter(_type="pubsub")
+        await until(lambda: not broker.connected, "the listener to lose its connection")
+        await lose_last_write(client, "pets", 3)
+        if rewritten:
+            await publish(broker, "pets", 40)  # takes offset 3 again, with other content
+        gate.closed = False
+        await until(lambda: broker.connected, "the listener to reconnect")
+        history = await broker.history("pets", Since(old_epoch, 3))
+        assert history.epoch != old_epoch and history.messages is None  # a client coming back starts over
+        await publish(broker, "pets", 5)
+        await until(lambda: len(recorder.delivered) == 4, "the next event")
+    finally:
+        await client.aclose()
+    fresh = recorder.delivered[-1]
+    assert (fresh.epoch, fresh.offset) == (history.epoch, 1)
+    assert [m.offset for m in recorder.delivered[:3]] == [1, 2, 3]  # nothing delivered twice at offset 3
+
+
+async def test_a_live_event_reusing_a_delivered_offset_starts_a_new_epoch(redis_broker: Any, redis_url: str) -> None:
+    """The same divergence, seen on a live connection: an event at the offset last delivered, with
+    other content. It is not a duplicate to drop: the room's history went back."""
+    broker, recorder = redis_broker
+    await broker.watch("pets")
+    for n in range(1, 3):
+        await publish(broker, "pets", n)
+    await until(lambda: len(recorder.delivered) == 2, "two events")
+    old_epoch = recorder.delivered[-1].epoch
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await lose_last_write(client, "pets", 2)
+        await publish(broker, "pets", 30)
+        await until(lambda: broker._cursors["pets"].epoch != old_epoch, "the room to start a new epoch")
+        await publish(broker, "pets", 4)
+        await until(lambda: len(recorder.delivered) == 3, "the next event")
+    finally:
+        await client.aclose()
+    assert recorder.delivered[-1].epoch != old_epoch and recorder.delivered[-1].offset == 1

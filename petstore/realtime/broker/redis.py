@@ -457,7 +457,9 @@ class RedisBroker:
             self._hand_over(message)
             return
         if message.epoch == cursor.epoch and message.offset <= cursor.offset:
-            return  # already delivered (by a gap fill)
+            if message.offset == cursor.offset and self._last.get(room, message.frame) != message.frame:
+                await self._fill(room)  # the offset delivered, with other content: history diverged
+            return  # else already delivered (by a gap fill)
         await self._fill(room)
         cursor = self._cursors.get(room)
         if cursor is not None and (cursor.epoch != message.epoch or cursor.offset < message.offset):
