@@ -21,31 +21,36 @@ What must hold across the failover:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from petstore import logs
+from petstore import db, logs
+from petstore.api.users import create_user_row
+from petstore.config import Settings
+from petstore.models import Role, UserBody
 from tests.fakes import create_schema
 from tests.faults.test_redis_faults import (
     DEFAULT_PLUGINS,
     EVENT_WAIT,
     FAKE_PLUGINS,
-    PETSTORE,
     STAFF,
     Subscriber,
     close_subscribers,
     poll,
     readyz,
 )
+from tests.plugins.harness import create_tables
 from tests.realtime.support import DEADLINE, add_pet, staff_headers
 from tests.services import DEFAULT_APP_COMMAND, UvicornServer
 from tests.services.sentinel import RedisSentinelSet, info_fields, resp_command
@@ -67,7 +72,7 @@ LONG_POLL_SECONDS = 120
 #: "At once" for a revocation published on one instance to be applied on the other.
 AT_ONCE = 3.0
 
-Serve = Callable[..., UvicornServer]
+Serve = Callable[..., list[UvicornServer]]
 
 
 # ---------------------------------------------------------------------------------- fixtures
@@ -96,25 +101,28 @@ def app_command(log_config: Path) -> list[str]:
 
 @pytest.fixture
 def serve(tmp_path: Path, log_config: Path) -> Iterator[Serve]:
-    """``serve(redis_url, plugins=..., **env)``: a started server; every one shares one SQLite file."""
+    """``serve(redis_url, count=2, plugins=..., **env)``: that many started servers, all on one SQLite file."""
     database_url = f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}"
     asyncio.run(create_schema(database_url))
     servers: list[UvicornServer] = []
 
-    def start(redis_url: str, plugins: str = FAKE_PLUGINS, **env: str) -> UvicornServer:
-        server = UvicornServer(
-            env={
-                "PETSTORE_DATABASE_URL": database_url,
-                "PETSTORE_REDIS_URL": redis_url,
-                "PETSTORE_PLUGINS": plugins,
-                "PETSTORE_ENV": "test",
-                "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
-                **env,
-            },
-            command=app_command(log_config),
-        )
-        servers.append(server)
-        return server.start()
+    def start(redis_url: str, count: int = 2, plugins: str = FAKE_PLUGINS, **env: str) -> list[UvicornServer]:
+        started = [
+            UvicornServer(
+                env={
+                    "PETSTORE_DATABASE_URL": database_url,
+                    "PETSTORE_REDIS_URL": redis_url,
+                    "PETSTORE_PLUGINS": plugins,
+                    "PETSTORE_ENV": "test",
+                    "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
+                    **env,
+                },
+                command=app_command(log_config),
+            )
+            for _ in range(count)
+        ]
+        servers.extend(started)
+        return start_together(started)
 
     try:
         yield start
@@ -128,6 +136,14 @@ async def _subscribers_closed_first(serve: Serve) -> AsyncIterator[None]:
     """Clients close in the test's event loop, before the servers stop."""
     yield
     await close_subscribers()
+
+
+def start_together(servers: Sequence[UvicornServer]) -> list[UvicornServer]:
+    """Start the servers at the same time (each takes seconds to import the app); the first
+    failure is raised once all have tried. The caller stops them."""
+    with ThreadPoolExecutor(max_workers=len(servers)) as pool:
+        futures = [pool.submit(server.start) for server in servers]
+    return [future.result() for future in futures]
 
 
 def logs_of(*servers: UvicornServer, sentinels: RedisSentinelSet | None = None, lines: int = 30) -> str:
@@ -289,7 +305,7 @@ async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brok
     """A stream of pets over both instances; the primary SIGKILLed in its middle; the replica
     promoted. Subscribers: one per instance that stays connected, and one that leaves before the
     crash and comes back with ``since`` (to the other instance) after the promotion."""
-    a, b = serve(sentinel_set.url), serve(sentinel_set.url)
+    a, b = serve(sentinel_set.url)
     servers = (a, b)
     stay_a = await Subscriber.join(a.ws_url)
     stay_b = await Subscriber.join(b.ws_url)
@@ -322,24 +338,30 @@ async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brok
     back = await Subscriber.join(b.ws_url, since=since, within=DEADLINE)
     committed += await add_pets(servers, after)
 
+    # Shown with a failure (and with -s): what each subscriber went through.
+    print(f"crash to promotion {promoted - killed:.1f}s; comeback {back.subscribed}")
+
     # Every pet committed over REST is in the database.
     assert [pet["name"] for pet in committed] == before + stream + after
     assert set(before + stream + after) <= await names_in_database(a)
 
-    # The stayers: the writes after the promotion arrive on both instances; nothing left out silently.
+    # Every subscriber, on either instance, reads until the writes after the promotion have reached it (all at once).
+    reading = [
+        take_until_seen(subscriber, set(after), within=EVENT_WAIT + 10.0) for subscriber in (stay_a, stay_b, back)
+    ]
+    try:
+        await asyncio.gather(*reading)
+    except TimeoutError as exc:
+        pytest.fail(f"{exc} (comeback subscribed: {back.subscribed})\n{logs_of(a, b)}")
+    for label, subscriber in (("stay_a", stay_a), ("stay_b", stay_b), ("back", back)):
+        print(label, [(e["epoch"][:8], e["offset"], e["data"]["name"]) for e in subscriber.events])
+
+    # The stayers: nothing left out silently.
     for subscriber in (stay_a, stay_b):
-        try:
-            await take_until_seen(subscriber, set(after), within=EVENT_WAIT + 10.0)
-        except TimeoutError as exc:
-            pytest.fail(f"{exc}\n{logs_of(a, b)}")
         assert_no_silent_gap(subscriber.subscribed, subscriber.events, before + stream + after)
 
     # The comeback: recovered (the missed events replayed, in order) or told to start over.
     subscribed = back.subscribed
-    try:
-        await take_until_seen(back, set(after), within=EVENT_WAIT + 10.0)
-    except TimeoutError as exc:
-        pytest.fail(f"{exc} (subscribed: {subscribed})\n{logs_of(a, b)}")
     if subscribed["recovered"]:
         assert subscribed["epoch"] == since["epoch"], subscribed
         assert_no_silent_gap(since, back.events, stream + after)
@@ -360,9 +382,22 @@ async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brok
 # ---------------------------------------------------------------------- auth and rate limits
 
 
+async def prepare_accounts(database_url: str) -> None:
+    """What ``petstore migrate`` and ``petstore users create`` would make (the core's tables, the
+    auth plugin's, a staff user), in this process: two CLI runs would cost seconds each."""
+    engine = db.create_engine(Settings(database_url=database_url, plugins=(), env="test"))
+    try:
+        await create_tables(engine)
+        async with db.create_sessionmaker(engine)() as session:
+            await create_user_row(session, UserBody(username=STAFF[0], password=STAFF[1]), Role.staff)
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
 @pytest.fixture
 def real_env(sentinel_set: RedisSentinelSet, tmp_path: Path) -> dict[str, str]:
-    """The default plugins on a migrated database with a staff user; a revocation poll too long
+    """The default plugins on a database with every table and a staff user; a revocation poll too long
     to matter (pub/sub must carry revocations); one route with a small budget."""
     env = {
         "PETSTORE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'real.db'}",
@@ -375,11 +410,7 @@ def real_env(sentinel_set: RedisSentinelSet, tmp_path: Path) -> dict[str, str]:
         "PETSTORE_ENV": "test",
         "PETSTORE_MEDIA_DIR": str(tmp_path / "media"),
     }
-    for argv in (["migrate"], ["users", "create", STAFF[0], "--password", STAFF[1], "--role", "staff"]):
-        done = subprocess.run(
-            [str(PETSTORE), *argv], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
-        )
-        assert done.returncode == 0, f"petstore {argv[0]} failed:\n{done.stdout}{done.stderr}"
+    asyncio.run(prepare_accounts(env["PETSTORE_DATABASE_URL"]))
     return env
 
 
@@ -406,10 +437,11 @@ async def test_after_the_promotion_revocations_reach_the_other_instance_at_once_
     logout on A is refused on B at once (the revocation pub/sub of both followed the failover),
     and the limiter answers from the new primary: RateLimit headers, one budget for both
     instances, 429 past it."""
-    with (
-        UvicornServer(env=real_env, cwd=tmp_path, command=app_command(log_config)) as a,
-        UvicornServer(env=real_env, cwd=tmp_path, command=app_command(log_config)) as b,
-    ):
+    with contextlib.ExitStack() as stack:
+        servers = [UvicornServer(env=real_env, cwd=tmp_path, command=app_command(log_config)) for _ in range(2)]
+        for server in servers:
+            stack.callback(server.close)  # both stop, whatever happens below
+        a, b = start_together(servers)
         on_a = httpx.AsyncClient(base_url=a.url, timeout=DEADLINE)
         on_b = httpx.AsyncClient(base_url=b.url, timeout=DEADLINE)
         async with on_a, on_b:
@@ -427,6 +459,7 @@ async def test_after_the_promotion_revocations_reach_the_other_instance_at_once_
             except TimeoutError as exc:
                 pytest.fail(f"{exc}\n{logs_of(a, b)}")
 
+            print(f"promoted {time.monotonic() - killed:.1f}s after the crash")
             # B's subscriber noticed the crash and subscribed again, on the new primary.
             try:
                 await poll(
@@ -437,6 +470,7 @@ async def test_after_the_promotion_revocations_reach_the_other_instance_at_once_
             except TimeoutError as exc:
                 pytest.fail(f"{exc}\n{logs_of(b)}")
 
+            print(f"B subscribed again {time.monotonic() - killed:.1f}s after the crash")
             # A token revoked on A after the promotion: refused on B at once.
             bearer = await login(on_a)
             assert (await on_b.get("/api/v3/store/inventory", headers=bearer)).status_code == 200
