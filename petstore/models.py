@@ -196,6 +196,8 @@ class UserBase(SQLModel):
 
 class PetTagLink(SQLModel, table=True):
     __tablename__ = "pet_tag"
+    # The primary key finds a pet's tags; this finds a tag's pets (``tag=`` of /pet/search, findByTags).
+    __table_args__ = (Index("ix_pet_tag_tag_id", "tag_id", "pet_id"),)
 
     pet_id: int = Field(sa_column=Column(BigId, ForeignKey("pet.id", ondelete="CASCADE"), primary_key=True))
     tag_id: int = Field(sa_column=Column(BigId, ForeignKey("tag.id", ondelete="CASCADE"), primary_key=True))
@@ -212,11 +214,15 @@ class Tag(TagBase, table=True):
 class Pet(SQLModel, table=True):
     """No ``PetBase``: see the module docstring."""
 
-    __table_args__ = NEVER_REUSE_IDS
+    # The orders of /pet/search (migration 0004): by name then id, and a status's pets by id (an
+    # index on status alone orders them by id on SQLite, where every index ends with the rowid,
+    # but not on PostgreSQL). PostgreSQL also has a trigram index on name, out of these models
+    # since it needs the pg_trgm extension (petstore.migrations.DATABASE_SPECIFIC_INDEXES).
+    __table_args__ = (Index("ix_pet_name_id", "name", "id"), Index("ix_pet_status_id", "status", "id"), NEVER_REUSE_IDS)
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     name: str = Field(sa_column=Column(String(255), nullable=False))
-    status: str = Field(default=PetStatus.available, sa_column=Column(String(16), nullable=False, index=True))
+    status: str = Field(default=PetStatus.available, sa_column=Column(String(16), nullable=False))
     category_id: int | None = Field(
         default=None, sa_column=Column(BigId, ForeignKey("category.id", ondelete="SET NULL"), index=True)
     )

@@ -20,6 +20,7 @@ from sqlmodel import SQLModel
 
 import petstore.models  # noqa: F401  (registers every table on SQLModel.metadata)
 from petstore.config import Settings
+from petstore.migrations import include_object
 
 config = context.config
 target_metadata = [SQLModel.metadata, *config.attributes.get("plugin_metadata", ())]
@@ -37,6 +38,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         url=url,
         target_metadata=target_metadata,
         compare_type=True,
+        include_object=include_object,
         # SQLite cannot ALTER most things: batch mode rebuilds the table instead.
         render_as_batch=dialect.startswith("sqlite"),
     )

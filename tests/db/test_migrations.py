@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ from sqlmodel import SQLModel
 
 import petstore.models  # noqa: F401  (registers the tables)
 from petstore.cli import main
-from petstore.migrations import alembic_config, migrate, migrate_async
+from petstore.migrations import alembic_config, include_object, migrate, migrate_async
 from plugins.auth.schema import MIGRATIONS as AUTH_MIGRATIONS
+from tests.services import PostgresServer
 
+HEAD = "0004"
 TABLES = {"category", "tag", "pet", "pet_tag", "users", "purchase_order", "outbox", "alembic_version"}
 
 
@@ -28,7 +31,7 @@ def _inspect(url: str) -> dict[str, Any]:
     """Schema differences from the models, the tables, the indexes and the revision, read in one connection."""
 
     def read(connection: Connection) -> dict[str, Any]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include_object})
         inspector = inspect(connection)
         tables = set(inspector.get_table_names())
         return {
@@ -54,7 +57,9 @@ def _assert_matches_models(url: str) -> None:
     assert schema["diff"] == []
     assert schema["tables"] == TABLES
     assert {
-        "ix_pet_status",
+        "ix_pet_status_id",
+        "ix_pet_name_id",
+        "ix_pet_tag_tag_id",
         "ix_pet_category_id",
         "ix_category_name",
         "ix_tag_name",
@@ -62,7 +67,7 @@ def _assert_matches_models(url: str) -> None:
         "ix_purchase_order_user_id",
         "ix_outbox_unpublished",
     } <= schema["indexes"]
-    assert schema["revision"] == "0003"
+    assert schema["revision"] == HEAD
 
 
 def test_fresh_sqlite_upgraded_to_head_matches_the_models(tmp_path: Path) -> None:
@@ -108,6 +113,73 @@ def test_0003_adds_a_null_trace_context_to_existing_outbox_rows_and_its_downgrad
     assert "AUTOINCREMENT" in table_sql and "trace_context" not in table_sql
 
 
+def _run_sql(url: str, sql: str) -> list[Any]:
+    async def go() -> list[Any]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.begin() as connection:
+                result = await connection.exec_driver_sql(sql)
+                return list(result.all()) if result.returns_rows else []
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def test_0004_swaps_the_status_index_for_status_and_id_and_its_downgrade_restores_it(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'search.db'}"
+    config = alembic_config(url)
+    command.upgrade(config, "0003")
+    _run_sql(url, "INSERT INTO pet (id, name, status, photo_urls) VALUES (7, 'Rex', 'sold', '[]')")
+    command.upgrade(config, "head")
+    indexes = _inspect(url)["indexes"]
+    assert {"ix_pet_name_id", "ix_pet_status_id", "ix_pet_tag_tag_id"} <= indexes and "ix_pet_status" not in indexes
+    assert _run_sql(url, "SELECT id, name, status FROM pet") == [(7, "Rex", "sold")]
+    command.downgrade(config, "0003")
+    indexes = _inspect(url)["indexes"]
+    assert "ix_pet_status" in indexes and not {"ix_pet_name_id", "ix_pet_status_id", "ix_pet_tag_tag_id"} & indexes
+    assert _run_sql(url, "SELECT id, name, status FROM pet") == [(7, "Rex", "sold")]
+
+
+@pytest.mark.postgres
+def test_on_postgresql_names_get_a_trigram_index_that_a_substring_search_uses(pg_url: str) -> None:
+    migrate(pg_url)
+    (definition,) = _run_sql(pg_url, "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_pet_name_trgm'")[0]
+    assert "USING gin" in definition and "gin_trgm_ops" in definition
+    _run_sql(
+        pg_url,
+        "INSERT INTO pet (name, status, photo_urls) "
+        "SELECT 'Pet ' || n, 'available', '[]' FROM generate_series(1, 50000) n",
+    )
+    _run_sql(pg_url, "ANALYZE pet")
+    plan = _run_sql(pg_url, "EXPLAIN SELECT id FROM pet WHERE name ILIKE '%et 4321%'")
+    assert any("ix_pet_name_trgm" in line for (line,) in plan), plan
+    _assert_matches_models(pg_url)  # the index is the revision's alone, not drift from the models
+    command.downgrade(alembic_config(pg_url), "0003")
+    assert _run_sql(pg_url, "SELECT 1 FROM pg_indexes WHERE indexname = 'ix_pet_name_trgm'") == []
+
+
+@pytest.mark.postgres
+def test_without_the_right_to_create_pg_trgm_the_revision_warns_and_goes_on_without_the_index(
+    postgres_server: PostgresServer, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A role that may create tables but not extensions: the schema is complete but for that index."""
+    database = pg_url.rsplit("/", 1)[1]
+    role = f"no_ext_{database[-12:]}"
+    postgres_server.psql(f"CREATE ROLE {role} LOGIN")
+    postgres_server.psql(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}", dbname=database)
+    url = pg_url.replace(f"//{postgres_server.superuser}@", f"//{role}@")
+    try:
+        with caplog.at_level(logging.WARNING, logger="petstore.migrations"):
+            migrate(url)
+        assert "pg_trgm extension cannot be created" in caplog.text and "CREATE INDEX ix_pet_name_trgm" in caplog.text
+        assert "ix_pet_name_trgm" not in _inspect(url)["indexes"]
+        _assert_matches_models(url)
+    finally:
+        postgres_server.psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        postgres_server.psql(f"DROP ROLE IF EXISTS {role}")
+
+
 def test_migrating_twice_changes_nothing(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'twice.db'}"
     migrate(url)
@@ -130,7 +202,7 @@ async def test_migrate_async_runs_inside_a_running_event_loop(tmp_path: Path) ->
     await migrate_async(url)
     schema = await asyncio.to_thread(_inspect, url)  # _inspect runs its own loop: keep it off this one
     assert schema["diff"] == []
-    assert schema["revision"] == "0003"
+    assert schema["revision"] == HEAD
 
 
 @pytest.mark.postgres
@@ -138,7 +210,7 @@ async def test_migrate_async_on_postgresql(pg_url: str) -> None:
     await migrate_async(pg_url)
     schema = await asyncio.to_thread(_inspect, pg_url)
     assert schema["diff"] == []
-    assert schema["revision"] == "0003"
+    assert schema["revision"] == HEAD
 
 
 # ------------------------------------------------------------------------------ plugin branches
@@ -171,7 +243,7 @@ def _with_plugins(url: str) -> dict[str, Any]:
     """Like _inspect, compared with the core's models and the auth plugin's tables, and every head."""
 
     def read(connection: Connection) -> dict[str, Any]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "include_object": include_object})
         inspector = inspect(connection)
         tables = set(inspector.get_table_names())
         return {

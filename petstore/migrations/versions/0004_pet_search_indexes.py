@@ -1,0 +1,82 @@
+"""Indexes for the pet search (``GET /api/v3/pet/search``): its orders, its tag filter, and on
+PostgreSQL a trigram index for ``q``.
+
+- ``ix_pet_name_id`` (name, id): ``sort=name`` / ``-name`` and their keyset cursors walk it
+  instead of sorting the table (SQLite, 100,000 pets: 10 ms to 0.05 ms a page; PostgreSQL 35 ms
+  to 0.3 ms).
+- ``ix_pet_status_id`` (status, id) replaces ``ix_pet_status``: a status's pets in id order, the
+  default sort, on PostgreSQL too (on SQLite an index already ends with the rowid).
+- ``ix_pet_tag_tag_id`` (tag_id, pet_id): a tag's pets; the primary key (pet_id, tag_id) only
+  finds a pet's tags.
+- PostgreSQL: ``ix_pet_name_trgm``, a GIN index with ``gin_trgm_ops`` (``pg_trgm``), which serves
+  ``name ILIKE '%q%'`` for ``q`` of three characters or more: a name that few pets or none have
+  is found, and counted, without reading the table (100,000 pets: 30 to 90 ms to under 1 ms).
+  ``pg_trgm`` is a trusted extension (PostgreSQL 13+): a database owner may create it. Where it
+  cannot be created (not installed, or not allowed), the revision says so in a warning and goes
+  on without the index: the search still answers, reading the table for ``q``. Once an
+  administrator has created the extension, the index is one statement (docs/rest.md).
+
+Category names already have ``ix_category_name`` and pets ``ix_pet_category_id``. SQLite gets no
+full-text table: see docs/rest.md for what was measured and why.
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-03
+"""
+
+import logging
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+logger = logging.getLogger("petstore.migrations")
+
+#: Written out, not imported: a revision must not change when the code does.
+TRIGRAM_INDEX = "ix_pet_name_trgm"
+
+
+def _trigram_extension(bind: sa.Connection) -> bool:
+    """Whether ``pg_trgm`` is there, created here if need be (in a savepoint: a refusal must not
+    abort the revision's transaction)."""
+    if bind.execute(sa.text("SELECT 1 FROM pg_extension WHERE extname = 'pg_trgm'")).first() is not None:
+        return True
+    try:
+        with bind.begin_nested():
+            bind.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+    except sa.exc.DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        logger.warning(
+            "revision 0004: no trigram index on pet.name, the pg_trgm extension cannot be created (%s); "
+            "searching names by q reads the whole pet table. To add it later, as a superuser or the "
+            "database owner: CREATE EXTENSION pg_trgm; CREATE INDEX %s ON pet USING gin (name gin_trgm_ops);",
+            reason,
+            TRIGRAM_INDEX,
+        )
+        return False
+    return True
+
+
+def upgrade() -> None:
+    op.create_index("ix_pet_name_id", "pet", ["name", "id"])
+    op.create_index("ix_pet_status_id", "pet", ["status", "id"])
+    op.drop_index("ix_pet_status", table_name="pet")
+    op.create_index("ix_pet_tag_tag_id", "pet_tag", ["tag_id", "pet_id"])
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql" and _trigram_extension(bind):
+        op.create_index(TRIGRAM_INDEX, "pet", ["name"], postgresql_using="gin", postgresql_ops={"name": "gin_trgm_ops"})
+
+
+def downgrade() -> None:
+    # The extension stays: other databases' objects, or an administrator's, may use it.
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(sa.text(f"DROP INDEX IF EXISTS {TRIGRAM_INDEX}"))
+    op.drop_index("ix_pet_tag_tag_id", table_name="pet_tag")
+    op.create_index("ix_pet_status", "pet", ["status"])
+    op.drop_index("ix_pet_status_id", table_name="pet")
+    op.drop_index("ix_pet_name_id", table_name="pet")
