@@ -40,6 +40,7 @@ from petstore.api.users import create_user_row
 from petstore.config import Settings
 from petstore.models import Role, UserBody
 from tests.fakes import create_schema
+from tests.faults.redis import frozen
 from tests.faults.test_redis_faults import (
     DEFAULT_PLUGINS,
     EVENT_WAIT,
@@ -312,7 +313,6 @@ async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brok
     leaver = await Subscriber.join(a.ws_url)
     before = [f"before-{n}" for n in range(4)]
     stream = [f"stream-{n}" for n in range(STREAM_PETS)]
-    after = [f"after-{n}" for n in range(6)]
 
     committed = await add_pets(servers, before)
     for subscriber in (stay_a, stay_b, leaver):
@@ -327,44 +327,63 @@ async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brok
         await asyncio.to_thread(sentinel_set.wait_promoted, max(1.0, killed + PROMOTION_WAIT - time.monotonic()))
     except TimeoutError as exc:
         pytest.fail(f"{exc}\n{logs_of(a, b)}")
-    promoted = time.monotonic()
 
-    # Both brokers say they deliver again, by themselves.
+    await after_the_failover(sentinel_set, servers, [stay_a, stay_b], since, before, stream, committed, killed)
+
+
+async def after_the_failover(
+    sentinels: RedisSentinelSet,
+    servers: Sequence[UvicornServer],
+    stayers: Sequence[Subscriber],
+    since: dict[str, Any],
+    seen_by_the_leaver: Sequence[str],
+    missed_by_the_leaver: Sequence[str],
+    committed: list[dict[str, Any]],
+    killed: float,
+) -> None:
+    """Once the replica is promoted: the brokers say they deliver again; the leaver comes back
+    with ``since`` to the second instance; pets are written over both; then every promise is checked.
+
+    ``seen_by_the_leaver`` are the pets it took before leaving, ``missed_by_the_leaver`` those
+    created since (before the promotion); ``committed`` every pet REST said it created so far.
+    """
+    a, b = servers
+    promoted = time.monotonic()
     try:
         for server in servers:
             await poll(functools.partial(broker_ok, server), f"the broker of {server.url} to be ok", DEADLINE)
     except TimeoutError as exc:
-        pytest.fail(f"{exc} ({promoted - killed:.1f}s after the crash)\n{logs_of(a, b, sentinels=sentinel_set)}")
+        pytest.fail(f"{exc} ({promoted - killed:.1f}s after the crash)\n{logs_of(a, b, sentinels=sentinels)}")
     back = await Subscriber.join(b.ws_url, since=since, within=DEADLINE)
+    after = [f"after-{n}" for n in range(6)]
     committed += await add_pets(servers, after)
+    created = [*seen_by_the_leaver, *missed_by_the_leaver, *after]
 
     # Shown with a failure (and with -s): what each subscriber went through.
     print(f"crash to promotion {promoted - killed:.1f}s; comeback {back.subscribed}")
 
     # Every pet committed over REST is in the database.
-    assert [pet["name"] for pet in committed] == before + stream + after
-    assert set(before + stream + after) <= await names_in_database(a)
+    assert [pet["name"] for pet in committed] == created
+    assert set(created) <= await names_in_database(a)
 
-    # Every subscriber, on either instance, reads until the writes after the promotion have reached it (all at once).
-    reading = [
-        take_until_seen(subscriber, set(after), within=EVENT_WAIT + 10.0) for subscriber in (stay_a, stay_b, back)
-    ]
+    # Every subscriber, on either instance, reads until the writes after the promotion have reached it.
+    everyone = [*stayers, back]
     try:
-        await asyncio.gather(*reading)
+        await asyncio.gather(*(take_until_seen(s, set(after), within=EVENT_WAIT + 10.0) for s in everyone))
     except TimeoutError as exc:
         pytest.fail(f"{exc} (comeback subscribed: {back.subscribed})\n{logs_of(a, b)}")
-    for label, subscriber in (("stay_a", stay_a), ("stay_b", stay_b), ("back", back)):
+    for label, subscriber in zip(["stayer"] * len(stayers) + ["back"], everyone, strict=True):
         print(label, [(e["epoch"][:8], e["offset"], e["data"]["name"]) for e in subscriber.events])
 
     # The stayers: nothing left out silently.
-    for subscriber in (stay_a, stay_b):
-        assert_no_silent_gap(subscriber.subscribed, subscriber.events, before + stream + after)
+    for subscriber in stayers:
+        assert_no_silent_gap(subscriber.subscribed, subscriber.events, created)
 
     # The comeback: recovered (the missed events replayed, in order) or told to start over.
     subscribed = back.subscribed
     if subscribed["recovered"]:
         assert subscribed["epoch"] == since["epoch"], subscribed
-        assert_no_silent_gap(since, back.events, stream + after)
+        assert_no_silent_gap(since, back.events, [*missed_by_the_leaver, *after])
     else:
         # Told to start over: whatever it missed it reads from REST (in the database, checked
         # above); from its new position on nothing may be left out silently.
@@ -372,11 +391,53 @@ async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brok
 
     # One stream whatever the instance: the writes after the promotion at the same epoch and offset for all.
     def placed(subscriber: Subscriber) -> dict[str, tuple[str, int]]:
-        return {
-            e["data"]["name"]: (e["epoch"], e["offset"]) for e in subscriber.events if e["data"].get("name") in after
-        }
+        return {e["data"]["name"]: (e["epoch"], e["offset"]) for e in subscriber.events if e["data"]["name"] in after}
 
-    assert placed(stay_a) == placed(stay_b) == placed(back)
+    assert all(placed(subscriber) == placed(back) for subscriber in stayers), [placed(s) for s in everyone]
+
+
+async def test_a_replica_promoted_behind_the_primary_misleads_no_subscriber(
+    sentinel_set: RedisSentinelSet, serve: Serve
+) -> None:
+    """The replica frozen (SIGSTOP) while pets are created and delivered, the primary killed, the
+    replica thawed and promoted: it lacks the last events the subscribers received. The
+    brokers must not reuse those offsets for other events (a new epoch says history was lost),
+    and the leaver, whose ``since`` the new primary never saw, cannot be told ``recovered: true``."""
+    a, b = serve(sentinel_set.url)
+    servers = (a, b)
+    stay_a, stay_b, leaver = [await Subscriber.join(server.ws_url) for server in (a, b, a)]
+    before = [f"before-{n}" for n in range(4)]
+    unreplicated = [f"unreplicated-{n}" for n in range(4)]
+    committed = await add_pets(servers, before)
+    for subscriber in (stay_a, stay_b, leaver):
+        await subscriber.take(len(before))
+
+    with frozen(sentinel_set.replica):
+        # The link broken from the primary's side: what follows never reaches the replica (data
+        # already sent would, from its socket buffer, once it is thawed).
+        sentinel_set.primary.command("CLIENT", "KILL", "TYPE", "replica")
+        committed += await add_pets(servers, unreplicated)
+        for subscriber in (stay_a, stay_b, leaver):
+            await subscriber.take(len(unreplicated))  # delivered from the primary alone
+        since = leaver.position
+        await leaver.leave()
+        await asyncio.to_thread(sentinel_set.kill_primary)
+    killed = time.monotonic()
+    during = [f"during-{n}" for n in range(6)]
+    committed += await add_pets(servers, during, WRITE_EVERY)
+    try:
+        await asyncio.to_thread(sentinel_set.wait_promoted, max(1.0, killed + PROMOTION_WAIT - time.monotonic()))
+    except TimeoutError as exc:
+        pytest.fail(f"{exc}\n{logs_of(a, b)}")
+    # The scenario holds: the promoted replica's history of the room lacks what was delivered last.
+    history = resp_command(sentinel_set.replica.port, "XRANGE", "petstore:{pets}:log", "-", "+")
+    assert isinstance(history, list)
+    assert not [entry for entry in history if b"unreplicated-" in repr(entry).encode()], history
+
+    await after_the_failover(
+        sentinel_set, servers, [stay_a, stay_b], since, [*before, *unreplicated], during, committed, killed
+    )
+    assert all(len({e["epoch"] for e in s.events}) > 1 for s in (stay_a, stay_b)), "history was lost: a new epoch"
 
 
 # ---------------------------------------------------------------------- auth and rate limits
