@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import httpx
 import pytest
@@ -53,7 +54,7 @@ from tests.faults.test_redis_faults import (
 )
 from tests.plugins.harness import create_tables
 from tests.realtime.support import DEADLINE, add_pet, staff_headers
-from tests.services import DEFAULT_APP_COMMAND, UvicornServer
+from tests.services import DEFAULT_APP_COMMAND, ServiceError, UvicornServer
 from tests.services.sentinel import RedisSentinelSet, info_fields, resp_command
 
 pytestmark = [pytest.mark.redis, pytest.mark.process]
@@ -83,6 +84,19 @@ Serve = Callable[..., list[UvicornServer]]
 def sentinel_set() -> Iterator[RedisSentinelSet]:
     """A fresh primary, replica and three sentinels, ready for a failover; all stopped at the end."""
     with RedisSentinelSet() as sentinels:
+        yield sentinels
+
+
+#: The auth test's set wants passwords, with characters a URL must escape: the servers' in the
+#: URL's user-info, the sentinels' in its ``sentinel_password`` option.
+REDIS_PASSWORD = "redis-pw@with:odd/chars"
+SENTINEL_PASSWORD = "sentinel-pw@also&odd=chars"
+
+
+@pytest.fixture
+def protected_sentinel_set() -> Iterator[RedisSentinelSet]:
+    """A sentinel set whose servers and sentinels each require a password."""
+    with RedisSentinelSet(password=REDIS_PASSWORD, sentinel_password=SENTINEL_PASSWORD) as sentinels:
         yield sentinels
 
 
@@ -430,7 +444,7 @@ async def test_a_replica_promoted_behind_the_primary_misleads_no_subscriber(
     except TimeoutError as exc:
         pytest.fail(f"{exc}\n{logs_of(a, b)}")
     # The scenario holds: the promoted replica's history of the room lacks what was delivered last.
-    history = resp_command(sentinel_set.replica.port, "XRANGE", "petstore:{pets}:log", "-", "+")
+    history = sentinel_set.replica.query("XRANGE", "petstore:{pets}:log", "-", "+")
     assert isinstance(history, list)
     assert not [entry for entry in history if b"unreplicated-" in repr(entry).encode()], history
 
@@ -457,12 +471,12 @@ async def prepare_accounts(database_url: str) -> None:
 
 
 @pytest.fixture
-def real_env(sentinel_set: RedisSentinelSet, tmp_path: Path) -> dict[str, str]:
+def real_env(protected_sentinel_set: RedisSentinelSet, tmp_path: Path) -> dict[str, str]:
     """The default plugins on a database with every table and a staff user; a revocation poll too long
     to matter (pub/sub must carry revocations); one route with a small budget."""
     env = {
         "PETSTORE_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'real.db'}",
-        "PETSTORE_REDIS_URL": sentinel_set.url,
+        "PETSTORE_REDIS_URL": protected_sentinel_set.url,
         "PETSTORE_PLUGINS": DEFAULT_PLUGINS,
         "PETSTORE_JWT_SECRET": "sentinel-tests-secret-0123456789abcdefghij",
         "PETSTORE_JWT_REVOCATION_POLL_SECONDS": str(LONG_POLL_SECONDS),
@@ -492,12 +506,16 @@ async def login(http: httpx.AsyncClient) -> dict[str, str]:
 
 
 async def test_after_the_promotion_revocations_reach_the_other_instance_at_once_and_rate_limits_count_again(
-    sentinel_set: RedisSentinelSet, real_env: dict[str, str], tmp_path: Path, log_config: Path
+    protected_sentinel_set: RedisSentinelSet, real_env: dict[str, str], tmp_path: Path, log_config: Path
 ) -> None:
     """The real auth, rate limit and metrics plugins on two instances. After the promotion: a
     logout on A is refused on B at once (the revocation pub/sub of both followed the failover),
     and the limiter answers from the new primary: RateLimit headers, one budget for both
-    instances, 429 past it."""
+    instances, 429 past it. The set requires passwords: the URL's must reach the servers and
+    the sentinels, and neither may show in a log line."""
+    sentinel_set = protected_sentinel_set
+    with pytest.raises(ServiceError, match=r"NOAUTH|Authentication required"):
+        resp_command(sentinel_set.sentinel_ports[0], "PING")  # the sentinels do want a password
     with contextlib.ExitStack() as stack:
         servers = [UvicornServer(env=real_env, cwd=tmp_path, command=app_command(log_config)) for _ in range(2)]
         for server in servers:
@@ -578,3 +596,10 @@ async def test_after_the_promotion_revocations_reach_the_other_instance_at_once_
             assert all(header for _, header, _ in answers), f"a request went uncounted: {answers}"
             assert len(statuses) <= LIMITED + 1, statuses
             assert "Retry-After" in answers[-1][2]
+
+        # Neither password in the servers' logs (read before they stop: their directory goes).
+        for server in servers:
+            text = server.log_path.read_text(errors="replace")
+            for secret in (REDIS_PASSWORD, SENTINEL_PASSWORD):
+                for form in (secret, quote(secret, safe=""), urlencode({"p": secret})[2:]):
+                    assert form not in text, f"a Redis password in the log of the server on port {server.port}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import socket
 from types import TracebackType
 from typing import IO, Self
+from urllib.parse import quote, urlencode
 
 from .base import HOST, START_TIMEOUT, Service, ServiceError, require_binary, wait_until
 from .redis import RedisServer
@@ -35,18 +36,26 @@ DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 5000
 
 
-def resp_command(port: int, *args: str, timeout: float = 5.0) -> Reply:
-    """Send one command to ``127.0.0.1:port`` on a fresh connection and parse the whole reply.
+def resp_command(port: int, *args: str, password: str | None = None, timeout: float = 5.0) -> Reply:
+    """Send one command to ``127.0.0.1:port`` on a fresh connection (``AUTH password`` first when
+    given) and parse the whole reply.
 
     Unlike :meth:`RedisServer.command` this reads arrays too (``SENTINEL master`` answers one).
     An error reply raises ``ServiceError``.
     """
-    request = f"*{len(args)}\r\n".encode() + b"".join(
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        stream = sock.makefile("rb")
+        if password is not None:
+            sock.sendall(_encode("AUTH", password))
+            _read_reply(stream, "AUTH")
+        sock.sendall(_encode(*args))
+        return _read_reply(stream, args[0])
+
+
+def _encode(*args: str) -> bytes:
+    return f"*{len(args)}\r\n".encode() + b"".join(
         f"${len(arg.encode())}\r\n".encode() + arg.encode() + b"\r\n" for arg in args
     )
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
-        sock.sendall(request)
-        return _read_reply(sock.makefile("rb"), args[0])
 
 
 def _read_reply(stream: IO[bytes], command: str) -> Reply:
@@ -94,22 +103,38 @@ class ReplicatedRedis(RedisServer):
     """``RedisServer`` with the options a member of a replicated set needs.
 
     ``replica_of``: the port of the primary to follow (``--replicaof``); None for the primary.
-    Full syncs go over the socket at once (no diskless delay, no RDB file to wait for).
+    ``password``: required of clients (``requirepass``) and given to the primary (``masterauth``),
+    so that either member can be primary or replica. Full syncs go over the socket at once (no
+    diskless delay, no RDB file to wait for).
     """
 
-    def __init__(self, port: int | None = None, *, replica_of: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, replica_of: int | None = None, password: str | None = None) -> None:
         super().__init__(port)
         self.replica_of = replica_of
+        self.password = password
 
     def start(self) -> Self:
         argv = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
         argv += ["--dir", str(self.workdir), "--daemonize", "no", "--protected-mode", "yes"]
         argv += ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+        if self.password is not None:
+            argv += ["--requirepass", self.password, "--masterauth", self.password]
         if self.replica_of is not None:
             argv += ["--replicaof", HOST, str(self.replica_of)]
         self._child.spawn(argv, cwd=self.workdir)
         self._wait_ready(self._pong, START_TIMEOUT)
         return self
+
+    def query(self, *args: str) -> Reply:
+        """One command, authenticated, any reply (arrays too)."""
+        return resp_command(self.port, *args, password=self.password)
+
+    def command(self, *args: str) -> bytes | None:
+        """:meth:`RedisServer.command`, authenticated; an integer reply as its digits."""
+        reply = self.query(*args)
+        if isinstance(reply, list):
+            raise ServiceError(f"redis {args[0]}: an array reply, read it with query()")
+        return str(reply).encode() if isinstance(reply, int) else reply
 
     def replication(self) -> dict[str, str]:
         """``INFO replication`` as a dict (``role``, ``master_link_status``, ``slave0``...)."""
@@ -117,7 +142,11 @@ class ReplicatedRedis(RedisServer):
 
 
 class SentinelProcess(Service):
-    """One Debian ``redis-sentinel`` on a free port, monitoring ``service`` at ``primary_port``."""
+    """One Debian ``redis-sentinel`` on a free port, monitoring ``service`` at ``primary_port``.
+
+    ``auth_pass``: the password of the monitored servers. ``password``: the sentinel's own,
+    required of its clients and given to the other sentinels (which share it).
+    """
 
     name = "redis-sentinel"
 
@@ -129,13 +158,19 @@ class SentinelProcess(Service):
         quorum: int = 2,
         down_after_ms: int = DOWN_AFTER_MS,
         failover_timeout_ms: int = FAILOVER_TIMEOUT_MS,
+        auth_pass: str | None = None,
+        password: str | None = None,
         port: int | None = None,
         binary: str = "redis-sentinel",
     ) -> None:
         self.binary = require_binary(binary)
         super().__init__(port, "sentinel")
         self.service = service
+        self.password = password
         self.config_path = self.workdir / "sentinel.conf"
+        secrets = [f"sentinel auth-pass {service} {auth_pass}"] if auth_pass is not None else []
+        if password is not None:
+            secrets += [f"requirepass {password}", f"sentinel sentinel-pass {password}"]
         self.config_path.write_text(
             "\n".join(
                 [
@@ -150,6 +185,7 @@ class SentinelProcess(Service):
                     f"sentinel down-after-milliseconds {service} {down_after_ms}",
                     f"sentinel failover-timeout {service} {failover_timeout_ms}",
                     f"sentinel parallel-syncs {service} 1",
+                    *secrets,
                     "",
                 ]
             )
@@ -162,7 +198,7 @@ class SentinelProcess(Service):
         return self
 
     def command(self, *args: str) -> Reply:
-        return resp_command(self.port, *args)
+        return resp_command(self.port, *args, password=self.password)
 
     def master(self) -> dict[str, str]:
         """``SENTINEL master <service>``: what this sentinel knows of the primary."""
@@ -185,8 +221,10 @@ class SentinelProcess(Service):
 class RedisSentinelSet:
     """A primary, one replica and three sentinels (quorum 2), ready for a failover.
 
-    ``url`` is the ``redis+sentinel://`` URL of SPEC §1 naming the three sentinels. ``primary``
-    and ``replica`` are the servers as started: after a failover ``replica`` is the primary
+    ``url`` is the ``redis+sentinel://`` URL of SPEC §1 naming the three sentinels, with the
+    passwords when there are: ``password`` for the servers (the URL's user-info),
+    ``sentinel_password`` for the sentinels (its ``sentinel_password`` option). ``primary`` and
+    ``replica`` are the servers as started: after a failover ``replica`` is the primary
     (``current_primary()`` says which one is, as the sentinels see it).
     """
 
@@ -198,14 +236,18 @@ class RedisSentinelSet:
         quorum: int = 2,
         down_after_ms: int = DOWN_AFTER_MS,
         failover_timeout_ms: int = FAILOVER_TIMEOUT_MS,
+        password: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         self.service = service
+        self.password = password
+        self.sentinel_password = sentinel_password
         self.quorum = quorum
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
         self.sentinel_count = sentinels
-        self.primary = ReplicatedRedis()
-        self.replica = ReplicatedRedis(replica_of=self.primary.port)
+        self.primary = ReplicatedRedis(password=password)
+        self.replica = ReplicatedRedis(replica_of=self.primary.port, password=password)
         self.sentinels: list[SentinelProcess] = []
 
     # ------------------------------------------------------------------------------ addresses
@@ -213,7 +255,9 @@ class RedisSentinelSet:
     @property
     def url(self) -> str:
         hosts = ",".join(f"{HOST}:{sentinel.port}" for sentinel in self.sentinels)
-        return f"redis+sentinel://{hosts}/{self.service}"
+        userinfo = f":{quote(self.password, safe='')}@" if self.password is not None else ""
+        query = f"?{urlencode({'sentinel_password': self.sentinel_password})}" if self.sentinel_password else ""
+        return f"redis+sentinel://{userinfo}{hosts}/{self.service}{query}"
 
     @property
     def sentinel_ports(self) -> list[int]:
@@ -243,6 +287,8 @@ class RedisSentinelSet:
                     quorum=self.quorum,
                     down_after_ms=self.down_after_ms,
                     failover_timeout_ms=self.failover_timeout_ms,
+                    auth_pass=self.password,
+                    password=self.sentinel_password,
                 )
                 self.sentinels.append(sentinel)
                 sentinel.start()
