@@ -1,0 +1,383 @@
+"""``GET /pet/search``: filters, orders, keyset pages that stay right while pets come and go,
+limits, bad input, the ``Link`` header and the document, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from sqlalchemy import text
+from starlette.testclient import TestClient
+
+from petstore.api.search import EXACT_UP_TO
+from tests.fakes import ApiHarness, assert_error, create_schema, make_app
+
+API = "/api/v3"
+SEARCH = f"{API}/pet/search"
+
+
+def search(api: ApiHarness, **params: Any) -> dict[str, Any]:
+    response = api.client.get(SEARCH, params=params)
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def names(page: dict[str, Any]) -> list[str]:
+    return [pet["name"] for pet in page["items"]]
+
+
+def ids(page: dict[str, Any]) -> list[int]:
+    return [pet["id"] for pet in page["items"]]
+
+
+def walk(api: ApiHarness, **params: Any) -> list[int]:
+    """Every page in turn, by its ``next``; the ids shown."""
+    seen: list[int] = []
+    cursor = None
+    while True:
+        page = search(api, **params, **({"cursor": cursor} if cursor else {}))
+        seen.extend(ids(page))
+        cursor = page["next"]
+        if cursor is None:
+            return seen
+
+
+def bulk_pets(api: ApiHarness, rows: list[dict[str, Any]]) -> None:
+    """Many pets at once, straight into the table (the API would take minutes): ``name`` and ``status``."""
+
+    async def insert() -> None:
+        async with api.state.engine.begin() as conn:
+            await conn.execute(text("INSERT INTO pet (name, status, photo_urls) VALUES (:name, :status, '[]')"), rows)
+
+    api.run(insert)
+
+
+@pytest.fixture
+def zoo(api: ApiHarness) -> dict[str, dict[str, Any]]:
+    """Six pets across statuses, categories and tags, names in mixed case (ASCII: both databases agree on its order)."""
+    specs = [
+        ("Rex", "available", "Dogs", ["big", "friendly"]),
+        ("rexy", "sold", "Dogs", ["small"]),
+        ("Bella", "pending", "Cats", ["friendly"]),
+        ("max_1", "available", "Cats", []),
+        ("100% Good", "sold", "Birds", ["small", "loud"]),
+        ("Maxine", "available", None, ["loud"]),
+    ]
+    pets = {}
+    for name, status, category, tags in specs:
+        fields: dict[str, Any] = {"status": status, "tags": [{"name": tag} for tag in tags]}
+        if category is not None:
+            fields["category"] = {"name": category}
+        pets[name] = api.new_pet(name, **fields)
+    return pets
+
+
+# ------------------------------------------------------------------------------------ filters
+
+
+def test_without_filters_every_pet_is_shown_by_id_as_the_other_endpoints_render_it(
+    api: ApiHarness, zoo: dict[str, dict[str, Any]]
+) -> None:
+    page = search(api)
+    assert page["items"] == sorted(zoo.values(), key=lambda pet: pet["id"])
+    assert page["items"][0] == api.client.get(f"{API}/pet/{page['items'][0]['id']}").json()
+    assert page["next"] is None and page["total"] == 6 and page["total_exact"] is True
+
+
+def test_q_matches_anywhere_in_the_name_in_any_case(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    assert names(search(api, q="REX")) == ["Rex", "rexy"]
+    assert names(search(api, q="ax")) == ["max_1", "Maxine"]
+    assert names(search(api, q="ELL")) == ["Bella"]
+    assert search(api, q="nobody") == {"items": [], "next": None, "total": 0, "total_exact": True}
+    assert len(search(api, q="")["items"]) == 6  # empty: any name
+
+
+def test_q_takes_percent_underscore_and_backslash_literally(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    assert names(search(api, q="%")) == ["100% Good"]
+    assert names(search(api, q="_")) == ["max_1"]
+    assert names(search(api, q="x_1")) == ["max_1"]
+    assert search(api, q="\\")["items"] == []
+
+
+def test_status_takes_one_value_a_comma_list_or_repeated_parameters(
+    api: ApiHarness, zoo: dict[str, dict[str, Any]]
+) -> None:
+    assert names(search(api, status="sold")) == ["rexy", "100% Good"]
+    both = ["rexy", "Bella", "100% Good"]
+    assert names(search(api, status="sold,pending")) == both
+    assert names(api.client.get(SEARCH, params=[("status", "sold"), ("status", "pending")]).json()) == both
+
+
+def test_category_is_a_category_name(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    assert names(search(api, category="Cats")) == ["Bella", "max_1"]
+    assert search(api, category="Fish")["items"] == []
+    assert search(api, category="cats")["items"] == []  # a name, not a search
+
+
+def test_tag_matches_pets_with_any_of_the_tags_in_either_form(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    assert names(search(api, tag="friendly")) == ["Rex", "Bella"]
+    assert names(search(api, tag="small,loud")) == ["rexy", "100% Good", "Maxine"]
+    repeated = api.client.get(SEARCH, params=[("tag", "small"), ("tag", "loud")]).json()
+    assert names(repeated) == ["rexy", "100% Good", "Maxine"]
+
+
+def test_filters_combine(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    assert names(search(api, q="x", status="available", tag="loud")) == ["Maxine"]
+    assert names(search(api, q="re", category="Dogs", status="sold")) == ["rexy"]
+    assert search(api, q="re", category="Dogs", status="sold")["total"] == 1
+
+
+# ------------------------------------------------------------------------------------ orders
+
+
+def test_every_sort_order(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    by_id = [pet["id"] for pet in sorted(zoo.values(), key=lambda pet: pet["id"])]
+    assert ids(search(api, sort="id")) == by_id
+    assert ids(search(api, sort="-id")) == by_id[::-1]
+    by_name = names(search(api, sort="name"))
+    assert by_name[0] == "100% Good" and set(by_name) == set(zoo)
+    assert names(search(api, sort="-name")) == by_name[::-1]
+
+
+def test_pets_of_one_name_are_ordered_by_id_within_it(api: ApiHarness) -> None:
+    twins = [api.new_pet("twin")["id"] for _ in range(4)]
+    api.new_pet("alpha")
+    assert ids(search(api, sort="name", q="twin")) == twins
+    assert ids(search(api, sort="-name", q="twin")) == twins[::-1]
+    assert walk(api, sort="name", limit=1) == [*ids(search(api, q="alpha")), *twins]
+    assert walk(api, sort="-name", limit=3) == [*twins[::-1], *ids(search(api, q="alpha"))]
+
+
+# ------------------------------------------------------------------------------------ pages
+
+
+@pytest.mark.parametrize("sort", ["id", "-id", "name", "-name"])
+def test_paging_forward_shows_each_pet_once_while_pets_are_created_and_deleted(api: ApiHarness, sort: str) -> None:
+    """Keyset pages: a pet that exists throughout is shown exactly once, a deleted one is not shown
+    after it is gone, and nothing is shown twice, whatever is created or deleted between pages."""
+    pets = {api.new_pet(f"pet-{letter}")["id"]: f"pet-{letter}" for letter in "mbxdkqaszfhu"}
+    kept = set(pets)
+    deleted: set[int] = set()
+    seen: list[int] = []
+    cursor = None
+    turn = 0
+    while True:
+        page = search(api, sort=sort, limit=3, **({"cursor": cursor} if cursor else {}))
+        seen.extend(ids(page))
+        assert not deleted & set(ids(page)), "a pet deleted before this page was shown"
+        cursor = page["next"]
+        if cursor is None:
+            break
+        turn += 1
+        # Between pages: new pets at both ends of every order, one pet not shown yet and one shown deleted.
+        api.new_pet(f"pet-{'a' * turn}0")
+        api.new_pet(f"pet-{'z' * turn}9")
+        unseen = sorted(kept - set(seen))
+        shown = sorted(kept & set(seen))
+        for victim in (unseen[len(unseen) // 2 :][:1] + shown[:1]) if unseen else shown[:1]:
+            assert api.client.delete(f"{API}/pet/{victim}", headers=api.staff.headers).status_code == 200
+            kept.discard(victim)
+            deleted.add(victim)
+    assert len(seen) == len(set(seen)), f"shown twice: {[i for i in seen if seen.count(i) > 1]}"
+    assert kept <= set(seen), f"skipped: {kept - set(seen)}"
+    assert turn >= 3
+
+
+def test_a_page_is_at_most_limit_long_and_next_is_null_on_the_last(
+    api: ApiHarness, zoo: dict[str, dict[str, Any]]
+) -> None:
+    first = search(api, limit=4)
+    assert len(first["items"]) == 4 and first["next"] is not None and first["total"] == 6
+    second = search(api, limit=4, cursor=first["next"])
+    assert len(second["items"]) == 2 and second["next"] is None and second["total"] == 6
+    exactly = search(api, limit=6)
+    assert len(exactly["items"]) == 6 and exactly["next"] is None  # no empty page after a full one
+
+
+def test_limit_defaults_to_100_and_takes_up_to_1000(api: ApiHarness) -> None:
+    bulk_pets(api, [{"name": f"bulk {n}", "status": "available"} for n in range(1005)])
+    assert len(search(api)["items"]) == 100
+    page = search(api, limit=1000)
+    assert len(page["items"]) == 1000 and page["next"] is not None
+    assert len(search(api, limit=1000, cursor=page["next"])["items"]) == 5
+
+
+def test_total_is_exact_up_to_10000_then_an_estimate_from_the_part_counted(api: ApiHarness) -> None:
+    """Half the pets sold, spread evenly over the ids: past 10,000 matches the estimate extrapolates
+    the part counted along the ids, so it lands within a percent here."""
+    size = 2 * EXACT_UP_TO + 200
+    bulk_pets(api, [{"name": f"p{n}", "status": ("sold", "available")[n % 2]} for n in range(size)])
+    assert search(api, status="sold", q="p1", limit=1)["total_exact"] is True
+    everyone = search(api, limit=1)
+    assert everyone["total_exact"] is False and everyone["total"] == size  # no gaps in the ids: exact anyway
+    sold = search(api, status="sold", limit=1)
+    assert sold["total_exact"] is False
+    assert sold["total"] > EXACT_UP_TO and abs(sold["total"] - size // 2) <= size // 200
+    assert search(api, status="pending")["total"] == 0
+
+
+def test_a_page_costs_the_same_statements_however_many_pets_there_are(api: ApiHarness) -> None:
+    """The pets, their categories, their tags, the count: never one query per pet."""
+    for n in range(3):
+        api.new_pet(f"few {n}", category={"name": "c"}, tags=[{"name": "t"}])
+    with api.count_statements() as few:
+        search(api, tag="t")
+    for n in range(30):
+        api.new_pet(f"many {n}", category={"name": f"c{n}"}, tags=[{"name": "t"}, {"name": f"t{n}"}])
+    with api.count_statements() as many:
+        assert len(search(api, tag="t", limit=20)["items"]) == 20
+    assert few.count == many.count == 4, many.statements
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def _cursor(value: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+BAD = [
+    ({"limit": "0"}, "limit must be at least 1"),
+    ({"limit": "5000"}, "limit must be at most 1000"),
+    ({"limit": "1001"}, "limit must be at most 1000"),
+    ({"limit": "-1"}, "limit must be at least 1"),
+    ({"limit": "ten"}, "limit must be an integer"),
+    ({"sort": "age"}, "invalid sort"),
+    ({"sort": ""}, "invalid sort"),
+    ({"status": "lost"}, "invalid status value"),
+    ({"status": ""}, "invalid status value"),
+    ({"status": "sold,lost"}, "invalid status value"),
+    ({"category": ""}, "invalid category value"),
+    ({"category": "x" * 256}, "invalid category value"),
+    ({"category": "a\x00b"}, "invalid category value"),
+    ({"tag": ","}, "invalid tag value"),
+    ({"tag": "a\x00b"}, "invalid tag value"),
+    ({"q": "x" * 256}, "invalid q"),
+    ({"q": "a\x00b"}, "invalid q"),
+    ({"offset": "10"}, "offset is not taken here"),
+    ({"cursor": ""}, "invalid cursor"),
+    ({"cursor": "not a cursor!"}, "invalid cursor"),
+    ({"cursor": "A" * 3000}, "invalid cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b"\xff\xfe").decode()}, "invalid cursor"),
+    ({"cursor": _cursor({"id": 3})}, "invalid cursor"),
+    ({"cursor": _cursor([])}, "invalid cursor"),
+    ({"cursor": _cursor(["id"])}, "invalid cursor"),
+    ({"cursor": _cursor(["id", "3"])}, "invalid cursor"),
+    ({"cursor": _cursor(["id", True])}, "invalid cursor"),
+    ({"cursor": _cursor(["id", -1])}, "invalid cursor"),
+    ({"cursor": _cursor(["id", 2**63])}, "invalid cursor"),
+    ({"cursor": _cursor(["id", 1, 2])}, "invalid cursor"),
+    ({"cursor": _cursor(["age", 1])}, "invalid cursor"),
+    ({"cursor": _cursor(["name", 1])}, "invalid cursor"),
+    ({"cursor": _cursor(["name", "a\x00", 1])}, "invalid cursor"),
+    ({"cursor": _cursor(["name", "Rex", 1]), "sort": "id"}, "it continues sort=name, not sort=id"),
+    ({"cursor": _cursor(["id", 1]), "sort": "-id"}, "it continues sort=id, not sort=-id"),
+]
+
+
+@pytest.mark.parametrize(("params", "message"), BAD, ids=[f"{p}"[:60] for p, _ in BAD])
+def test_bad_input_is_a_400_that_says_what_and_changes_nothing(
+    api: ApiHarness, zoo: dict[str, dict[str, Any]], params: dict[str, str], message: str
+) -> None:
+    before = api.snapshot()
+    response = api.client.get(SEARCH, params=params)
+    assert_error(response, 400, "bad_request")
+    assert message in response.json()["message"]
+    assert api.snapshot() == before
+
+
+def test_repeated_single_value_parameters_are_refused(api: ApiHarness) -> None:
+    assert_error(api.client.get(SEARCH, params=[("category", "a"), ("category", "b")]), 400, "bad_request")
+    assert_error(api.client.get(SEARCH, params=[("q", "a"), ("q", "b")]), 400, "bad_request")
+
+
+# ------------------------------------------------------------------------------------ HTTP
+
+
+def test_the_link_header_is_the_absolute_url_of_the_next_page(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    response = api.client.get(SEARCH, params=[("status", "available"), ("status", "sold"), ("limit", "2")])
+    page = response.json()
+    link = response.headers["link"]
+    assert link.startswith("<http://testserver/api/v3/pet/search?") and link.endswith('>; rel="next"')
+    url = link[1 : link.index(">")]
+    assert f"cursor={page['next']}" in url and "limit=2" in url and url.count("status=") == 2
+    following = api.client.get(url)
+    assert following.status_code == 200
+    assert following.json() == search(api, status="available,sold", limit=2, cursor=page["next"])
+    last = api.client.get(SEARCH, params={"limit": 6})
+    assert "link" not in last.headers
+
+
+def test_an_unchanged_page_is_a_304_with_if_none_match(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    first = api.client.get(SEARCH, params={"q": "rex"})
+    etag = first.headers["etag"]
+    again = api.client.get(SEARCH, params={"q": "rex"}, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    api.new_pet("Rexford")
+    changed = api.client.get(SEARCH, params={"q": "rex"}, headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and changed.headers["etag"] != etag
+
+
+def test_search_does_not_collide_with_a_pet_id(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
+    rex = zoo["Rex"]
+    assert api.client.get(f"{API}/pet/{rex['id']}").json() == rex
+    assert "items" in api.client.get(SEARCH).json()
+    assert_error(api.client.get(f"{API}/pet/searching"), 400, "bad_request")  # still an invalid id
+
+
+@pytest.fixture
+def behind_a_prefix(tmp_path: Path) -> Iterator[TestClient]:
+    """The app served under ``root_path`` /store (``petstore serve --root-path``)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}"
+    asyncio.run(create_schema(url))
+    with TestClient(make_app(url, media_dir=tmp_path / "media"), root_path="/store") as client:
+        yield client
+
+
+@pytest.mark.parametrize("path", [SEARCH, f"/store{SEARCH}"], ids=["prefix stripped", "prefix kept"])
+def test_behind_a_path_prefix_the_link_keeps_it(behind_a_prefix: TestClient, path: str) -> None:
+    """A proxy may strip the prefix (the path lacks it) or pass it on, as uvicorn's ``root_path`` does."""
+    staff = {"X-Test-User": "staff:1:staff"}
+    for name in ("a", "b", "c"):
+        assert (
+            behind_a_prefix.post(f"{API}/pet", json={"name": name, "photoUrls": []}, headers=staff).status_code == 200
+        )
+    response = behind_a_prefix.get(path, params={"limit": 2})
+    assert response.status_code == 200, response.text
+    link = response.headers["link"]
+    assert link.startswith("<http://testserver/store/api/v3/pet/search?limit=2&cursor="), link
+
+
+# ------------------------------------------------------------------------------------ the document
+
+
+def test_the_document_lists_the_operation_its_parameters_and_its_answer(
+    api: ApiHarness, zoo: dict[str, dict[str, Any]]
+) -> None:
+    document = api.client.get(f"{API}/openapi.json").json()
+    operation = document["paths"]["/pet/search"]["get"]
+    assert operation["operationId"] == "searchPets" and operation["x-petstore-permission"] is None
+    params = {param["name"]: param for param in operation["parameters"]}
+    assert set(params) == {"q", "status", "category", "tag", "sort", "limit", "cursor", "If-None-Match"}
+    assert params["status"]["explode"] is True and params["tag"]["explode"] is True
+    assert params["sort"]["schema"]["enum"] == ["id", "-id", "name", "-name"]
+    assert params["limit"]["schema"] | {} == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
+    ok = operation["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/PetPage"}
+    assert {"Link", "ETag"} <= set(ok["headers"])
+    assert {"304", "400"} <= set(operation["responses"])
+    # Real answers, first and last pages and a 400, are what it says.
+    schema = {"$ref": "#/components/schemas/PetPage", "components": document["components"]}
+    error = {"$ref": "#/components/schemas/Error", "components": document["components"]}
+    Draft202012Validator(schema).validate(search(api, limit=2))
+    Draft202012Validator(schema).validate(search(api, q="nobody"))
+    Draft202012Validator(error).validate(api.client.get(SEARCH, params={"limit": 0}).json())
+    # Beside /pet/{petId}, not shadowed by it.
+    assert "/pet/{petId}" in document["paths"]
