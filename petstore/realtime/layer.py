@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from petstore.realtime.relay import Relay
 logger = logging.getLogger("petstore.realtime")
 
 SHUTDOWN_SECONDS = 5.0
+#: Snapshots kept, by room, for the subscribers that come while the room has not moved.
+SNAPSHOTS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Realtime:
         self.hub = Hub(parts.plugins.observe, tracing)
         self.broker: Broker = create_broker(parts.settings, self.hub.deliver, parts.plugins.observe, parts.redis)
         self.relay = Relay(parts, self.broker)
+        #: room -> ((epoch, offset), its snapshot read at that position), least recently used first.
+        self._snapshots: OrderedDict[str, tuple[tuple[str, int], asyncio.Future[Any]]] = OrderedDict()
         #: Clean-up tasks started where awaiting is impossible (see ``sse.release``), kept referenced.
         self.background: set[asyncio.Task[None]] = set()
 
@@ -99,7 +104,7 @@ class Realtime:
         try:
             history = await self.broker.history(room, since)
             recovered = since is not None and history.messages is not None
-            snapshot = None if recovered else await self.snapshot(room)
+            snapshot = None if recovered else await self._snapshot_at(room, history.epoch, history.offset)
         except BaseException:
             await self.unsubscribe(conn, room)
             raise
@@ -128,6 +133,38 @@ class Realtime:
         every instance is the caller's part (the auth plugin calls it wherever a revocation
         arrives). One pass over the connections when called, nothing per event."""
         return self.hub.close_sessions(match, POLICY_VIOLATION)
+
+    async def _snapshot_at(self, room: str, epoch: str, offset: int) -> Any:
+        """The room's snapshot for a subscriber at ``offset`` of ``epoch``: read once per position.
+
+        A snapshot read after the room stood at a position reflects every event up to it, and
+        every change to what a snapshot shows (a pet, the counts) is an event of its room: while
+        the room stays at that position, the same snapshot serves every subscriber. A reconnect
+        storm after a restart (thousands joining ``inventory`` at one position) then costs one
+        query, not one per client; concurrent subscribers share the one read in flight."""
+        key = (epoch, offset)
+        kept = self._snapshots.get(room)
+        if kept is not None and kept[0] == key:
+            self._snapshots.move_to_end(room)
+            return await asyncio.shield(kept[1])
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._snapshots[room] = (key, future)
+        if len(self._snapshots) > SNAPSHOTS_KEPT:
+            self._snapshots.popitem(last=False)
+        try:
+            value = await self.snapshot(room)
+        except BaseException as exc:
+            if self._snapshots.get(room, (None, None))[1] is future:
+                del self._snapshots[room]
+            future.set_exception(exc if isinstance(exc, Exception) else BrokerUnavailable("snapshot read cancelled"))
+            future.exception()  # retrieved: those waiting on it get it; nobody else must
+            raise
+        future.set_result(value)
+        if value is None and self._snapshots.get(room, (None, None))[1] is future:
+            # No pet (yet): a pet created with this id by a seed or a migration says nothing in
+            # its room, so absence is read again each time.
+            del self._snapshots[room]
+        return value
 
     async def snapshot(self, room: str) -> Any:
         """The current state a subscriber starts from: inventory counts, or the pet (null if gone)."""

@@ -89,6 +89,40 @@ async def test_subscribe_inventory_gives_counts_then_every_change_as_an_event(ap
         assert event["offset"] == start + 2
 
 
+async def test_subscribers_at_one_position_share_one_snapshot_read(
+    app: AppServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reconnect storm joins ``inventory`` at one position: one count query serves them all,
+    and the next change (a new position) is counted again, so no subscriber gets an old snapshot."""
+    from petstore.realtime import layer
+
+    reads: list[str] = []
+    real = layer.Realtime.snapshot
+
+    async def counted(self: layer.Realtime, room: str) -> Any:
+        reads.append(room)
+        return await real(self, room)
+
+    monkeypatch.setattr(layer.Realtime, "snapshot", counted)
+    pet = await add_pet(app.url, "Kept")
+    await until(lambda: app.count("event.published", event="inventory.changed") == 1, "the event to be published")
+    async with ws_client(app.ws_url) as a, ws_client(app.ws_url) as b, ws_client(app.ws_url) as c:
+        answers = [await x.request({"type": "subscribe", "room": "inventory"}, "subscribed") for x in (a, b, c)]
+        pet_answers = [await x.request({"type": "subscribe", "room": f"pet:{pet['id']}"}, "subscribed") for x in (a, b)]
+        assert reads == ["inventory", f"pet:{pet['id']}"]
+        assert {json.dumps(x["snapshot"]) for x in answers} == {json.dumps({"available": 1, "pending": 0, "sold": 0})}
+        assert pet_answers[0]["snapshot"] == pet_answers[1]["snapshot"] == pet
+        await set_status(app.url, pet["id"], "sold")
+        await a.expect("event")
+        await a.expect("event")
+        async with ws_client(app.ws_url) as d:
+            later = await d.request({"type": "subscribe", "room": "inventory"}, "subscribed")
+            again = await d.request({"type": "subscribe", "room": f"pet:{pet['id']}"}, "subscribed")
+    assert later["snapshot"] == {"available": 0, "pending": 0, "sold": 1}
+    assert again["snapshot"]["status"] == "sold"
+    assert reads == ["inventory", f"pet:{pet['id']}", "inventory", f"pet:{pet['id']}"]
+
+
 async def test_pets_and_pet_rooms_carry_the_pet_as_rest_shows_it(app: AppServer) -> None:
     async with ws_client(app.ws_url) as pets, ws_client(app.ws_url) as one:
         await pets.request({"type": "subscribe", "room": "pets"}, "subscribed")
