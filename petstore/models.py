@@ -217,7 +217,8 @@ class Pet(SQLModel, table=True):
     # The orders of /pet/search (migration 0004): by name then id, and a status's pets by id (an
     # index on status alone orders them by id on SQLite, where every index ends with the rowid,
     # but not on PostgreSQL). PostgreSQL also has a trigram index on name, out of these models
-    # since it needs the pg_trgm extension (petstore.migrations.DATABASE_SPECIFIC_INDEXES).
+    # since it needs the pg_trgm extension (petstore.migrations.DATABASE_SPECIFIC_INDEXES);
+    # SQLite has an FTS5 table of names instead (petstore.db.fulltext).
     __table_args__ = (Index("ix_pet_name_id", "name", "id"), Index("ix_pet_status_id", "status", "id"), NEVER_REUSE_IDS)
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))

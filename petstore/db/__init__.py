@@ -20,7 +20,7 @@ from sqlalchemy.orm import Mapper
 from sqlmodel import SQLModel
 
 from petstore.config import Settings
-from petstore.db import sqlite
+from petstore.db import fulltext, sqlite
 from petstore.models import MAX_ID, Category, Order, Pet, Tag, User
 
 
@@ -45,6 +45,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+            _record.info[fulltext.INFO_KEY] = fulltext.detect(dbapi_connection)
 
         return engine
     return create_async_engine(settings.database_url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -60,6 +61,7 @@ async def create_all(engine: AsyncEngine) -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(SQLModel.metadata.create_all)
+        await conn.run_sync(fulltext.create)  # what revision 0004 adds beside the models on SQLite
 
 
 #: Client-chosen ids at or above this do not move the id sequences, so generated ids stay below

@@ -33,12 +33,19 @@ HEADS = "heads"
 #: declare: PostgreSQL's trigram index on pet names (revision 0004, where ``pg_trgm`` can be
 #: created). Comparing the schema with the models must neither count them as drift nor drop them.
 DATABASE_SPECIFIC_INDEXES = frozenset({"ix_pet_name_trgm"})
+#: The same for tables: SQLite's FTS5 table of pet names and the shadow tables FTS5 keeps beside
+#: it (``pet_name_fts_data``, ``_idx``, ``_docsize``, ``_config``): :mod:`petstore.db.fulltext`.
+DATABASE_SPECIFIC_TABLE_PREFIX = "pet_name_fts"
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     """Alembic's ``include_object`` hook for autogenerate and ``compare_metadata``: everything but
-    :data:`DATABASE_SPECIFIC_INDEXES` found in the database."""
-    return not (type_ == "index" and reflected and compare_to is None and name in DATABASE_SPECIFIC_INDEXES)
+    the database-specific indexes and tables above, found in the database."""
+    if not reflected or compare_to is not None or name is None:
+        return True
+    if type_ == "index":
+        return name not in DATABASE_SPECIFIC_INDEXES
+    return not (type_ == "table" and name.startswith(DATABASE_SPECIFIC_TABLE_PREFIX))
 
 
 def alembic_config(database_url: str, plugins: Sequence[PluginMigrations] = ()) -> Config:

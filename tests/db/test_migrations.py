@@ -24,6 +24,7 @@ from plugins.auth.schema import MIGRATIONS as AUTH_MIGRATIONS
 from tests.services import PostgresServer
 
 HEAD = "0004"
+FTS = "pet_name_fts"
 TABLES = {"category", "tag", "pet", "pet_tag", "users", "purchase_order", "outbox", "alembic_version"}
 
 
@@ -36,7 +37,8 @@ def _inspect(url: str) -> dict[str, Any]:
         tables = set(inspector.get_table_names())
         return {
             "diff": compare_metadata(context, SQLModel.metadata),
-            "tables": tables,
+            "tables": {table for table in tables if not table.startswith(FTS)},  # SQLite's name index apart
+            "fts_tables": {table for table in tables if table.startswith(FTS)},
             "indexes": {ix["name"] for table in tables for ix in inspector.get_indexes(table)},
             "revision": context.get_current_revision(),
         }
@@ -56,6 +58,10 @@ def _assert_matches_models(url: str) -> None:
     schema = _inspect(url)
     assert schema["diff"] == []
     assert schema["tables"] == TABLES
+    if url.startswith("sqlite"):  # SQLite's trigram table of names, and the shadow tables of FTS5
+        assert schema["fts_tables"] == {FTS, f"{FTS}_data", f"{FTS}_idx", f"{FTS}_docsize", f"{FTS}_config"}
+    else:
+        assert schema["fts_tables"] == set()
     assert {
         "ix_pet_status_id",
         "ix_pet_name_id",
@@ -135,10 +141,51 @@ def test_0004_swaps_the_status_index_for_status_and_id_and_its_downgrade_restore
     indexes = _inspect(url)["indexes"]
     assert {"ix_pet_name_id", "ix_pet_status_id", "ix_pet_tag_tag_id"} <= indexes and "ix_pet_status" not in indexes
     assert _run_sql(url, "SELECT id, name, status FROM pet") == [(7, "Rex", "sold")]
+    assert _run_sql(url, f"SELECT rowid FROM {FTS} WHERE {FTS} MATCH '\"REX\"'") == [(7,)]  # the pets already there
     command.downgrade(config, "0003")
-    indexes = _inspect(url)["indexes"]
-    assert "ix_pet_status" in indexes and not {"ix_pet_name_id", "ix_pet_status_id", "ix_pet_tag_tag_id"} & indexes
+    schema = _inspect(url)
+    assert "ix_pet_status" in schema["indexes"]
+    assert not {"ix_pet_name_id", "ix_pet_status_id", "ix_pet_tag_tag_id"} & schema["indexes"]
+    assert schema["fts_tables"] == set()
+    assert _run_sql(url, "SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
     assert _run_sql(url, "SELECT id, name, status FROM pet") == [(7, "Rex", "sold")]
+
+
+def test_on_sqlite_the_name_index_follows_every_insert_rename_and_delete_and_matches_the_models_one(
+    tmp_path: Path,
+) -> None:
+    migrated = f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}"
+    migrate(migrated)
+
+    def matches(url: str, q: str) -> list[int]:
+        return [row[0] for row in _run_sql(url, f"SELECT rowid FROM {FTS} WHERE {FTS} MATCH '\"{q}\"' ORDER BY rowid")]
+
+    _run_sql(migrated, "INSERT INTO pet (id, name, status, photo_urls) VALUES (1, 'Éclair', 'sold', '[]')")
+    _run_sql(migrated, "INSERT INTO pet (id, name, status, photo_urls) VALUES (2, 'Rexford', 'sold', '[]')")
+    assert matches(migrated, "éCL") == [1] and matches(migrated, "xfo") == [2]  # any case, Unicode too
+    _run_sql(migrated, "UPDATE pet SET name = 'Maxford' WHERE id = 2")
+    assert matches(migrated, "rex") == [] and matches(migrated, "axf") == [2]
+    _run_sql(migrated, "UPDATE pet SET status = 'available' WHERE id = 2")  # not its name: nothing to do
+    assert matches(migrated, "axf") == [2]
+    _run_sql(migrated, "DELETE FROM pet WHERE id = 1")
+    assert matches(migrated, "cla") == []
+    assert _run_sql(migrated, f"INSERT INTO {FTS} ({FTS}, rank) VALUES ('integrity-check', 1)") == []
+
+    created = f"sqlite+aiosqlite:///{tmp_path / 'created.db'}"
+    asyncio.run(_create_all(created))
+    schema = "SELECT type, name, sql FROM sqlite_master WHERE name LIKE 'pet_name_fts%' ORDER BY name"
+    assert _run_sql(created, schema) == _run_sql(migrated, schema) != []
+
+
+async def _create_all(url: str) -> None:
+    from petstore import db
+    from petstore.config import Settings
+
+    engine = db.create_engine(Settings(database_url=url, plugins=(), env="test"))
+    try:
+        await db.create_all(engine)
+    finally:
+        await engine.dispose()
 
 
 @pytest.mark.postgres
@@ -248,7 +295,8 @@ def _with_plugins(url: str) -> dict[str, Any]:
         tables = set(inspector.get_table_names())
         return {
             "diff": compare_metadata(context, [SQLModel.metadata, AUTH_MIGRATIONS.metadata]),  # type: ignore[arg-type]
-            "tables": tables,
+            "tables": {table for table in tables if not table.startswith(FTS)},  # SQLite's name index apart
+            "fts_tables": {table for table in tables if table.startswith(FTS)},
             "indexes": {ix["name"] for table in tables for ix in inspector.get_indexes(table)},
             "heads": set(context.get_current_heads()),
         }

@@ -16,8 +16,14 @@ PostgreSQL a trigram index for ``q``.
   on without the index: the search still answers, reading the table for ``q``. Once an
   administrator has created the extension, the index is one statement (docs/rest.md).
 
-Category names already have ``ix_category_name`` and pets ``ix_pet_category_id``. SQLite gets no
-full-text table: see docs/rest.md for what was measured and why.
+- SQLite: ``pet_name_fts``, an FTS5 table with the ``trigram`` tokenizer, external content (it
+  holds the index, ``pet`` the names) kept in step by three triggers: SQLite has no index for
+  ``LIKE '%q%'``, and this one answers ``q`` of three characters or more, and counts its matches,
+  without reading the table (100,000 pets: a 30-80 ms count to under 7 ms, see
+  ``petstore.db.fulltext``). Where SQLite lacks FTS5 or its trigram tokenizer (before 3.34), the
+  revision says so in a warning and goes on without it, as for ``pg_trgm``.
+
+Category names already have ``ix_category_name`` and pets ``ix_pet_category_id``.
 
 Revision ID: 0004
 Revises: 0003
@@ -39,6 +45,19 @@ logger = logging.getLogger("petstore.migrations")
 
 #: Written out, not imported: a revision must not change when the code does.
 TRIGRAM_INDEX = "ix_pet_name_trgm"
+FTS_TABLE = "pet_name_fts"
+FTS_STATEMENTS = (
+    "CREATE VIRTUAL TABLE pet_name_fts USING fts5(name, content='pet', content_rowid='id', "
+    "tokenize='trigram case_sensitive 0')",
+    "CREATE TRIGGER pet_name_fts_insert AFTER INSERT ON pet BEGIN "
+    "INSERT INTO pet_name_fts (rowid, name) VALUES (new.id, new.name); END",
+    "CREATE TRIGGER pet_name_fts_delete AFTER DELETE ON pet BEGIN "
+    "INSERT INTO pet_name_fts (pet_name_fts, rowid, name) VALUES ('delete', old.id, old.name); END",
+    "CREATE TRIGGER pet_name_fts_update AFTER UPDATE OF name ON pet BEGIN "
+    "INSERT INTO pet_name_fts (pet_name_fts, rowid, name) VALUES ('delete', old.id, old.name); "
+    "INSERT INTO pet_name_fts (rowid, name) VALUES (new.id, new.name); END",
+    "INSERT INTO pet_name_fts (pet_name_fts) VALUES ('rebuild')",
+)
 
 
 def _trigram_extension(bind: sa.Connection) -> bool:
@@ -62,12 +81,28 @@ def _trigram_extension(bind: sa.Connection) -> bool:
     return True
 
 
+def _sqlite_name_index(bind: sa.Connection) -> None:
+    try:
+        bind.exec_driver_sql(FTS_STATEMENTS[0])
+    except sa.exc.OperationalError as exc:  # no FTS5, or no trigram tokenizer (SQLite < 3.34)
+        logger.warning(
+            "revision 0004: no trigram index of pet names, this SQLite cannot create one (%s); "
+            "searching names by q reads the whole pet table",
+            str(exc.orig).strip() if exc.orig is not None else type(exc).__name__,
+        )
+        return
+    for statement in FTS_STATEMENTS[1:]:
+        bind.exec_driver_sql(statement)
+
+
 def upgrade() -> None:
     op.create_index("ix_pet_name_id", "pet", ["name", "id"])
     op.create_index("ix_pet_status_id", "pet", ["status", "id"])
     op.drop_index("ix_pet_status", table_name="pet")
     op.create_index("ix_pet_tag_tag_id", "pet_tag", ["tag_id", "pet_id"])
     bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        _sqlite_name_index(bind)
     if bind.dialect.name == "postgresql" and _trigram_extension(bind):
         op.create_index(TRIGRAM_INDEX, "pet", ["name"], postgresql_using="gin", postgresql_ops={"name": "gin_trgm_ops"})
 
@@ -76,6 +111,10 @@ def downgrade() -> None:
     # The extension stays: other databases' objects, or an administrator's, may use it.
     if op.get_bind().dialect.name == "postgresql":
         op.execute(sa.text(f"DROP INDEX IF EXISTS {TRIGRAM_INDEX}"))
+    if op.get_bind().dialect.name == "sqlite":
+        for trigger in ("insert", "delete", "update"):
+            op.execute(sa.text(f"DROP TRIGGER IF EXISTS {FTS_TABLE}_{trigger}"))
+        op.execute(sa.text(f"DROP TABLE IF EXISTS {FTS_TABLE}"))
     op.drop_index("ix_pet_tag_tag_id", table_name="pet_tag")
     op.create_index("ix_pet_status", "pet", ["status"])
     op.drop_index("ix_pet_status_id", table_name="pet")
