@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 
 from petstore.api.caching import conditional
 from petstore.api.inputs import LISTED_NAME, MAX_LIMIT, check_names, query_integer, query_list
+from petstore.db import fulltext
 from petstore.db.queries import WITH_RELATIONS
 from petstore.errors import BadRequest
 from petstore.models import INT64_MAX, Category, Pet, PetPublic, PetStatus, PetTagLink, Tag
@@ -120,17 +121,46 @@ def _like_pattern(q: str) -> str:
     return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def filters(request: Request) -> list[ColumnElement[bool]]:
-    """The conditions of the query's ``q``, ``status``, ``category`` and ``tag``: 400 on any bad one."""
+@dataclass(frozen=True)
+class Filters:
+    """What ``q``, ``status``, ``category`` and ``tag`` ask for, checked (see :func:`read_filters`)."""
+
+    q: str = ""
+    statuses: tuple[str, ...] = ()
+    category: str | None = None
+    tags: tuple[str, ...] = ()
+
+    def conditions(self, name_index: bool) -> list[ColumnElement[bool]]:
+        """The WHERE of the search; ``name_index``: the database has SQLite's trigram table
+        (:mod:`petstore.db.fulltext`), which then answers ``q`` of three characters or more."""
+        conditions: list[ColumnElement[bool]] = []
+        if self.q and name_index and len(self.q) >= fulltext.SHORTEST:
+            conditions.append(col(Pet.id).in_(fulltext.matching(self.q)))
+        elif self.q:
+            # ILIKE on PostgreSQL (migration 0004's trigram index serves it), lower() LIKE lower() on SQLite.
+            conditions.append(col(Pet.name).ilike(_like_pattern(self.q), escape="\\"))
+        if self.statuses:
+            conditions.append(col(Pet.status).in_(self.statuses))
+        if self.category is not None:
+            named = select(col(Category.id)).where(col(Category.name) == self.category)
+            conditions.append(col(Pet.category_id).in_(named))
+        if self.tags:
+            tagged = (
+                select(col(PetTagLink.pet_id))
+                .join(Tag, col(Tag.id) == col(PetTagLink.tag_id))
+                .where(col(Tag.name).in_(self.tags))
+            )
+            conditions.append(col(Pet.id).in_(tagged))
+        return conditions
+
+
+def read_filters(request: Request) -> Filters:
+    """The query's ``q``, ``status``, ``category`` and ``tag``: 400 on any bad one."""
     params = request.query_params
-    conditions: list[ColumnElement[bool]] = []
-    q = params.get("q", "")
     if len(params.getlist("q")) > 1:
         raise BadRequest("invalid q: give it once")
-    if q:
-        check_names([q], "q")
-        # ILIKE on PostgreSQL (the trigram index of migration 0004 serves it), lower() LIKE lower() on SQLite.
-        conditions.append(col(Pet.name).ilike(_like_pattern(q), escape="\\"))
+    q = check_names([params.get("q", "")], "q")[0]
+    statuses: list[str] = []
     if "status" in params:
         statuses = query_list(request, "status")
         if not statuses:
@@ -138,27 +168,20 @@ def filters(request: Request) -> list[ColumnElement[bool]]:
         invalid = [s for s in statuses if s not in PetStatus.__members__]
         if invalid:
             raise BadRequest(f"invalid status value: {invalid[0][:40]!r} (use available, pending or sold)")
-        conditions.append(col(Pet.status).in_(statuses))
+    category = None
     if "category" in params:
         categories = params.getlist("category")
         if len(categories) > 1:
             raise BadRequest("invalid category value: give one category name")
         if not categories[0]:
             raise BadRequest("invalid category value: empty (leave category out for every category)")
-        check_names(categories, "category")
-        named = select(col(Category.id)).where(col(Category.name) == categories[0])
-        conditions.append(col(Pet.category_id).in_(named))
+        category = check_names(categories, "category")[0]
+    tags: list[str] = []
     if "tag" in params:
         tags = check_names(query_list(request, "tag"), "tag")
         if not tags:
             raise BadRequest("invalid tag value: empty (leave tag out for every pet)")
-        tagged = (
-            select(col(PetTagLink.pet_id))
-            .join(Tag, col(Tag.id) == col(PetTagLink.tag_id))
-            .where(col(Tag.name).in_(tags))
-        )
-        conditions.append(col(Pet.id).in_(tagged))
-    return conditions
+    return Filters(q, tuple(statuses), category, tuple(tags))
 
 
 def _sort(request: Request) -> str:
@@ -260,7 +283,7 @@ def _page_query(
     etag=True,
 )
 async def search_pets(request: Request) -> Response:
-    conditions = filters(request)
+    wanted = read_filters(request)
     sort_name = _sort(request)
     sort = SORTS[sort_name]
     limit = query_integer(request, "limit", DEFAULT_LIMIT, MAX_LIMIT, minimum=1)
@@ -269,6 +292,8 @@ async def search_pets(request: Request) -> Response:
     cursor = request.query_params.get("cursor")
     key = decode_cursor(cursor, sort_name) if cursor is not None else None
     async with app_state(request).sessions() as session:
+        connection = await session.connection()
+        conditions = wanted.conditions(name_index=bool(connection.info.get(fulltext.INFO_KEY)))
         pets = list((await session.execute(_page_query(conditions, sort, key, limit))).scalars().all())
         total, exact = await _total(session, conditions)
         more = len(pets) > limit

@@ -106,6 +106,30 @@ def test_q_takes_percent_underscore_and_backslash_literally(api: ApiHarness, zoo
     assert search(api, q="\\")["items"] == []
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_on_sqlite_q_folds_case_beyond_ascii_from_three_characters(api: ApiHarness) -> None:
+    """SQLite's trigram table folds every letter (its LIKE, for a shorter q, only ASCII ones). On
+    PostgreSQL, ILIKE folds as the database's LC_CTYPE says: every letter under en_US.UTF-8,
+    ASCII only under C (as the test cluster is)."""
+    for name in ("Éclair", "petit éclairé", "Eclipse"):
+        api.new_pet(name)
+    assert names(search(api, q="ÉCLAIR")) == ["Éclair", "petit éclairé"]
+    assert names(search(api, q="éCl")) == ["Éclair", "petit éclairé"]
+    assert names(search(api, q="ecl")) == ["Eclipse"]  # no accent folding: é is not e
+
+
+def test_q_is_text_never_search_syntax(api: ApiHarness) -> None:
+    for name in ('say "hi" now', "x*y", "NOT this", "a:b", "(ab)"):
+        api.new_pet(name)
+    assert names(search(api, q='"hi"')) == ['say "hi" now']
+    assert names(search(api, q='y "h')) == ['say "hi" now']
+    assert names(search(api, q="x*y")) == ["x*y"]
+    assert names(search(api, q="NOT")) == ["NOT this"]
+    assert names(search(api, q="a:b")) == ["a:b"]
+    assert names(search(api, q="(ab")) == ["(ab)"]
+    assert search(api, q="x*")["total"] == 1 and search(api, q="*y")["total"] == 1
+
+
 def test_status_takes_one_value_a_comma_list_or_repeated_parameters(
     api: ApiHarness, zoo: dict[str, dict[str, Any]]
 ) -> None:
@@ -234,6 +258,41 @@ def test_a_page_costs_the_same_statements_however_many_pets_there_are(api: ApiHa
     with api.count_statements() as many:
         assert len(search(api, tag="t", limit=20)["items"]) == 20
     assert few.count == many.count == 4, many.statements
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_on_sqlite_q_of_three_characters_or_more_is_answered_by_the_trigram_table(api: ApiHarness) -> None:
+    api.new_pet("Rexford")
+    with api.count_statements() as long:
+        assert names(search(api, q="EXF")) == ["Rexford"]
+    with api.count_statements() as short:
+        assert names(search(api, q="EX")) == ["Rexford"]
+    assert any("pet_name_fts MATCH" in statement for statement in long.statements), long.statements
+    assert not any("pet_name_fts" in statement for statement in short.statements), short.statements
+
+
+def test_a_sqlite_database_without_the_trigram_table_still_answers_q(tmp_path: Path) -> None:
+    """Revision 0004 goes on without it where SQLite cannot make one: the search reads the table instead."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'petstore.db'}"
+    asyncio.run(create_schema(url))
+
+    async def drop() -> None:
+        from petstore import db
+        from petstore.config import Settings
+
+        engine = db.create_engine(Settings(database_url=url, plugins=(), env="test"))
+        async with engine.begin() as conn:
+            for trigger in ("insert", "delete", "update"):
+                await conn.exec_driver_sql(f"DROP TRIGGER pet_name_fts_{trigger}")
+            await conn.exec_driver_sql("DROP TABLE pet_name_fts")
+        await engine.dispose()
+
+    asyncio.run(drop())
+    with TestClient(make_app(url, media_dir=tmp_path / "media")) as client:
+        staff = {"X-Test-User": "staff:1:staff"}
+        for name in ("Rexford", "Bella"):
+            assert client.post(f"{API}/pet", json={"name": name, "photoUrls": []}, headers=staff).status_code == 200
+        assert [pet["name"] for pet in client.get(SEARCH, params={"q": "rexf"}).json()["items"]] == ["Rexford"]
 
 
 # ------------------------------------------------------------------------------------ bad input
