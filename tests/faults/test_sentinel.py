@@ -59,11 +59,13 @@ from tests.services.sentinel import RedisSentinelSet, info_fields, resp_command
 
 pytestmark = [pytest.mark.redis, pytest.mark.process]
 
-#: The stream of changes around the crash: this many pets, one every WRITE_EVERY s, the primary
-#: killed after KILL_AFTER of them (so the stream goes on through the outage and the promotion).
-STREAM_PETS = 16
+#: The stream of changes around the crash: one pet every WRITE_EVERY s, the primary killed after
+#: KILL_AFTER of them; it goes on through the outage until AFTER_PROMOTION pets past the promotion,
+#: STREAM_MAX at most (a bound, whatever the sentinels do).
 WRITE_EVERY = 0.25
 KILL_AFTER = 4
+AFTER_PROMOTION = 2
+STREAM_MAX = 60
 #: From the crash to every sentinel naming the replica: down after 1 s, the vote, the promotion.
 PROMOTION_WAIT = 20.0
 #: A subscriber is quiet this long after its last expected event: nothing else was on its way.
@@ -230,15 +232,24 @@ async def add_pets(servers: Sequence[UvicornServer], names: Sequence[str], pace:
 
 
 async def stream_with_a_crash(
-    servers: Sequence[UvicornServer], sentinels: RedisSentinelSet, names: Sequence[str]
-) -> tuple[list[dict[str, Any]], float]:
-    """The pets, one every WRITE_EVERY s; the primary is SIGKILLed after KILL_AFTER of them.
-    Returns the pets and when (monotonic) the primary died."""
-    pets = await add_pets(servers, names[:KILL_AFTER], WRITE_EVERY)
+    servers: Sequence[UvicornServer], sentinels: RedisSentinelSet
+) -> tuple[list[dict[str, Any]], float, float]:
+    """Pets named ``stream-N``, one every WRITE_EVERY s, alternating between the servers; the
+    primary SIGKILLed after KILL_AFTER of them, the stream going on through the outage and past
+    the promotion. Returns the pets, and when (monotonic) the primary died and the replica was
+    promoted (every sentinel names it)."""
+    pets = await add_pets(servers, [f"stream-{n}" for n in range(KILL_AFTER)], WRITE_EVERY)
     await asyncio.to_thread(sentinels.kill_primary)
     killed = time.monotonic()
-    pets += await add_pets(servers, names[KILL_AFTER:], WRITE_EVERY)
-    return pets, killed
+    promotion = asyncio.create_task(asyncio.to_thread(sentinels.wait_promoted, PROMOTION_WAIT))
+    past = 0
+    while past < AFTER_PROMOTION and len(pets) < STREAM_MAX:
+        pets += await add_pets(servers[len(pets) % 2 :], [f"stream-{len(pets)}"])
+        if promotion.done():
+            past += 1
+        await asyncio.sleep(WRITE_EVERY)  # the pace of the stream, not a synchronisation
+    await promotion  # raises TimeoutError (with the sentinels' logs) if the promotion never came
+    return pets, killed, time.monotonic()
 
 
 async def take_until_seen(subscriber: Subscriber, wanted: set[str], within: float) -> None:
@@ -326,7 +337,6 @@ async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brok
     stay_b = await Subscriber.join(b.ws_url)
     leaver = await Subscriber.join(a.ws_url)
     before = [f"before-{n}" for n in range(4)]
-    stream = [f"stream-{n}" for n in range(STREAM_PETS)]
 
     committed = await add_pets(servers, before)
     for subscriber in (stay_a, stay_b, leaver):
@@ -335,12 +345,13 @@ async def test_the_primary_killed_mid_stream_loses_nothing_silently_and_the_brok
     since = leaver.position
     await leaver.leave()
 
-    pets, killed = await stream_with_a_crash(servers, sentinel_set, stream)
-    committed += pets
     try:
-        await asyncio.to_thread(sentinel_set.wait_promoted, max(1.0, killed + PROMOTION_WAIT - time.monotonic()))
+        pets, killed, promoted = await stream_with_a_crash(servers, sentinel_set)
     except TimeoutError as exc:
         pytest.fail(f"{exc}\n{logs_of(a, b)}")
+    committed += pets
+    stream = [pet["name"] for pet in pets]
+    print(f"{len(stream)} pets in the stream, the promotion {promoted - killed:.1f}s after the crash")
 
     await after_the_failover(sentinel_set, servers, [stay_a, stay_b], since, before, stream, committed, killed)
 
@@ -362,19 +373,19 @@ async def after_the_failover(
     created since (before the promotion); ``committed`` every pet REST said it created so far.
     """
     a, b = servers
-    promoted = time.monotonic()
+    begun = time.monotonic()
     try:
         for server in servers:
             await poll(functools.partial(broker_ok, server), f"the broker of {server.url} to be ok", DEADLINE)
     except TimeoutError as exc:
-        pytest.fail(f"{exc} ({promoted - killed:.1f}s after the crash)\n{logs_of(a, b, sentinels=sentinels)}")
+        pytest.fail(f"{exc} ({begun - killed:.1f}s after the crash)\n{logs_of(a, b, sentinels=sentinels)}")
     back = await Subscriber.join(b.ws_url, since=since, within=DEADLINE)
     after = [f"after-{n}" for n in range(6)]
     committed += await add_pets(servers, after)
     created = [*seen_by_the_leaver, *missed_by_the_leaver, *after]
 
     # Shown with a failure (and with -s): what each subscriber went through.
-    print(f"crash to promotion {promoted - killed:.1f}s; comeback {back.subscribed}")
+    print(f"checks begun {begun - killed:.1f}s after the crash; comeback {back.subscribed}")
 
     # Every pet committed over REST is in the database.
     assert [pet["name"] for pet in committed] == created
