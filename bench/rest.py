@@ -13,6 +13,14 @@ category and tags (findByStatus returns all 100), and a staff user whose token a
 The petstore runs its default plugins (auth, rate limit with a limit too high to trigger,
 metrics). The bare app answers the same JSON through the same models and queries, with no
 middleware, no plugins and no events: the table shows what everything else costs.
+
+``--search`` measures ``GET /pet/search`` instead, on the petstore alone, at each size of
+``--sizes`` (default 100 and 100,000 pets, written straight into a migrated database with seed-like
+names, categories, tags and statuses): a first page and a page deep in the walk (its cursor
+taken half way through the matches) for each kind of filter, so the table shows whether a page
+at 100,000 pets costs what it costs at 100::
+
+    .venv/bin/python bench/rest.py --search --duration 5
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import selectinload
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -187,6 +195,130 @@ def post_script(token: str | None) -> str:
     return f'request = function() return wrk.format("POST", "/api/v3/pet", {{{lua_headers}}}, "{body}") end\n'
 
 
+# ---------------------------------------------------------------------------- the search
+
+#: The searches measured: each order and filter; a part of a name that many pets have, that few have, that none has.
+SEARCHES = (
+    ("no filter", {}),
+    ("sort=-name", {"sort": "-name"}),
+    ("status=sold", {"status": "sold"}),
+    ("category=Fish", {"category": "Fish"}),
+    ("tag=calm", {"tag": "calm"}),
+    ("q=rex (many)", {"q": "rex"}),
+    ("q=4242 (few)", {"q": "4242"}),
+    ("q=zzz (none)", {"q": "zzz"}),
+    ("q=rex&sort=name", {"q": "rex", "sort": "name"}),
+)
+
+
+async def prepare_search(database_url: str, pets: int) -> None:
+    """Migrate, then ``pets`` pets as ``petstore seed`` makes them, inserted in bulk (the API would take long)."""
+    import random
+
+    from petstore.migrations import migrate
+    from petstore.seed import CATEGORIES, STATUS_WEIGHTS, TAGS
+
+    await asyncio.to_thread(migrate, database_url)
+    engine = db.create_engine(Settings(database_url=database_url, plugins=()))
+    rng = random.Random(15)
+    categories = list(CATEGORIES)
+    try:
+        async with engine.begin() as conn:
+            rows = [{"id": n + 1, "name": name} for n, name in enumerate(categories)]
+            await conn.execute(text("INSERT INTO category (id, name) VALUES (:id, :name)"), rows)
+            rows = [{"id": n + 1, "name": name} for n, name in enumerate(TAGS)]
+            await conn.execute(text("INSERT INTO tag (id, name) VALUES (:id, :name)"), rows)
+            for start in range(0, pets, 5000):
+                batch, links = [], []
+                for number in range(start + 1, min(pets, start + 5000) + 1):
+                    category = rng.randrange(len(categories))
+                    status = rng.choices(list(STATUS_WEIGHTS), weights=list(STATUS_WEIGHTS.values()))[0]
+                    name = f"{rng.choice(CATEGORIES[categories[category]])} {number}"
+                    batch.append({"id": number, "name": name, "status": status.value, "category": category + 1})
+                    links += [
+                        {"pet": number, "tag": tag + 1} for tag in rng.sample(range(len(TAGS)), rng.randint(1, 3))
+                    ]
+                insert = "INSERT INTO pet (id, name, status, category_id, photo_urls) VALUES (:id, :name, :status, :category, '[]')"  # noqa: E501
+                await conn.execute(text(insert), batch)
+                await conn.execute(text("INSERT INTO pet_tag (pet_id, tag_id) VALUES (:pet, :tag)"), links)
+            if database_url.startswith("postgresql"):
+                await conn.execute(text("SELECT setval(pg_get_serial_sequence('pet', 'id'), :n)"), {"n": pets})
+        async with engine.connect() as conn:  # the planners' statistics, as autovacuum would keep them
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("VACUUM ANALYZE" if database_url.startswith("postgresql") else "ANALYZE"))
+    finally:
+        await engine.dispose()
+
+
+def deep_cursor(url: str, params: dict[str, str]) -> str | None:
+    """The cursor of a page half way through the matches of ``params`` (None if there is one page)."""
+    from urllib.parse import parse_qs, urlparse
+
+    first = httpx.get(f"{url}/api/v3/pet/search", params=params | {"limit": "1"}, timeout=60).json()
+    half = min(first["total"], 50_000) // 2
+    if half < 2:
+        return None
+    page = httpx.get(f"{url}/api/v3/pet/search", params=params | {"limit": "1000"}, timeout=60)
+    cursor = page.json()["next"]
+    for _ in range(half // 1000 - 1):  # follow the pages to the middle, as a client would
+        if cursor is None:
+            return None
+        page = httpx.get(f"{url}/api/v3/pet/search", params=params | {"limit": "1000", "cursor": cursor}, timeout=60)
+        cursor = page.json()["next"]
+    if cursor is None:
+        return None
+    return str(parse_qs(urlparse(page.headers["link"][1:].split(">", 1)[0]).query)["cursor"][0])
+
+
+def search_main(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    if args.database_url and len(args.sizes) > 1:
+        raise SystemExit("bench: --database-url holds one size: give --sizes one number with it")
+    per_round = max(1, args.duration // args.rounds)
+    rows: list[tuple[int, str, str, Result, int]] = []
+    for size in args.sizes:
+        workdir = Path(tempfile.mkdtemp(prefix="petstore-bench-search-"))
+        database_url = args.database_url or f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+        try:
+            asyncio.run(prepare_search(database_url, size))
+            env = server_env(database_url, workdir)
+            with UvicornServer(
+                command=[*UVICORN, "--factory", "petstore.app:create_app"], env=env, cwd=workdir
+            ) as full:
+                for name, params in SEARCHES:
+                    total = httpx.get(f"{full.url}/api/v3/pet/search", params=params, timeout=60).json()["total"]
+                    pages = [("first", params)]
+                    cursor = deep_cursor(full.url, params)
+                    if cursor is not None:
+                        pages.append(("deep", params | {"cursor": cursor}))
+                    for where, query in pages:
+                        script = get_script("/api/v3/pet/search?" + urlencode(query))
+                        wrk(full.url, script, connections=args.connections, duration=1)  # warm
+                        result = combine(
+                            [
+                                wrk(full.url, script, connections=args.connections, duration=per_round)
+                                for _ in range(args.rounds)
+                            ]
+                        )
+                        rows.append((size, name, where, result, total))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        f"\nGET /api/v3/pet/search (limit 100), default plugins, {args.connections} connections, "
+        f"{args.rounds} rounds of {per_round} s, database {(args.database_url or 'sqlite').split(':', 1)[0]}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    print("| pets | search | page | matches | req/s | p50 ms | p99 ms | errors |")
+    print("|---:|---|---|---:|---:|---:|---:|---:|")
+    for size, name, where, result, total in rows:
+        print(
+            f"| {size:,} | {name} | {where} | {total:,} | {result.requests_per_second:,.0f} | "
+            f"{result.p50_ms:.1f} | {result.p99_ms:.1f} | {result.errors} |"
+        )
+    return 0
+
+
 # ----------------------------------------------------------------------------------- main
 
 
@@ -196,9 +328,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds the duration is split into")
     parser.add_argument("--connections", type=int, default=50, help="concurrent connections (default 50)")
     parser.add_argument("--database-url", help="an empty database to use (default: a new SQLite file)")
+    parser.add_argument("--search", action="store_true", help="measure GET /pet/search at each of --sizes instead")
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[100, 100_000],
+        help="pets in the database, for --search (default 100,100000)",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
+    if args.search:
+        return search_main(args)
 
     per_round = max(1, args.duration // args.rounds)
     workdir = Path(tempfile.mkdtemp(prefix="petstore-bench-"))
