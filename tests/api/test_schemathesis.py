@@ -84,7 +84,9 @@ LOGOUTS = {"authLogout", "logoutUser"}
 #   stored (415; no bytes at all, 400), since the media directory serves what it stores;
 # - createUser, createUsersWithListInput, updateUser: a password of 8 characters or more (the
 #   document says so) can still be one of the common passwords refused with 422, "00000000";
-#   and updateUser's body may name an id, which must be the user's own (400 otherwise).
+#   and updateUser's body may name an id, which must be the user's own (400 otherwise);
+# - searchPets: its cursor is opaque; any string of its alphabet fits the schema, and only one
+#   the server wrote (a `next`), for the same sort, is taken (400 otherwise).
 CONFIG_TOML = """
 [[operations]]
 include-operation-id = "loginUser"
@@ -101,6 +103,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403",
 [[operations]]
 include-operation-id = ["createUser", "createUsersWithListInput"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-operation-id = "searchPets"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "304", "400", "429"]
 
 [[operations]]
 include-operation-id = "updateUser"
