@@ -49,7 +49,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from petstore import logs, watch
-from petstore.config import CORE_VARIABLES, Settings, misspelled
+from petstore.config import CORE_VARIABLES, Settings, misspelled, own_origins
 from petstore.errors import ApiError, ConfigurationError, PetstoreError, PluginError
 
 if TYPE_CHECKING:
@@ -174,6 +174,14 @@ def _check_app_settings() -> tuple[Settings, Plugins]:
     return settings, load_checked_plugins(settings)
 
 
+def allow_own_origins(settings: Settings, port: int) -> None:
+    """Unless ``PETSTORE_ALLOWED_ORIGINS`` is set (environment or ``.env``), the dashboard this
+    server serves on ``port`` may connect: its origins become the default, for the app this
+    process builds and the workers it starts (they read the same environment)."""
+    if "allowed_origins" not in settings.model_fields_set:
+        os.environ["PETSTORE_ALLOWED_ORIGINS"] = ",".join(own_origins(port))
+
+
 def _warn_of_workers_without_redis(settings: Settings, workers: int) -> None:
     if workers > 1 and not settings.redis_url:
         print(
@@ -283,6 +291,7 @@ def serve(args: argparse.Namespace) -> int:
         os.environ[SHUTDOWN_ENV] = str(args.shutdown_timeout)  # read by the app, in every worker
     settings, plugins = _check_app_settings()
     sock = listen(args.host, args.port)
+    allow_own_origins(settings, args.port)
     _warn_of_workers_without_redis(settings, args.workers)
     if args.check:
         sock.close()

@@ -27,6 +27,12 @@ PREFIX = "PETSTORE_"
 MISSPELLING_CUTOFF = 0.8
 
 
+def own_origins(port: int) -> tuple[str, str]:
+    """The origins of a dashboard served by this machine on ``port``: ``PETSTORE_ALLOWED_ORIGINS``'s
+    default, for the port ``petstore serve`` listens on (8000 unless told)."""
+    return (f"http://127.0.0.1:{port}", f"http://localhost:{port}")
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -39,7 +45,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./petstore.db"
     redis_url: str | None = None
     plugins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_PLUGINS
-    allowed_origins: Annotated[tuple[str, ...], NoDecode] = ("http://127.0.0.1:8000", "http://localhost:8000")
+    #: Unset, ``petstore serve --port N`` allows the origins of port N (:func:`own_origins`).
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = own_origins(8000)
     rate_limit: str = "100/minute"
     env: Literal["development", "production", "test"] = "development"
     #: ``json``: one JSON object per log line (:mod:`petstore.logs`); unset: JSON in production.

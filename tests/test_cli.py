@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib.metadata
 import io
+import json
 import os
 import re
 import socket
@@ -20,15 +21,16 @@ import httpx
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
+from websockets.sync.client import connect
 
 from petstore import db
-from petstore.cli import build_parser, main, migration_report, schema_revisions
+from petstore.cli import allow_own_origins, build_parser, main, migration_report, schema_revisions
 from petstore.config import Settings
 from petstore.migrations import migrate
 from petstore.models import OutboxEvent, Pet, PetPublic, User
 from petstore.passwords import verify_password
 from petstore.plugin import PluginBase
-from tests.services import UvicornServer
+from tests.services import HOST, UvicornServer
 
 PETSTORE = Path(sys.executable).with_name("petstore")
 
@@ -527,6 +529,35 @@ def test_serve_runs_the_app_factory(migrated: str, tmp_path: Path) -> None:
     )
     with server:
         assert httpx.get(f"{server.url}/api/v3/store/inventory").json() == {"available": 0, "pending": 0, "sold": 0}
+
+
+def test_serve_allows_its_own_origin_on_any_port_unless_the_origins_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PETSTORE_ALLOWED_ORIGINS", raising=False)
+    allow_own_origins(Settings(_env_file=None), 9123)
+    assert Settings(_env_file=None).allowed_origins == ("http://127.0.0.1:9123", "http://localhost:9123")
+    monkeypatch.setenv("PETSTORE_ALLOWED_ORIGINS", "https://shop.example")
+    allow_own_origins(Settings(_env_file=None), 9123)
+    assert Settings(_env_file=None).allowed_origins == ("https://shop.example",)
+
+
+@pytest.mark.process
+def test_serve_on_another_port_lets_the_page_it_serves_connect(migrated: str, tmp_path: Path) -> None:
+    """No PETSTORE_ALLOWED_ORIGINS: a server on port N allows http://127.0.0.1:N and http://localhost:N."""
+    server = UvicornServer(
+        command=[str(PETSTORE), "serve", "--host", "{host}", "--port", "{port}"],
+        env={"PETSTORE_DATABASE_URL": migrated, "PETSTORE_PLUGINS": "", "PETSTORE_MEDIA_DIR": str(tmp_path / "m")},
+        cwd=tmp_path,
+    )
+    with server:
+        for host in ("127.0.0.1", "localhost"):
+            answer = httpx.get(f"{server.url}/origin", params={"origin": f"http://{host}:{server.port}"})
+            assert answer.json() == {"origin": f"http://{host}:{server.port}", "allowed": True}
+        if server.port != 8000:
+            assert (
+                httpx.get(f"{server.url}/origin", params={"origin": "http://127.0.0.1:8000"}).json()["allowed"] is False
+            )
+        with connect(f"ws://{HOST}:{server.port}/ws", origin=f"http://localhost:{server.port}") as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "welcome"
 
 
 # --------------------------------------------------------------------------- scripts/serve
