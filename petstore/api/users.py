@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from petstore.access import ALL_USERS, AUTHENTICATED, Principal, may
 from petstore.api.caching import conditional
-from petstore.api.inputs import read_data, read_model, validate
+from petstore.api.inputs import PAGE, pagination, read_data, read_model, validate
 from petstore.db import sync_id_sequence
 from petstore.db.queries import find_user
 from petstore.errors import BadRequest, Conflict, NotFound, ValidationFailed
@@ -341,6 +341,38 @@ async def set_user_role(request: Request, who: Principal) -> Response:
     return JSONResponse(body)
 
 
+USER_LISTED = {
+    "type": "object",
+    "required": ["id", "username", "role"],
+    "properties": {
+        "id": {"type": "integer", "format": "int64"},
+        "username": {"type": "string"},
+        "role": {"type": "string", "enum": [role.value for role in Role]},
+    },
+    "additionalProperties": False,
+}
+
+
+@operation(
+    "GET",
+    "/user",
+    "listUsers",
+    permission=ALL_USERS,
+    tag="user",
+    summary="Lists the accounts and their roles, by name (an extension to the Petstore document).",
+    description="Admins: what the dashboard's users view shows, with `PATCH /user/{username}` to change a role.",
+    params=PAGE,
+    ok={"type": "array", "items": USER_LISTED},
+    errors={400: "Invalid limit or offset"},
+)
+async def list_users(request: Request, who: Principal) -> Response:
+    limit, offset = pagination(request)
+    query = select(User).order_by(col(User.username)).limit(limit).offset(offset)
+    async with app_state(request).sessions() as session:
+        users = (await session.execute(query)).scalars().all()
+        return JSONResponse([{"id": u.id, "username": u.username, "role": u.role} for u in users])
+
+
 def routes(prefix: str) -> list[Route]:
-    operations = [create_user, create_users_with_list, get_user, update_user, delete_user, set_user_role]
+    operations = [create_user, create_users_with_list, list_users, get_user, update_user, delete_user, set_user_role]
     return [operation.route(prefix) for operation in operations]

@@ -115,3 +115,18 @@ def test_the_served_document_declares_the_operation_with_every_status(app: App) 
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert schema["properties"]["role"]["enum"] == ["admin", "staff", "customer"]
     assert operation["security"]  # the auth plugin's bearer scheme
+
+
+def test_admins_list_the_accounts_with_their_roles_by_name_and_no_one_else_may(app: App) -> None:
+    listed = app.client.get(f"{API}/user", headers=bearer(token_of(app, "root")))
+    assert listed.status_code == 200, listed.text
+    assert [(user["username"], user["role"]) for user in listed.json()] == [
+        ("alice", "customer"),
+        ("root", "admin"),
+        ("stella", "staff"),
+    ]
+    assert set(listed.json()[0]) == {"id", "username", "role"}  # never a password hash
+    page = app.client.get(f"{API}/user", params={"limit": 1, "offset": 1}, headers=bearer(token_of(app, "root")))
+    assert [user["username"] for user in page.json()] == ["root"]
+    assert app.client.get(f"{API}/user", headers=bearer(token_of(app, "stella"))).status_code == 403
+    assert app.client.get(f"{API}/user").status_code == 401
