@@ -31,7 +31,7 @@ from petstore.config import Settings
 from petstore.conventions import DASHBOARD_CSP, Conventions
 from petstore.cors import JsonCORSMiddleware
 from petstore.db import create_engine, ping
-from petstore.errors import EXCEPTION_HANDLERS, ConfigurationError, PluginError
+from petstore.errors import EXCEPTION_HANDLERS, BadRequest, ConfigurationError, PluginError
 from petstore.plugin import Plugins, load_plugins
 from petstore.state import AppState, app_state
 
@@ -90,6 +90,23 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready", "checks": checks})
 
 
+async def origin(request: Request) -> Response:
+    """Whether a page of this origin may open ``/ws`` (``PETSTORE_ALLOWED_ORIGINS``).
+
+    A browser hides the answer to a refused WebSocket upgrade (it sees only 1006), so the
+    dashboard asks here, over plain same-origin REST, to say why it cannot connect. The origin
+    is the ``origin`` query parameter (a page's ``location.origin``), else the request's
+    ``Origin`` header. Not part of the Petstore API, so not in its OpenAPI document (like
+    ``/healthz``); the allow-list is not secret (every CORS answer tells it, one origin at a time).
+    """
+    asked = request.query_params.get("origin") or request.headers.get("origin")
+    if not asked:
+        raise BadRequest("give the origin to check: ?origin=http://host:port")
+    if len(asked) > 2048:
+        raise BadRequest("invalid origin: too long")
+    return JSONResponse({"origin": asked, "allowed": asked in app_state(request).settings.allowed_origins})
+
+
 async def index(request: Request) -> Response:
     return FileResponse(STATIC_DIR / "index.html", headers={"Content-Security-Policy": DASHBOARD_CSP})
 
@@ -99,6 +116,7 @@ def core_routes(settings: Settings) -> list[BaseRoute]:
     return [
         Route("/healthz", healthz, methods=["GET"], name="healthz"),
         Route("/readyz", readyz, methods=["GET"], name="readyz"),
+        Route("/origin", origin, methods=["GET"], name="origin"),
         *pets.routes(API),
         *store.routes(API),
         *users.routes(API),

@@ -45,6 +45,18 @@ def test_healthz_and_readyz(tmp_path: Path) -> None:
         assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
 
 
+def test_origin_says_whether_a_page_of_that_origin_may_open_the_websocket(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, "o", allowed_origins=("http://127.0.0.1:9000",))
+    with TestClient(create_app(settings)) as client:
+        allowed = client.get("/origin", params={"origin": "http://127.0.0.1:9000"})
+        assert allowed.json() == {"origin": "http://127.0.0.1:9000", "allowed": True}
+        assert client.get("/origin", params={"origin": "http://evil.example"}).json()["allowed"] is False
+        by_header = client.get("/origin", headers={"Origin": "http://127.0.0.1:9000"})
+        assert by_header.json()["allowed"] is True
+        missing = client.get("/origin")
+        assert missing.status_code == 400 and missing.json()["type"] == "bad_request"
+
+
 def test_readyz_names_the_failing_part(tmp_path: Path) -> None:
     s = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/missing-dir/x/y.db", plugins=(), media_dir=tmp_path)
     with TestClient(create_app(s)) as client:
