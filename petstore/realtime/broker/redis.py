@@ -37,11 +37,23 @@ link; :func:`~petstore.realtime.supervisor.supervise` restarts one should it end
 connection directly (redis-py's ``Connection``), because redis-py's ``PubSub`` reconnects and
 resubscribes on its own, which would hide exactly the gap to fill.
 
-The gap fill also checks that the room's history still holds what this instance delivered: a
-failover (Sentinel or Cluster) promotes a replica that may lack the primary's last writes, and
-new events would then reuse their offsets. When the room's offset went back, or the entry at the
-last delivered offset is not the frame delivered, the room starts a new epoch (atomically, once
-for all instances): clients learn that history was lost from the epoch, never from a silent gap.
+A failover (Sentinel, or a replica promoted in a cluster) may lose the primary's last writes: Redis
+replicates asynchronously, and clients may have received events the replica never got. New
+events must not then reuse those offsets in the same epoch, or a client coming back with
+``since`` would be told ``recovered: true`` over a gap. Two guards:
+
+- ``meta`` keeps the ``lineage`` of the server that last wrote the room (its ``master_replid``).
+  A promoted replica's previous replication id (``master_replid2``) is its old primary's: the
+  first publish to a room written there starts a new epoch, since nothing on the new primary
+  tells whether the room's last entries arrived. (A server restarted from its own append-only
+  file has a new replication id but no previous one: its rooms go on.) A room nobody publishes to
+  after the failover keeps its epoch: a client that saw more than it holds has an offset from the
+  future, which already means ``recovered: false``.
+- The gap fill checks that the room's history still holds what this instance delivered: when the
+  room's offset went back, or the entry at the last delivered offset is not the frame delivered,
+  the room starts a new epoch (atomically, once for all instances).
+
+Clients learn that history was lost from the epoch, never from a silent gap.
 """
 
 from __future__ import annotations
@@ -85,15 +97,25 @@ logger = logging.getLogger("petstore.realtime.broker.redis")
 #: then each room's JSON name, channel and fresh epoch. Returns each room's offset (0: a repeat).
 PUBLISH = """
 local tail, maxlen, ttl, source, trace, command = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local replication = redis.call('INFO', 'replication')
+local lineage = string.match(replication, 'master_replid:(%w+)')
+local previous = string.match(replication, 'master_replid2:(%w+)')
 local offsets = {}
 for i = 0, (#KEYS / 3) - 1 do
   local meta, log, src = KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3]
   local room, channel, fresh = ARGV[7 + i * 3], ARGV[8 + i * 3], ARGV[9 + i * 3]
   local epoch = redis.call('HGET', meta, 'epoch')
+  local written = redis.call('HGET', meta, 'lineage')
+  if epoch and written == previous and written ~= lineage then
+    epoch = false  -- written by the primary this server replicated until its promotion: see the docstring
+  end
   if not epoch then
     epoch = fresh
     redis.call('DEL', log, src)
     redis.call('HSET', meta, 'epoch', epoch, 'offset', 0)
+  end
+  if written ~= lineage then
+    redis.call('HSET', meta, 'lineage', lineage)
   end
   if redis.call('ZSCORE', src, source) then
     offsets[#offsets + 1] = 0
