@@ -465,11 +465,6 @@ async def test_a_replica_promoted_behind_the_primary_misleads_no_subscriber(
     assert all(len({e["epoch"] for e in s.events}) > 1 for s in (stay_a, stay_b)), "history was lost: a new epoch"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: only an instance watching the room checks its history after a failover; unwatched, the "
-    "promoted replica's offsets are reused in the same epoch and a comeback is told recovered with a gap",
-)
 async def test_a_comeback_after_a_promotion_behind_the_primary_that_nobody_watched_is_not_told_recovered(
     sentinel_set: RedisSentinelSet, serve: Serve
 ) -> None:
