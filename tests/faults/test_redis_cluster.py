@@ -516,8 +516,7 @@ async def test_every_event_once_in_order_on_both_instances_each_room_on_its_own_
             for room in rooms:
                 watcher.assert_contiguous(room)
             assert watcher.events["inventory"][-1]["data"] == pets.inventory()
-            await watcher.nothing_more()
-        await alone.nothing_more(0.1)
+        await asyncio.gather(on_a.nothing_more(), on_b.nothing_more(), alone.nothing_more())
     # The lone watcher left: its instance lets go of that room's shard channel.
     lone_owner = cluster.primary_for_slot(room_slot(f"pet:{lone}"))
     await poll(
@@ -677,7 +676,7 @@ async def test_a_watched_rooms_slot_moved_to_another_primary_mid_stream_loses_no
         for watched in rooms:
             assert watcher.names(watched) == (pets.names[int(watched[4:])] if watched != "pets" else names + others)
             watcher.assert_contiguous(watched)
-        await watcher.nothing_more()
+    await asyncio.gather(on_a.nothing_more(), on_b.nothing_more())
     assert shard_numsub(dst, [channel(room)]) == {channel(room): 2}
     assert channel(room) not in shard_channels([src])[src.port]
     assert await pets.stored_names() == pets.current
