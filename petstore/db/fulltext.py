@@ -60,8 +60,12 @@ def trigram_supported() -> bool:
 
 
 def create(connection: Connection) -> None:
-    """The table and its triggers, on a SQLite database made from the models (where SQLite can)."""
-    if connection.dialect.name == "sqlite" and trigram_supported():
+    """The table and its triggers, on a SQLite database made from the models (where SQLite can),
+    unless it has them already: like ``create_all``, it may run again on the same database."""
+    if connection.dialect.name != "sqlite" or not trigram_supported():
+        return
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pet_name_fts'"
+    if connection.exec_driver_sql(exists).first() is None:
         for statement in STATEMENTS:
             connection.exec_driver_sql(statement)
 

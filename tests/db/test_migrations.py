@@ -173,6 +173,7 @@ def test_on_sqlite_the_name_index_follows_every_insert_rename_and_delete_and_mat
 
     created = f"sqlite+aiosqlite:///{tmp_path / 'created.db'}"
     asyncio.run(_create_all(created))
+    asyncio.run(_create_all(created))  # again, as create_all may be: nothing to do
     schema = "SELECT type, name, sql FROM sqlite_master WHERE name LIKE 'pet_name_fts%' ORDER BY name"
     assert _run_sql(created, schema) == _run_sql(migrated, schema) != []
 
