@@ -15,7 +15,7 @@ import redis.exceptions
 from petstore.config import Settings
 from petstore.realtime.broker import Broker, BrokerUnavailable, Message, Publication, Since, create_broker, dumps
 from petstore.realtime.broker.memory import MemoryBroker
-from petstore.realtime.broker.redis import RedisBroker, keys
+from petstore.realtime.broker.redis import RedisBroker, channel, keys
 from tests.realtime.support import until
 from tests.services import RedisServer
 
@@ -430,3 +430,26 @@ async def test_a_live_event_reusing_a_delivered_offset_starts_a_new_epoch(redis_
     finally:
         await client.aclose()
     assert recorder.delivered[-1].epoch != old_epoch and recorder.delivered[-1].offset == 1
+
+
+async def test_a_late_frame_of_a_superseded_epoch_is_not_handed_over(redis_broker: Any, redis_url: str) -> None:
+    """A frame of an epoch the room no longer has (sent before a failover, read after the room
+    moved on) must not take the room back: it would move the cursor to that epoch, and the room's
+    real epoch would then be replayed from its start as duplicates."""
+    broker, recorder = redis_broker
+    await broker.watch("pets")
+    for n in range(1, 3):
+        await publish(broker, "pets", n)
+    await until(lambda: len(recorder.delivered) == 2, "two events")
+    epoch = recorder.delivered[-1].epoch
+    stale = '{"type":"event","room":"pets","offset":7,"epoch":"superseded","event":"pet.deleted","data":{},"ts":"%s"}'
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        await client.publish(channel("pets"), stale % TS)
+        await publish(broker, "pets", 3)
+        await until(lambda: len(recorder.delivered) >= 3, "the next event")
+        await publish(broker, "pets", 4)
+        await until(lambda: len(recorder.delivered) >= 4, "one more")
+    finally:
+        await client.aclose()
+    assert [(m.epoch, m.offset) for m in recorder.delivered] == [(epoch, n) for n in range(1, 5)]

@@ -484,7 +484,11 @@ class RedisBroker:
             return  # else already delivered (by a gap fill)
         await self._fill(room)
         cursor = self._cursors.get(room)
-        if cursor is not None and (cursor.epoch != message.epoch or cursor.offset < message.offset):
+        if cursor is None or cursor.epoch != message.epoch:
+            # The fill read the room's epoch now: a frame of another one is of a superseded epoch
+            # (late, from before a failover), and handing it over would take the room back.
+            return
+        if cursor.offset < message.offset:
             logger.warning("room %s: events before offset %d are no longer in history", room, message.offset)
             self._hand_over(message)
 
