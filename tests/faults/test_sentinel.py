@@ -2,9 +2,13 @@
 crashes (SIGKILL) and the sentinels promote its replica; petstore follows by itself.
 
 Each test has a sentinel set of its own (:class:`tests.services.sentinel.RedisSentinelSet`: a
-primary, one replica, three sentinels with a quorum of 2, down after 1 s) and two real petstore
-instances (uvicorn subprocesses) sharing one SQLite file, both given the set's
-``redis+sentinel://`` URL. Every wait has a deadline; no sleep stands in for a condition.
+primary, one replica, three sentinels with a quorum of 2, down after 1 s) and real petstore
+instances (uvicorn subprocesses, two unless one is enough) sharing one SQLite file, given the
+set's ``redis+sentinel://`` URL. Every wait has a deadline; no sleep stands in for a condition.
+
+Two faults: the primary killed while the replica is in sync, and the primary killed while the
+replica is behind (frozen with SIGSTOP, its link cut from the primary's side), so that the
+promoted replica lacks events subscribers already received.
 
 What must hold across the failover:
 
