@@ -523,11 +523,6 @@ async def test_a_comeback_after_a_promotion_behind_the_primary_that_nobody_watch
         pytest.fail(f"{exc}\ncomeback {back.subscribed} after {since}\n{logs_of(a)}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: the lineage check (7a0e54c) is in the publish script only; the read script of a comeback "
-    "does not apply it, so a room not yet published to since the promotion is told recovered: true",
-)
 async def test_a_comeback_before_anything_is_published_after_a_lagging_promotion_is_not_told_recovered(
     sentinel_set: RedisSentinelSet, serve: Serve
 ) -> None:

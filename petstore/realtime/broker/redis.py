@@ -44,11 +44,9 @@ events must not then reuse those offsets in the same epoch, or a client coming b
 
 - ``meta`` keeps the ``lineage`` of the server that last wrote the room (its ``master_replid``).
   A promoted replica's previous replication id (``master_replid2``) is its old primary's: the
-  first publish to a room written there starts a new epoch, since nothing on the new primary
-  tells whether the room's last entries arrived. (A server restarted from its own append-only
-  file has a new replication id but no previous one: its rooms go on.) A room nobody publishes to
-  after the failover keeps its epoch: a client that saw more than it holds has an offset from the
-  future, which already means ``recovered: false``.
+  first publish to, or read of, a room written there starts a new epoch, since nothing on the
+  new primary tells whether the room's last entries arrived. (A server restarted from its own
+  append-only file has a new replication id but no previous one: its rooms go on.)
 - The gap fill checks that the room's history still holds what this instance delivered: when the
   room's offset went back, or the entry at the last delivered offset is not the frame delivered,
   the room starts a new epoch (atomically, once for all instances).
@@ -141,10 +139,20 @@ return offsets
 
 READ = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch then
+  local written = redis.call('HGET', KEYS[1], 'lineage')
+  if written then
+    local replication = redis.call('INFO', 'replication')
+    if written == string.match(replication, 'master_replid2:(%w+)') then
+      epoch = false  -- written by the primary before a promotion (see the publish script)
+    end
+  end
+end
 if not epoch then
   epoch = ARGV[1]
+  local lineage = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'lineage', lineage)
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset'))
@@ -162,8 +170,9 @@ return {epoch, offset, frames}
 #: another instance did first (the epoch is no longer ARGV[1]). Returns the room's epoch now.
 RESTART = """
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  local lineage = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
   redis.call('DEL', KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'offset', 0, 'lineage', lineage)
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
 return redis.call('HGET', KEYS[1], 'epoch')
