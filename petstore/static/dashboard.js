@@ -1,16 +1,20 @@
-// The live dashboard at `/`: inventory counts with their recent history, a feed of pet and
-// order events, a pets table kept current in place, and the connection state. Everything it
-// shows comes from the public API: REST under /api/v3 and the rooms of /ws (SPEC §3), through
-// petstore-client.js, the same client other dashboards use.
-import { PetstoreClient, State } from "./petstore-client.js";
+// The live dashboard at `/`: inventory counts with their recent history, a search over the pets
+// whose rows stay live, a feed of pet and order events, the signed-in views (orders, users) and
+// the connection state, said in words. Everything it shows comes from the public API: REST under
+// /api/v3 and the rooms of /ws (SPEC §3), through petstore-client.js, the same client other
+// dashboards use.
+import { OrdersView, UsersView, tokenRole } from "./accounts.js";
+import { $, element } from "./dom.js";
+import { PetSearch } from "./pet-search.js";
+import { CloseCode, PetstoreClient, State } from "./petstore-client.js";
 
 // Relative to the page, so that behind a proxy's path prefix (petstore serve --root-path) every
 // call goes under it too.
 const API = new URL("api/v3", document.baseURI).pathname;
+const ORIGIN_CHECK = new URL("origin", document.baseURI).pathname;
 const STATUSES = ["available", "pending", "sold"];
 const FEED_LIMIT = 200; // feed items kept on the page; older ones scroll away for good
 const HISTORY_LIMIT = 60; // points in the inventory chart
-const TABLE_LIMIT = 500; // pets shown; the newest (highest id) win
 const SESSION_KEY = "petstore.session"; // sessionStorage: the tokens die with the tab
 
 const BADGE_TEXT = {
@@ -23,16 +27,14 @@ const BADGE_TEXT = {
   [State.CLOSED]: "offline",
 };
 
-const $ = (testid) => document.querySelector(`[data-testid="${testid}"]`);
-
-function element(tag, { className, text, attrs } = {}, children = []) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  for (const [name, value] of Object.entries(attrs ?? {})) node.setAttribute(name, String(value));
-  node.append(...children);
-  return node;
-}
+/** What the badge's detail says about a connection problem (docs/dashboard.md has the table). */
+const REASON = Object.freeze({
+  REFUSED_ORIGIN: "refused: this page's origin is not allowed (set PETSTORE_ALLOWED_ORIGINS)",
+  RESTARTING: "server restarting",
+  OFFLINE: "offline",
+  NO_ANSWER: "offline: the server does not answer",
+  SIGNED_OUT: "refused: the session ended; sign in again",
+});
 
 function clockTime(ts) {
   const date = ts ? new Date(ts) : new Date();
@@ -67,19 +69,31 @@ class Inventory {
     this.#draw();
   }
 
+  /**
+   * One line per status, each scaled to its own range (min to max of the points shown), so that
+   * a change of 1 in 20,000 is as visible as a change of 1 in 3; the current number and the
+   * range are written beside it.
+   */
   #draw() {
-    const svg = $("inventory-chart");
+    const chart = $("inventory-chart");
     const points = this.#history;
-    const top = Math.max(1, ...points.flatMap((p) => STATUSES.map((s) => p[s])));
     const step = points.length > 1 ? 300 / (points.length - 1) : 300;
     for (const status of STATUSES) {
-      // A single point is drawn as a flat line, so the chart is never empty once counts are known.
-      const coords = (points.length === 1 ? [points[0], points[0]] : points).map(
-        (p, i) => `${(i * step).toFixed(1)},${(78 - (p[status] / top) * 74).toFixed(1)}`,
-      );
-      svg.querySelector(`.line.${status}`).setAttribute("points", coords.join(" "));
+      const values = points.map((p) => p[status]);
+      const low = Math.min(...values);
+      const high = Math.max(...values);
+      const span = high - low;
+      // A single point, or a series that did not move, is drawn as a flat line in the middle.
+      const coords = (values.length === 1 ? [values[0], values[0]] : values).map((v, i) => {
+        const y = span === 0 ? 20 : 36 - ((v - low) / span) * 32;
+        return `${(i * step).toFixed(1)},${y.toFixed(1)}`;
+      });
+      chart.querySelector(`.line.${status}`).setAttribute("points", coords.join(" "));
+      $(`chart-now-${status}`).textContent = values.at(-1).toLocaleString();
+      $(`chart-range-${status}`).textContent =
+        span === 0 ? "no change" : `${low.toLocaleString()}–${high.toLocaleString()}`;
     }
-    svg.dataset.points = String(points.length);
+    chart.dataset.points = String(points.length);
   }
 }
 
@@ -135,104 +149,6 @@ function describe(event, data) {
     return `order #${data.id} · pet #${data.petId} ×${data.quantity ?? 1} · ${data.status ?? "?"}`;
   }
   return JSON.stringify(data);
-}
-
-/** The pets table: loaded over REST, then kept current by the `pets` room's events. */
-class PetsTable {
-  #body = $("pets-table").tBodies[0];
-  #rows = new Map(); // pet id -> <tr>
-  #buffer = null; // events that arrive while a REST load is under way, applied after it
-  #loaded = false;
-  #loading = Promise.resolve();
-
-  get loaded() {
-    return this.#loaded;
-  }
-
-  /** (Re)load from REST; loads asked for while one runs happen one after the other. */
-  load() {
-    this.#loading = this.#loading.then(() => this.#load());
-    return this.#loading;
-  }
-
-  async #load() {
-    this.#buffer = [];
-    const note = $("pets-note");
-    try {
-      const query = new URLSearchParams({ status: STATUSES.join(","), limit: String(TABLE_LIMIT) });
-      const response = await fetch(`${API}/pet/findByStatus?${query}`, { headers: { Accept: "application/json" } });
-      if (!response.ok) throw new Error(`the server answered ${response.status}`);
-      const pets = await response.json();
-      this.#rows.clear();
-      this.#body.replaceChildren();
-      pets.sort((a, b) => b.id - a.id);
-      for (const pet of pets.slice(0, TABLE_LIMIT)) this.#body.append(this.#row(pet));
-      note.hidden = true;
-      this.#loaded = true;
-    } catch (error) {
-      note.textContent = `Could not load the pets (${error.message}); retrying when the connection is back.`;
-      note.hidden = false;
-      this.#loaded = false;
-    }
-    // Events of a room are full pets in order, so replaying the buffer over the loaded rows
-    // converges to the latest state whether each event came before or after the REST read.
-    const buffered = this.#buffer;
-    this.#buffer = null;
-    for (const message of buffered) this.apply(message);
-    this.#count();
-  }
-
-  apply(message) {
-    if (this.#buffer !== null) {
-      this.#buffer.push(message);
-      return;
-    }
-    const pet = message.data;
-    if (message.event === "pet.deleted") {
-      this.#rows.get(pet.id)?.remove();
-      this.#rows.delete(pet.id);
-    } else {
-      const existing = this.#rows.get(pet.id);
-      if (existing) {
-        existing.replaceWith(this.#row(pet));
-      } else {
-        this.#insert(this.#row(pet));
-      }
-      this.#rows.get(pet.id).animate?.([{ backgroundColor: "var(--flash)" }, { backgroundColor: "transparent" }], {
-        duration: 1500,
-      });
-    }
-    while (this.#rows.size > TABLE_LIMIT) {
-      const last = this.#body.lastElementChild;
-      this.#rows.delete(Number(last.dataset.petId));
-      last.remove();
-    }
-    this.#count();
-  }
-
-  /** Keep the table ordered newest (highest id) first. */
-  #insert(row) {
-    const id = Number(row.dataset.petId);
-    const after = [...this.#body.rows].find((r) => Number(r.dataset.petId) < id);
-    this.#body.insertBefore(row, after ?? null);
-  }
-
-  #row(pet) {
-    const row = element("tr", { attrs: { "data-testid": "pet-row", "data-pet-id": pet.id, "data-status": pet.status } });
-    row.append(
-      element("td", { className: "num", text: String(pet.id) }),
-      element("td", { text: pet.name ?? "" }),
-      element("td", {}, [element("span", { className: `pill ${pet.status}`, text: pet.status ?? "" })]),
-      element("td", { text: pet.category?.name ?? "" }),
-      element("td", { text: (pet.tags ?? []).map((t) => t.name).join(", ") }),
-    );
-    this.#rows.set(pet.id, row);
-    return row;
-  }
-
-  #count() {
-    $("pets-count").textContent = `${this.#rows.size.toLocaleString()} shown`;
-  }
 }
 
 /** Sign-in: tokens from /auth/token, kept for the tab's life, refreshed when the socket says they expired. */
@@ -328,9 +244,13 @@ class Dashboard {
   client = new PetstoreClient();
   inventory = new Inventory();
   feed = new Feed();
-  pets = new PetsTable();
+  pets = new PetSearch(API, this.client);
   session = new Session(this.client, (s) => this.#showSession(s));
+  orders = new OrdersView(API, this.client, this.session);
+  users = new UsersView(API, this.session);
   #url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${new URL("ws", document.baseURI).pathname}`;
+  #restarting = false; // the last close was 1012: the server said it is restarting
+  #refused = false;
 
   start() {
     this.client.on("state", (change) => this.#onState(change));
@@ -355,6 +275,11 @@ class Dashboard {
     this.#wireLogin();
     if (this.session.token) this.client.setToken(this.session.token);
     this.#showSession(this.session.current);
+    window.addEventListener("offline", () => this.#detail(REASON.OFFLINE));
+    window.addEventListener("online", () => {
+      // Back on a network: try now rather than at the end of a long backoff.
+      if (this.client.state === State.RECONNECTING) this.client.connect();
+    });
     this.client.connect(this.#url);
     this.#firstPaint();
   }
@@ -370,6 +295,7 @@ class Dashboard {
   }
 
   async #onState({ state, code }) {
+    if (this.#refused) return;
     const badge = $("connection-state");
     const was = badge.dataset.state;
     badge.dataset.state = state;
@@ -380,13 +306,60 @@ class Dashboard {
     if (state === State.RECOVERED) this.feed.note("reconnected, nothing missed");
     if (state === State.RESYNCED) this.feed.note("reconnected, restarted from a snapshot");
     const up = [State.CONNECTED, State.RECOVERED, State.RESYNCED].includes(state);
-    if (up && !this.pets.loaded && this.client.position("pets") !== null) this.pets.load();
-    if (state === State.CLOSED && code === 1008 && this.session.token) {
-      // The token expired on the live connection: refresh it, else go on anonymously. Without a
-      // token a 1008 is a refused Origin, which no retry can fix: the badge stays offline.
-      await this.session.tokenRefused();
-      this.client.connect();
+    if (up) {
+      this.#restarting = false;
+      this.#detail("");
     }
+    if (up && !this.pets.loaded && this.client.position("pets") !== null) this.pets.load();
+    if (state === State.RECONNECTING) {
+      if (code === CloseCode.RESTARTING) this.#restarting = true;
+      if (this.#restarting) {
+        // The server said so (1012): nothing to ask it while it is away.
+        this.#detail(REASON.RESTARTING);
+      } else if (code !== CloseCode.NORMAL) {
+        await this.#diagnose(); // a 1000 is our own reconnect (signing out): nothing to say
+      }
+    }
+    if (state === State.CLOSED && code === CloseCode.POLICY) {
+      if (this.session.token) {
+        // The token expired on the live connection: refresh it, else go on anonymously.
+        await this.session.tokenRefused();
+        this.client.connect();
+      } else {
+        this.#detail(REASON.SIGNED_OUT);
+      }
+    }
+  }
+
+  /**
+   * Why the connection is down, in words. A browser sees only 1006 for an upgrade the server
+   * refused (403 for the Origin), so the page asks the server over REST whether its origin is
+   * allowed: a REST answer also tells "the server is up" from "no answer at all".
+   */
+  async #diagnose() {
+    if (!navigator.onLine) return this.#detail(REASON.OFFLINE);
+    const query = new URLSearchParams({ origin: location.origin });
+    const answer = await fetch(`${ORIGIN_CHECK}?${query}`, { cache: "no-store", headers: { Accept: "application/json" } })
+      .then(async (response) => ({ status: response.status, body: await response.json().catch(() => ({})) }))
+      .catch(() => null);
+    if (this.client.state !== State.RECONNECTING) return undefined; // back meanwhile
+    if (answer !== null && answer.status === 200 && answer.body.allowed === false) {
+      // No retry can fix this: stop, and say what would.
+      this.#refused = true;
+      this.client.close();
+      const badge = $("connection-state");
+      badge.dataset.state = "refused";
+      badge.textContent = "refused";
+      return this.#detail(REASON.REFUSED_ORIGIN);
+    }
+    if (answer?.status === 503) return this.#detail(REASON.RESTARTING);
+    return this.#detail(answer === null ? REASON.NO_ANSWER : "connection lost; retrying");
+  }
+
+  #detail(text) {
+    const detail = $("connection-detail");
+    detail.textContent = text;
+    detail.dataset.reason = text;
   }
 
   #wireLogin() {
@@ -410,22 +383,16 @@ class Dashboard {
     $("login-form").hidden = session !== null;
     $("session").hidden = session === null;
     $("session-user").textContent = session?.username ?? "";
-    const note = $("orders-note");
-    if (session) {
-      note.textContent = "Pet and order events.";
-      this.client.subscribe("orders", {
-        onEvent: (message) => this.feed.add(message),
-        onError: (refusal) => {
-          note.textContent =
-            refusal.code === "forbidden"
-              ? "Pet events. Orders are for staff accounts."
-              : `Orders unavailable: ${refusal.message}`;
-        },
-      });
-    } else {
-      this.client.unsubscribe("orders");
-      note.textContent = "Pet events. Sign in as staff to see orders too.";
-    }
+    const role = session ? tokenRole(session.access_token) : null;
+    $("session-role").textContent = role ? `(${role})` : "";
+    const staff = role === "staff" || role === "admin";
+    $("orders-note").textContent = !session
+      ? "Pet events. Sign in as staff to see orders too."
+      : staff
+        ? "Pet and order events."
+        : "Pet events. Orders are for staff accounts.";
+    this.orders.show(session, staff ? (message) => this.feed.add(message) : null);
+    this.users.show(session);
   }
 }
 
