@@ -43,7 +43,7 @@ MIN_STEP_SECONDS = 0.25
 STATIC_DIR = Path(__file__).parent / "static"
 #: The core's own part of the CORS contract; plugins add theirs (``cors_headers()``).
 CORS_ALLOW_HEADERS = ("Content-Type", "Last-Event-ID", "If-None-Match", "X-Request-ID")
-CORS_EXPOSE_HEADERS = ("Retry-After", "ETag", "X-Request-ID")
+CORS_EXPOSE_HEADERS = ("Retry-After", "ETag", "X-Request-ID", "Link")
 GZIP_MINIMUM_BYTES = 1024
 
 

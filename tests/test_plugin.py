@@ -372,10 +372,10 @@ def test_the_cors_contract_is_the_cores_plus_each_plugins(tmp_path: Path) -> Non
         with TestClient(create_app(settings(tmp_path, ()))) as client:
             allowed, exposed = _cors(client)
         assert {"content-type", "last-event-id"} <= allowed and "authorization" not in allowed
-        assert exposed == {"retry-after", "etag", "x-request-id"}  # no plugin, no RateLimit or X-Expires-After
+        assert exposed == {"retry-after", "etag", "x-request-id", "link"}  # no plugin, no RateLimit or X-Expires-After
         with TestClient(create_app(settings(tmp_path, (module.__name__,)))) as client:
             allowed, exposed = _cors(client)
-        assert "x-tenant" in allowed and exposed == {"retry-after", "etag", "x-request-id", "x-quota"}
+        assert "x-tenant" in allowed and exposed == {"retry-after", "etag", "x-request-id", "link", "x-quota"}
     finally:
         del sys.modules[module.__name__]
 
