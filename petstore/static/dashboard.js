@@ -350,6 +350,8 @@ class Dashboard {
       const badge = $("connection-state");
       badge.dataset.state = "refused";
       badge.textContent = "refused";
+      // REST still answers: show the store as it is now, without live changes.
+      if (!this.pets.loaded) this.pets.load();
       return this.#detail(REASON.REFUSED_ORIGIN);
     }
     if (answer?.status === 503) return this.#detail(REASON.RESTARTING);
