@@ -848,3 +848,38 @@ async def take_until_name(watcher: Watcher, room: str, name: str, within: float 
     while not watcher.events[room] or watcher.events[room][-1]["data"]["name"] != name:
         count = len(watcher.events[room]) + 1
         await watcher.take({room: count}, within=max(0.1, deadline - time.monotonic()))
+
+
+async def test_a_link_reconnects_with_several_rooms_of_one_shard_in_different_slots(cluster: RedisClusterSet) -> None:
+    """SSUBSCRIBE takes the channels of one slot only: a link that reconnects with several rooms of
+    its shard must subscribe them one by one, or Redis answers CROSSSLOT and the link loops
+    reconnecting for ever while every subscribe on it times out (found by bench/scale.py)."""
+    from petstore.config import Settings
+    from petstore.realtime.broker import Message, Publication
+    from petstore.realtime.broker.redis import RedisBroker
+
+    node = cluster.primaries[0]
+    mine = [room for room in (f"pet:{n}" for n in range(1, 400)) if cluster.primary_for_slot(room_slot(room)) is node]
+    rooms = mine[:3]
+    assert len({room_slot(room) for room in rooms}) == 3
+    delivered: list[Message] = []
+    broker = RedisBroker(Settings(redis_url=cluster.url), delivered.append, lambda *a, **k: None)
+    await broker.start()
+    try:
+        for room in rooms:
+            await broker.watch(room)
+        reconnects = broker.reconnects
+        node.command("CLIENT", "KILL", "TYPE", "pubsub")
+        await poll(lambda: broker.reconnects > reconnects and broker.connected, "the link to come back")
+        await broker.publish_all([Publication(rooms, "pet.updated", "{}", "2026-12-03T00:00:00.000Z", 1)])
+        await poll(lambda: len(delivered) == len(rooms), "an event in each room, on the new connection")
+        for room in rooms[1:]:  # and the rooms go on: subscribing another works on the link
+            await broker.unwatch(room)
+        await broker.watch(mine[3])
+        await broker.publish_all([Publication([rooms[0], mine[3]], "pet.updated", "{}", "2026-12-03T00:00:00.000Z", 2)])
+        await poll(lambda: len(delivered) == len(rooms) + 2, "the next events")
+    finally:
+        await broker.stop()
+    assert sorted(m.room for m in delivered[: len(rooms)]) == sorted(rooms)
+    offsets = {room: [m.offset for m in delivered if m.room == room] for room in [*rooms, mine[3]]}
+    assert offsets == {rooms[0]: [1, 2], rooms[1]: [1], rooms[2]: [1], mine[3]: [1]}

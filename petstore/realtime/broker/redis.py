@@ -187,6 +187,10 @@ SUBSCRIBE_TIMEOUT = 5.0
 MAX_BACKOFF = 2.0
 #: Tries again of a command whose connection broke (a restart): not an outage yet.
 RETRIES = 2
+#: A cluster's slot map is read again at most this often (seconds).
+TOPOLOGY_EVERY = 1.0
+#: Rooms published to at once on a cluster: well inside the client's connections per node.
+PUBLISHING_AT_ONCE = 16
 
 
 async def _retrying(error: Exception) -> None:
@@ -266,6 +270,10 @@ class RedisBroker:
         self._links: dict[str, _Link] = {}
         self._room_links: dict[str, _Link] = {}
         self._started = False
+        self._topology_lock = asyncio.Lock()
+        self._topology_read = -TOPOLOGY_EVERY
+        #: A cluster's publications in flight at once (each takes a connection to its room's node).
+        self._in_flight = asyncio.Semaphore(PUBLISHING_AT_ONCE)
         self.reconnects = 0
         #: True while every link is subscribed and delivering (readiness, ``petstore_broker_connected``).
         self.connected = False
@@ -336,12 +344,13 @@ class RedisBroker:
                 by_room.setdefault(room, []).append(self._script_call(publication, [room]))
 
         async def in_order(calls: list[tuple[list[str], list[str | int]]]) -> None:
-            for call_keys, call_args in calls:
+            async with self._in_flight:
+                for call_keys, call_args in calls:
 
-                async def once(k: list[str] = call_keys, a: list[str | int] = call_args) -> Any:
-                    return await self._publish(k, a)
+                    async def once(k: list[str] = call_keys, a: list[str | int] = call_args) -> Any:
+                        return await self._publish(k, a)
 
-                await self._retry.call_with_retry(once, _retrying)
+                    await self._retry.call_with_retry(once, _retrying)
 
         results = await asyncio.gather(*(in_order(calls) for calls in by_room.values()), return_exceptions=True)
         for result in results:
@@ -444,8 +453,7 @@ class RedisBroker:
         cluster where ``rooms`` are now and move those that went elsewhere to their owner's link,
         which subscribes them and fills their gap."""
         assert isinstance(self._client, RedisCluster)
-        with contextlib.suppress(*EXPECTED_FAULTS):
-            await self._client.nodes_manager.initialize()
+        await self._refresh_topology()
         for room in rooms:
             if room not in self._watched or self._room_links.get(room) is not link:
                 continue
@@ -459,6 +467,18 @@ class RedisBroker:
                 await owner.add(room, fill=True)
         if not link.rooms:
             link.retire()
+
+    async def _refresh_topology(self) -> None:
+        """Ask the cluster again which node serves which slot: at most once a second however many
+        links want it (a refresh replaces the client's nodes, which commands in flight share)."""
+        assert isinstance(self._client, RedisCluster)
+        async with self._topology_lock:
+            now = asyncio.get_running_loop().time()
+            if now - self._topology_read < TOPOLOGY_EVERY:
+                return
+            self._topology_read = now
+            with contextlib.suppress(*EXPECTED_FAULTS):
+                await self._client.nodes_manager.initialize()
 
     def _update_connected(self) -> None:
         links = list(self._links.values())
@@ -641,6 +661,7 @@ class _Link:
         broker = self.broker
         while not self.retired:
             conn: AbstractConnection | None = None
+            homeless = False
             try:
                 conn = self._new_connection()
                 await conn.connect()  # type: ignore[no-untyped-call]
@@ -654,6 +675,8 @@ class _Link:
             except asyncio.CancelledError:
                 raise
             except EXPECTED_FAULTS as exc:
+                # An error reply (MOVED, ASK, CLUSTERDOWN...) from a node that answers: the slots moved.
+                homeless = isinstance(exc, redis.exceptions.ResponseError)
                 if attempt == 0:
                     logger.warning("redis pub/sub connection lost: %s", type(exc).__name__)
             except Exception:
@@ -667,8 +690,9 @@ class _Link:
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         await conn.disconnect(nowait=True)
-            if self.sharded and not self.retired:
-                # The node may have failed over or given its slots away: follow the rooms there.
+            if self.sharded and not self.retired and (attempt > 0 or homeless):
+                # Connecting to the node failed again: it may have failed over or given its slots
+                # away. Follow the rooms there.
                 await broker._rehome(self, sorted(self.rooms))
                 if self.retired:
                     return
@@ -680,7 +704,11 @@ class _Link:
         broker = self.broker
         self.conn = conn
         waiting = {channel(room) for room in self.rooms}
-        if waiting:
+        if waiting and self.sharded:
+            # SSUBSCRIBE takes the channels of one slot only (CROSSSLOT otherwise): one per room,
+            # sent together.
+            await conn.send_packed_command(conn.pack_commands([(self.subscribe, name) for name in waiting]))
+        elif waiting:
             await conn.send_command(self.subscribe, *waiting)
         elif not self.sharded:
             # Subscribed to nothing yet: a plain connection answers PING with PONG, not ["pong", ""].
