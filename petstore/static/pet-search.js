@@ -27,12 +27,19 @@ export class RoomBudget {
   #timer = null;
 
   #onLeave;
+  #now;
+  #setTimeout;
 
-  /** `handlers(room)`: the subscription handlers of a room joined; `onLeave(room)` when one is left. */
-  constructor(client, handlers, onLeave = () => undefined) {
+  /**
+   * `handlers(room)`: the subscription handlers of a room joined; `onLeave(room)` when one is left.
+   * `clock` ({now, setTimeout}) is injectable for tests.
+   */
+  constructor(client, handlers, onLeave = () => undefined, clock = {}) {
     this.#client = client;
     this.#handlers = handlers;
     this.#onLeave = onLeave;
+    this.#now = clock.now ?? (() => Date.now());
+    this.#setTimeout = clock.setTimeout ?? globalThis.setTimeout.bind(globalThis);
     // A reconnect resubscribes every joined room at once: that spends the window too.
     client.on("welcome", () => this.#spend(this.#joined.size + 4));
   }
@@ -48,12 +55,12 @@ export class RoomBudget {
   }
 
   #spend(count) {
-    const now = Date.now();
+    const now = this.#now();
     for (let i = 0; i < count; i += 1) this.#sent.push(now);
   }
 
   #reconcile() {
-    const now = Date.now();
+    const now = this.#now();
     this.#sent = this.#sent.filter((t) => now - t < BUDGET_WINDOW_MS);
     // Leaving first: the server also caps the rooms per connection (PETSTORE_WS_MAX_SUBSCRIPTIONS).
     const leave = [...this.#joined].filter((room) => !this.#wanted.has(room));
@@ -73,7 +80,7 @@ export class RoomBudget {
     const left = leave.some((r) => this.#joined.has(r)) || join.some((r) => !this.#joined.has(r));
     if (left && this.#timer === null) {
       const wait = BUDGET_WINDOW_MS - (now - this.#sent[0]) + 10;
-      this.#timer = setTimeout(() => {
+      this.#timer = this.#setTimeout(() => {
         this.#timer = null;
         this.#reconcile();
       }, wait);
