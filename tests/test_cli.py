@@ -532,7 +532,9 @@ def test_serve_runs_the_app_factory(migrated: str, tmp_path: Path) -> None:
 
 
 def test_serve_allows_its_own_origin_on_any_port_unless_the_origins_are_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("PETSTORE_ALLOWED_ORIGINS", raising=False)
+    # setenv first: monkeypatch then restores the variable's absence after allow_own_origins wrote it.
+    monkeypatch.setenv("PETSTORE_ALLOWED_ORIGINS", "")
+    monkeypatch.delenv("PETSTORE_ALLOWED_ORIGINS")
     allow_own_origins(Settings(_env_file=None), 9123)
     assert Settings(_env_file=None).allowed_origins == ("http://127.0.0.1:9123", "http://localhost:9123")
     monkeypatch.setenv("PETSTORE_ALLOWED_ORIGINS", "https://shop.example")
