@@ -291,11 +291,11 @@ def serve(args: argparse.Namespace) -> int:
         os.environ[SHUTDOWN_ENV] = str(args.shutdown_timeout)  # read by the app, in every worker
     settings, plugins = _check_app_settings()
     sock = listen(args.host, args.port)
-    allow_own_origins(settings, args.port)
     _warn_of_workers_without_redis(settings, args.workers)
     if args.check:
         sock.close()
         return 0
+    allow_own_origins(settings, args.port)
     logger = logging.getLogger("uvicorn.error")
     try:
         if args.workers == 1:
