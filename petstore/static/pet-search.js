@@ -10,6 +10,7 @@
 import { $, element, flash, problem } from "./dom.js";
 
 export const PAGE_SIZE = 20;
+const TYPING_PAUSE_MS = 400;
 /** Subscribe and unsubscribe messages per BUDGET_WINDOW_MS: well under the server's 50 per 10 s. */
 export const BUDGET = 30;
 export const BUDGET_WINDOW_MS = 10_000;
@@ -188,10 +189,17 @@ export class PetSearch {
       this.#page = 0;
       this.load();
     });
-    // Choosing a status or a sort searches at once; typing waits for Enter or the button.
+    // Choosing a status or a sort searches at once; typing, once the typist pauses (or at Enter).
     for (const testid of ["search-status", "search-sort"]) {
       $(testid).addEventListener("change", () => form.requestSubmit());
     }
+    let typing = null;
+    form.addEventListener("input", (input) => {
+      if (input.target.tagName !== "INPUT") return;
+      clearTimeout(typing);
+      typing = setTimeout(() => form.requestSubmit(), TYPING_PAUSE_MS);
+    });
+    form.addEventListener("submit", () => clearTimeout(typing));
     $("page-next").addEventListener("click", () => {
       if (this.#next === null) return;
       this.#cursors[this.#page + 1] = this.#next;
@@ -258,6 +266,11 @@ export class PetSearch {
     if (ts !== null && shown.ts !== null && ts < shown.ts) return;
     const same = shown.row.dataset.json === JSON.stringify(pet);
     const fresh = this.#row(pet, ts ?? shown.ts);
+    if (!matches(pet, this.#filter)) {
+      // Changed out of the search (sold, say, in a search for available pets): kept, but said so.
+      fresh.dataset.outside = "true";
+      fresh.title = "no longer matches the search";
+    }
     shown.row.replaceWith(fresh);
     if (!same) flash(fresh);
   }
