@@ -504,6 +504,19 @@ def test_a_page_served_by_scripts_serve_on_another_port_connects(chromium: Brows
     assert console.errors == []
 
 
+def test_a_page_says_offline_while_the_browser_has_no_network(
+    browser_context: BrowserContext, store: UvicornServer
+) -> None:
+    page, console = open_page(browser_context, store)
+    console.outage = True
+    browser_context.set_offline(True)
+    expect(page.get_by_test_id("connection-detail")).to_have_text("offline", timeout=DEADLINE_MS)
+    browser_context.set_offline(False)
+    expect(page.get_by_test_id("connection-detail")).to_have_text("", timeout=DEADLINE_MS)
+    expect(page.get_by_test_id("connection-state")).to_have_text(re.compile("connected|recovered"))
+    assert console.errors == []
+
+
 def test_a_page_whose_origin_is_not_allowed_says_so(chromium: Browser, store: UvicornServer) -> None:
     """A second server over the module's database, allowing another origin only."""
     env = store.env | {"PETSTORE_ALLOWED_ORIGINS": "https://shop.example"}

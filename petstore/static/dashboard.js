@@ -279,6 +279,7 @@ class Dashboard {
     window.addEventListener("online", () => {
       // Back on a network: try now rather than at the end of a long backoff.
       if (this.client.state === State.RECONNECTING) this.client.connect();
+      else if (!this.#refused && this.client.state !== State.CLOSED) this.#detail("");
     });
     this.client.connect(this.#url);
     this.#firstPaint();
