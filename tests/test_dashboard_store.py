@@ -239,6 +239,21 @@ def test_searching_finds_a_pet_by_name_among_20000(browser_context: BrowserConte
     assert console.errors == []
 
 
+def test_the_search_works_from_the_keyboard(browser_context: BrowserContext, store: UvicornServer) -> None:
+    """Tab reaches the skip link first, which leads to the pets; the search box is next, Enter searches."""
+    page, console = open_page(browser_context, store)
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to the pets")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    expect(page.get_by_test_id("search-q")).to_be_focused()
+    page.keyboard.type("Quillfeather")
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("pet-row")).to_have_count(1, timeout=DEADLINE_MS)
+    expect(row(page, 12_345)).to_be_visible()
+    assert console.errors == []
+
+
 def test_paging_forward_and_back_shows_each_pet_once(browser_context: BrowserContext, store: UvicornServer) -> None:
     page, console = open_page(browser_context, store)
     search(page, status="sold")
