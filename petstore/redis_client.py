@@ -118,7 +118,7 @@ def request_client(
         )
     if target.kind == "sentinel":
         tls: dict[str, Any] = {"ssl": True} if target.tls else {}
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             list(target.hosts),
             sentinel_kwargs={
                 "password": target.sentinel_password,

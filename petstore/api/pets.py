@@ -32,8 +32,8 @@ from petstore.api.inputs import (
     validate,
 )
 from petstore.api.search import search_pets
-from petstore.db import sync_id_sequence
-from petstore.db.queries import WITH_RELATIONS, load_pet
+from petstore.db import answers, sync_id_sequence
+from petstore.db.queries import load_pet
 from petstore.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, UnsupportedMediaType
 from petstore.models import (
     ApiResponse,
@@ -280,14 +280,14 @@ async def find_by_tags(request: Request) -> Response:
 
 
 async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Response:
-    """One page of the pets matching ``condition``, by id, with their category and tags (3 queries)."""
+    """One page of the pets matching ``condition``, by id, with their category and tags: one
+    query, whose rows are the pets' JSON (:mod:`petstore.db.answers`)."""
     limit, offset = pagination(request)
-    query = select(Pet).options(*WITH_RELATIONS).where(condition).order_by(col(Pet.id)).limit(limit).offset(offset)
-    async with app_state(request).sessions() as session:
-        pets = (await session.execute(query)).scalars().all()
-        return JSONResponse(
-            [PetPublic.model_validate(p, from_attributes=True).model_dump(mode="json", by_alias=True) for p in pets]
-        )
+    engine = app_state(request).engine
+    query = answers.pets_query(engine.dialect.name).where(condition).order_by(col(Pet.id)).limit(limit).offset(offset)
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).scalars().all()
+    return Response(answers.json_array(rows), media_type=answers.JSON_TYPE)
 
 
 @operation(
@@ -304,8 +304,11 @@ async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Respon
 )
 async def get_pet(request: Request) -> Response:
     pet_id = path_id(request, "petId", "pet")
-    async with app_state(request).sessions() as session:
-        return conditional(request, pet_json(await load_pet(session, pet_id)))
+    async with app_state(request).engine.connect() as connection:
+        answer = await answers.pet_answer(connection, pet_id)
+    if answer is None:
+        raise NotFound(f"pet {pet_id} not found")
+    return conditional(request, Response(answer, media_type=answers.JSON_TYPE))
 
 
 @operation(

@@ -11,6 +11,7 @@ gap or duplicate.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -20,9 +21,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from petstore.access import Principal
-from petstore.db.queries import load_pet
-from petstore.errors import NotFound
-from petstore.models import PetPublic
+from petstore.db import answers
 from petstore.realtime import events, rooms
 from petstore.realtime.broker import Broker, BrokerUnavailable, Message, Since, create_broker
 from petstore.realtime.hub import POLICY_VIOLATION, RESTARTING, Connection, Hub
@@ -176,11 +175,8 @@ class Realtime:
             pet_id = rooms.pet_id_of(room)
             assert pet_id is not None
             async with self.sessions() as session:
-                try:
-                    pet = await load_pet(session, pet_id)
-                except NotFound:
-                    return None
-                return PetPublic.model_validate(pet, from_attributes=True).model_dump(mode="json", by_alias=True)
+                answer = await answers.pet_answer(session, pet_id)  # the REST answer's JSON
+            return None if answer is None else json.loads(answer)
         return None
 
 

@@ -234,7 +234,7 @@ class RevocationFeed:
                     await pubsub.ping()
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
             if pool is not getattr(self.redis, "connection_pool", None):
                 with contextlib.suppress(Exception):
                     await pool.disconnect()
