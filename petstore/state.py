@@ -17,6 +17,7 @@ from starlette.requests import HTTPConnection
 
 from petstore.access import Principal
 from petstore.config import Settings
+from petstore.db.reader import Reader
 from petstore.plugin import Plugins
 from petstore.realtime import Realtime
 
@@ -39,6 +40,11 @@ class AppState:
     draining: bool = False
     #: The loop time by which shutdown must be over (``PETSTORE_SHUTDOWN_TIMEOUT`` after it began).
     shutdown_deadline: float | None = None
+    #: The hot reads' queries (petstore.db.reader): on a SQLite file, without the engine's pool.
+    reader: Reader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reader = Reader(self.engine)
 
     @classmethod
     def open(cls, settings: Settings, engine: AsyncEngine, plugins: Plugins) -> AppState:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, Select, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from starlette.datastructures import UploadFile
@@ -240,7 +242,8 @@ async def find_by_status(request: Request) -> Response:
     invalid = [s for s in statuses if s not in PetStatus.__members__]
     if invalid:
         raise BadRequest(f"invalid status value: {invalid[0][:40]!r} (use available, pending or sold)")
-    return await _list_pets(request, col(Pet.status).in_(statuses))
+    padded = [*statuses, *[statuses[0]] * len(PetStatus)][: len(PetStatus)]
+    return await _list_pets(request, _by_status, **{f"status{n}": status for n, status in enumerate(padded)})
 
 
 #: A pet's name, as updatePetWithForm takes it from a query or a form (the Pet model's Name).
@@ -273,20 +276,34 @@ async def find_by_tags(request: Request) -> Response:
     if not names:
         raise BadRequest("invalid tag value: give at least one tag")
     check_names(names, "tag")
-    tagged = (
-        select(col(PetTagLink.pet_id)).join(Tag, col(Tag.id) == col(PetTagLink.tag_id)).where(col(Tag.name).in_(names))
-    )
-    return await _list_pets(request, col(Pet.id).in_(tagged))
+    return await _list_pets(request, _by_tags, tags=names)
 
 
-async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Response:
-    """One page of the pets matching ``condition``, by id, with their category and tags: one
-    query, whose rows are the pets' JSON (:mod:`petstore.db.answers`)."""
+def _page(dialect: str, condition: ColumnElement[bool]) -> Select[Any]:
+    """A page of the pets matching ``condition``, by id, as their JSON (:mod:`petstore.db.answers`)."""
+    query = answers.pets_query(dialect).where(condition).order_by(col(Pet.id))
+    return query.limit(bindparam("limit")).offset(bindparam("offset"))
+
+
+@cache
+def _by_status(dialect: str) -> Select[Any]:
+    # One parameter per status there is, not an IN list (which only the engine can expand, see
+    # petstore.db.reader): fewer statuses asked repeat the first.
+    return _page(dialect, col(Pet.status).in_([bindparam(f"status{n}") for n in range(len(PetStatus))]))
+
+
+@cache
+def _by_tags(dialect: str) -> Select[Any]:
+    named = col(Tag.name).in_(bindparam("tags", expanding=True))
+    tagged = select(col(PetTagLink.pet_id)).join(Tag, col(Tag.id) == col(PetTagLink.tag_id)).where(named)
+    return _page(dialect, col(Pet.id).in_(tagged))
+
+
+async def _list_pets(request: Request, query: Callable[[str], Select[Any]], **parameters: Any) -> Response:
+    """One page of ``query``'s pets in one query, whose rows are the pets' JSON."""
     limit, offset = pagination(request)
-    engine = app_state(request).engine
-    query = answers.pets_query(engine.dialect.name).where(condition).order_by(col(Pet.id)).limit(limit).offset(offset)
-    async with engine.connect() as connection:
-        rows = (await connection.execute(query)).scalars().all()
+    state = app_state(request)
+    rows = await state.reader.column(query(state.engine.dialect.name), {"limit": limit, "offset": offset, **parameters})
     return Response(answers.json_array(rows), media_type=answers.JSON_TYPE)
 
 
@@ -304,11 +321,11 @@ async def _list_pets(request: Request, condition: ColumnElement[bool]) -> Respon
 )
 async def get_pet(request: Request) -> Response:
     pet_id = path_id(request, "petId", "pet")
-    async with app_state(request).engine.connect() as connection:
-        answer = await answers.pet_answer(connection, pet_id)
-    if answer is None:
+    state = app_state(request)
+    found = await state.reader.column(answers.pet_by_id(state.engine.dialect.name), {"pet_id": pet_id})
+    if not found:
         raise NotFound(f"pet {pet_id} not found")
-    return conditional(request, Response(answer, media_type=answers.JSON_TYPE))
+    return conditional(request, Response(found[0].encode(), media_type=answers.JSON_TYPE))
 
 
 @operation(

@@ -112,6 +112,17 @@ def test_a_read_right_after_a_write_shows_the_write(api: ApiHarness) -> None:
     assert api.client.get(f"{API}/pet/{pet['id']}").status_code == 404
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_on_sqlite_the_hot_reads_leave_the_engine_alone(api: ApiHarness) -> None:
+    """getPetById and findByStatus run on the reader's own connection (petstore.db.reader)."""
+    pet = api.new_pet("Rex")
+    with api.count_statements() as counted:
+        assert api.client.get(f"{API}/pet/{pet['id']}").json() == pet
+        assert api.client.get(f"{API}/pet/findByStatus", params={"status": "available,sold"}).json() == [pet]
+        assert api.client.get(f"{API}/pet/findByStatus", params={"status": "sold"}).json() == []
+    assert counted.count == 0, counted.statements
+
+
 def _split(array: bytes) -> list[bytes]:
     """The raw JSON of each element of a JSON array of objects (as the server wrote them)."""
     decoder = json.JSONDecoder()
