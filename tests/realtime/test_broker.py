@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -453,3 +454,23 @@ async def test_a_late_frame_of_a_superseded_epoch_is_not_handed_over(redis_broke
     finally:
         await client.aclose()
     assert [(m.epoch, m.offset) for m in recorder.delivered] == [(epoch, n) for n in range(1, 5)]
+
+
+async def test_a_subscriber_waiting_while_its_room_moves_to_another_link_follows_it(redis_broker: Any) -> None:
+    """On a cluster a room moves to another link (a failover, a slot migration), and the old link
+    cancels the confirmation it owed. One who was waiting on it must wait for the new link's,
+    not be cancelled: the CancelledError ended its whole WebSocket session without a close frame."""
+    broker, recorder = redis_broker
+    await broker.watch("here")
+    link = broker._room_links["here"]
+    link.rooms.add("moving")  # as if its subscription were sent and not confirmed yet
+    broker._room_links["moving"] = link
+    link.confirmation("moving")
+    waiting = asyncio.create_task(broker.watch("moving"))
+    await until(lambda: broker._watched.get("moving") == 1, "the subscriber to wait for the confirmation")
+    assert not waiting.done()
+    link.drop("moving")  # what _rehome does, then the new owner subscribes it
+    await link.add("moving", fill=False)
+    await asyncio.wait_for(waiting, 10)
+    await publish(broker, "moving", 1)
+    await until(lambda: recorder.offsets("moving") == [1], "the event of the moved room")

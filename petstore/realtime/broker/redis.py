@@ -402,17 +402,36 @@ class RedisBroker:
         count = self._watched.get(room, 0)
         self._watched[room] = count + 1
         try:
-            link = self._room_links.get(room)
-            if link is None:
-                link = await self._home(room)
-                await link.add(room, fill=False)
-            await asyncio.wait_for(asyncio.shield(link.confirmation(room)), SUBSCRIBE_TIMEOUT)
+            await self._subscribed(room)
             if room not in self._cursors:
                 epoch, offset, _ = await self._read_room(room, -1, "")
                 self._cursors.setdefault(room, Since(epoch, offset))
         except (TimeoutError, RedisError, OSError) as exc:
             await self.unwatch(room)
             raise BrokerUnavailable(f"could not subscribe to {room}: {type(exc).__name__}") from exc
+
+    async def _subscribed(self, room: str) -> None:
+        """Until the link that holds ``room`` has its subscription confirmed, within SUBSCRIBE_TIMEOUT.
+
+        The room may move to another link meanwhile (a failover, a slot migration: ``_rehome``),
+        which cancels the old link's confirmation: the wait goes on for the new link's. Only a
+        cancellation of this task itself is one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SUBSCRIBE_TIMEOUT
+        while True:
+            link = self._room_links.get(room)
+            if link is None:
+                link = await self._home(room)
+                await link.add(room, fill=False)
+            confirmed = link.confirmation(room)
+            try:
+                await asyncio.wait_for(asyncio.shield(confirmed), max(0.0, deadline - loop.time()))
+                return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not confirmed.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # dropped by the link it was on: the room moved
 
     async def unwatch(self, room: str) -> None:
         count = self._watched.get(room, 0) - 1
