@@ -43,6 +43,9 @@ Hooks
     May this principal join this room? True / False, or None for no opinion.
 ``ws_message(connection_id, principal, message_type)``
     A client message arrived. Return an error code (``"rate_limited"``) to refuse it, else None.
+``ws_welcome(websocket)`` (optional)
+    Fields to add to the ``welcome`` of an accepted WebSocket (the rate limiter's ``resume``
+    pass). The core's own fields cannot be replaced.
 ``observe(name, value, labels)``
     Something happened in the core or another plugin (see :data:`HAPPENINGS`).
 ``user_changed(user_id)`` (optional: plugins without it are not asked)
@@ -151,6 +154,7 @@ HAPPENINGS: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "auth.failure": ("count", ("reason",)),
     "ratelimit.rejected": ("count", ("scope",)),
     "ratelimit.backend_error": ("count", ()),
+    "ratelimit.resume": ("count", ("outcome",)),
 }
 
 logger = logging.getLogger("petstore.plugin")
@@ -276,6 +280,9 @@ class PluginBase:
     async def user_changed(self, user_id: int) -> None:
         return None
 
+    def ws_welcome(self, websocket: WebSocket) -> Mapping[str, Any] | None:
+        return None
+
     def login_routes(self) -> Sequence[LoginRoute]:
         return ()
 
@@ -377,6 +384,16 @@ class Plugins:
             if answer is True:
                 verdict = True
         return verdict
+
+    def ws_welcome(self, websocket: WebSocket) -> dict[str, Any]:
+        """Every plugin's fields for a ``welcome``, in plugin order (an earlier plugin's win)."""
+        fields: dict[str, Any] = {}
+        for plugin in self.items:
+            hook = getattr(plugin, "ws_welcome", None)
+            extra = hook(websocket) if hook is not None else None
+            for name, value in (extra or {}).items():
+                fields.setdefault(name, value)
+        return fields
 
     async def user_changed(self, user_id: int) -> None:
         """Tell every plugin that has the hook; the change is committed, so one that fails is

@@ -82,6 +82,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 ROOM_KINDS = frozenset(rooms.ROOM_KINDS)
 CLIENT_MESSAGE_TYPES = frozenset({"auth", "subscribe", "unsubscribe", "ping"})
 TASKS = frozenset({"redis-broker-listener", "outbox-relay"})
+RESUME_OUTCOMES = frozenset({"accepted", "refused"})
 
 # From a cache hit (sub-millisecond) to a slow publish through a reconnecting broker.
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -185,6 +186,12 @@ class Instruments:
             "Rate-limit checks that could not reach the shared backend.",
             registry=r,
         )
+        self.ratelimit_resumes = Counter(
+            "petstore_ratelimit_resumes_total",
+            "WebSocket reconnects that brought a resume pass: accepted (spent) or refused.",
+            ("outcome",),
+            registry=r,
+        )
         self.auth_failures = Counter(
             "petstore_auth_failures_total", "Refused credentials, by reason.", ("reason",), registry=r
         )
@@ -235,6 +242,8 @@ class Instruments:
                 self.ratelimit_rejections.labels(labels.get("scope", OTHER)).inc(value)
             case "ratelimit.backend_error":
                 self.ratelimit_backend_errors.inc(value)
+            case "ratelimit.resume":
+                self.ratelimit_resumes.labels(_bounded(labels.get("outcome"), RESUME_OUTCOMES)).inc(value)
             case _:
                 # "http.request" is measured by the middleware itself (counting it here too would
                 # count each request twice); names from third-party plugins are not ours to map.

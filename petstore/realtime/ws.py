@@ -125,7 +125,7 @@ class Session:
         conn = self.conn
         self.plugins.observe("ws.connected")
         principal = conn.principal
-        self.send({
+        self.send(self.plugins.ws_welcome(self.websocket) | {
             "type": "welcome",
             "connection": conn.id,
             "user": principal.username if principal else None,

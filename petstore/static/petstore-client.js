@@ -12,6 +12,9 @@
 // resubscribes every room with `since` = the last offset/epoch it saw, so that missed events are
 // replayed. When the server cannot prove a gap-free recovery (`recovered: false`), the room's
 // `onResync(snapshot)` handler is called so the application can start over from the snapshot.
+// A reconnect brings the `resume` pass of the welcome before (as `?resume=`): the server then
+// charges it to the connection it resumes, not to the address's connect budget, so the storm of
+// every dashboard behind one NAT address after a restart gets in at once.
 //
 // Connection states, emitted as "state" events, in the order a user would see them:
 //   connecting    first connection attempt under way
@@ -57,6 +60,8 @@ export function backoffDelay(attempt, { initial = 500, max = 30000, factor = 2 }
 
 export class PetstoreClient {
   #url = null;
+  /** The `resume` pass of the last welcome, for the next reconnect (spent by it). */
+  #resume = null;
   #token;
   #WebSocket;
   #random;
@@ -117,7 +122,10 @@ export class PetstoreClient {
 
   /** Open the connection (again, after close()). `url` is the ws:// or wss:// address of /ws. */
   connect(url) {
-    if (url !== undefined) this.#url = url;
+    if (url !== undefined && url !== this.#url) {
+      this.#url = url;
+      this.#resume = null; // a pass is for the server that issued it
+    }
     if (!this.#url) throw new Error("PetstoreClient.connect needs the WebSocket URL of /ws");
     this.#cancelReconnect();
     const previous = this.#ws;
@@ -190,10 +198,19 @@ export class PetstoreClient {
 
   // -- connection life cycle ---------------------------------------------------------------
 
+  /** The URL to open: the configured one, with the resume pass when there is one (used once). */
+  #openingUrl() {
+    if (!this.#resume) return this.#url;
+    const url = new URL(this.#url);
+    url.searchParams.set("resume", this.#resume);
+    this.#resume = null;
+    return url.toString();
+  }
+
   #open() {
     let ws;
     try {
-      ws = new this.#WebSocket(this.#url);
+      ws = new this.#WebSocket(this.#openingUrl());
     } catch (error) {
       // A malformed URL throws synchronously; retrying would throw again.
       this.#setState(State.CLOSED, { reason: String(error) });
@@ -340,6 +357,7 @@ export class PetstoreClient {
 
   #onWelcome(message) {
     this.user = message.user ?? null;
+    this.#resume = typeof message.resume === "string" ? message.resume : null;
     if (this.#welcomed) {
       // Only the first welcome of a connection starts the handshake; answering a later one
       // with auth and subscriptions again could make a server that re-welcomes loop forever.

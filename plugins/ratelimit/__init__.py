@@ -16,7 +16,10 @@ Policies (each a rate such as ``100/minute``, or several joined by ``;``):
   (the first matching ``METHOD glob`` wins; ``*`` matches any method);
 - WebSocket: ``PETSTORE_RATELIMIT_WS_CONNECT`` connection attempts per client *and*
   ``PETSTORE_RATELIMIT_WS_CONNECT_PER_IP`` per IP, however many accounts it signs in (refused
-  before the upgrade with 429, ``Retry-After`` and the JSON error shape),
+  before the upgrade with 429, ``Retry-After`` and the JSON error shape); a reconnect that brings
+  the resume pass of its previous connection counts against ``PETSTORE_RATELIMIT_WS_RESUME_PER_IP``
+  instead (:mod:`~plugins.ratelimit.resume`: a restart's storm of reconnects behind one NAT
+  address gets in at once, a flood does not);
   ``PETSTORE_RATELIMIT_WS_MESSAGES`` messages per connection (in process, no round trip).
 
 Which routes are logins this plugin does not know: the plugins that own them say so at start-up
@@ -70,6 +73,7 @@ from petstore.routing import route_path
 from plugins.ratelimit.clients import client_key, ip_key, username_key
 from plugins.ratelimit.config import Policies, RateLimitSettings
 from plugins.ratelimit.gcra import Budget, Decision, Limiter, MemoryLimiter, Policy, RedisLimiter, budgets
+from plugins.ratelimit.resume import RedactResume, ResumePasses
 
 logger = logging.getLogger("plugins.ratelimit")
 
@@ -77,6 +81,10 @@ LOG_INTERVAL_SECONDS = 60.0
 #: After Redis failed, this long without trying it (fail open at once), then the next request tries.
 OUTAGE_PAUSE_SECONDS = 1.0
 BUSY_RETRY_AFTER = 1
+#: Whatever asking Redis can raise: it failed, or no connection came free in time.
+REDIS_FAULTS: tuple[type[Exception], ...] = (RedisError, OSError, *BUSY)
+#: Where a ``/ws?resume=…`` URL could be logged.
+REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error")
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
 OPENAPI_HEADERS: dict[str, Any] = {
@@ -103,18 +111,31 @@ class RateLimitPlugin(PluginBase):
         self._last_busy_log = -math.inf
         #: Until this monotonic time Redis counts as down without being asked (see OUTAGE_PAUSE_SECONDS).
         self._down_until = -math.inf
+        self.passes = ResumePasses()
+        self._redact = RedactResume()
 
     # -- life cycle
 
     async def startup(self, state: App) -> None:
         self._state = state
         self.logins = state.plugins.login_routes()
+        for name in REDACTED_LOGGERS:
+            logging.getLogger(name).addFilter(self._redact)
         if state.redis is not None:
             self.limiter = RedisLimiter(state.redis)
+            self.passes = ResumePasses(state.redis)
+            try:
+                await self.passes.start()
+            except REDIS_FAULTS as exc:
+                # Passes of this instance alone until it restarts: other instances do not take them.
+                logger.warning("rate limit: resume pass key not read from Redis (%s): this instance's own", exc)
 
     async def shutdown(self, state: App) -> None:
         await self.limiter.close()
         self.limiter = MemoryLimiter()
+        self.passes = ResumePasses()
+        for name in REDACTED_LOGGERS:
+            logging.getLogger(name).removeFilter(self._redact)
 
     def cors_headers(self) -> CorsHeaders:
         return CorsHeaders(expose=("RateLimit", "RateLimit-Policy"))
@@ -205,9 +226,14 @@ class RateLimitPlugin(PluginBase):
         """Over a connection budget: 429 with ``Retry-After`` and the RateLimit headers, as the HTTP
         answer to the upgrade (SPEC §3; a close 1013 where the server cannot send one)."""
         scope = websocket.scope
-        policies = [self.policies.ws_connect, self.policies.ws_connect_ip]
-        checks = budgets(self.policies.ws_connect, self.client(scope))
-        checks += budgets(self.policies.ws_connect_ip, ip_key(scope, self.policies.trusted))
+        address = ip_key(scope, self.policies.trusted)
+        if await self._resumes(websocket, address):
+            policies = [self.policies.ws_resume_ip]
+            checks = budgets(self.policies.ws_resume_ip, address)
+        else:
+            policies = [self.policies.ws_connect, self.policies.ws_connect_ip]
+            checks = budgets(self.policies.ws_connect, self.client(scope))
+            checks += budgets(self.policies.ws_connect_ip, address)
         try:
             decision = await self.check(checks)
         except BUSY:
@@ -217,6 +243,22 @@ class RateLimitPlugin(PluginBase):
             message = f"too many connections: retry in {decision.retry_after} s"
             return error_response(429, "rate_limited", message, decision.headers(policies))
         return None  # allowed, or the backend is down: connections are ordinary traffic (fail open)
+
+    async def _resumes(self, websocket: WebSocket, address: str) -> bool:
+        """Whether the connection brings a resume pass that holds (and is now spent)."""
+        text = websocket.query_params.get("resume")
+        if not text:
+            return False
+        try:
+            spent = await self.passes.spend(text, address)
+        except REDIS_FAULTS:
+            return False  # counted as a new connection: the budgets decide, or fail open without Redis
+        self.report("ratelimit.resume", outcome="accepted" if spent else "refused")
+        return spent
+
+    def ws_welcome(self, websocket: WebSocket) -> Mapping[str, Any]:
+        """The pass this connection's next reconnect may bring (``resume`` in the welcome)."""
+        return {"resume": self.passes.issue(ip_key(websocket.scope, self.policies.trusted))}
 
     async def ws_message(self, connection_id: str, principal: Principal | None, message_type: str) -> str | None:
         decision = self.messages.check_now(budgets(self.policies.ws_messages, f"conn:{connection_id}"))

@@ -46,6 +46,9 @@ class RateLimitSettings(BaseSettings):
     # storm of the dashboards behind one NAT address after a restart (each reconnects within a
     # second, backoff with full jitter); 5 a second after it.
     ws_connect_per_ip: str = "300/minute"
+    # Reconnects with a resume pass (plugins.ratelimit.resume), per IP: they skip the two above,
+    # and this wide budget bounds what the passes of many connections behind one address can do.
+    ws_resume_per_ip: str = "20000/10 minutes"
     ws_messages: str = "50/10 seconds"
     trusted_proxies: Annotated[tuple[str, ...], NoDecode] = ()
     # Probes, scrapes and files: cheap to serve, and a page of pet photos must not spend the API budget.
@@ -97,6 +100,7 @@ class Policies:
     login_ip_fallback: Policy
     ws_connect: Policy
     ws_connect_ip: Policy
+    ws_resume_ip: Policy
     ws_messages: Policy
     overrides: tuple[RouteOverride, ...]
     trusted: tuple[Network, ...]
@@ -118,6 +122,7 @@ class Policies:
             login_ip_fallback=own("login-ip-fallback", "login_fallback_per_ip"),
             ws_connect=own("ws-connect", "ws_connect"),
             ws_connect_ip=own("ws-connect-ip", "ws_connect_per_ip"),
+            ws_resume_ip=own("ws-resume-ip", "ws_resume_per_ip"),
             ws_messages=own("ws-messages", "ws_messages"),
             overrides=_read(
                 f"{ENV_PREFIX}ROUTES", lambda: tuple(_override(entry, i) for i, entry in enumerate(config.routes))

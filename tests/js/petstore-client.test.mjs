@@ -510,3 +510,37 @@ describe("heartbeat", () => {
     assert.equal(sockets[0].closedWith, null);
   });
 });
+
+describe("resume pass", () => {
+  const welcome = (resume) => ({ type: "welcome", connection: "c", user: null, heartbeat: 25, resume });
+
+  test("a reconnect brings the pass of the last welcome, once", () => {
+    const { client, clock, sockets, last } = setup();
+    client.connect(URL);
+    assert.equal(last().url, URL, "nothing to resume on the first connection");
+    last().open();
+    last().receive(welcome("1700000000.abcdefghijkl.0123456789abcdefghijkl"));
+    last().serverClose(CloseCode.RESTARTING, "server restarting");
+    clock.advance(clock.pending()[0]);
+    assert.equal(sockets.length, 2);
+    assert.equal(last().url, `${URL}?resume=1700000000.abcdefghijkl.0123456789abcdefghijkl`);
+    last().serverClose(1006); // refused before any welcome: the pass was spent, or tried
+    clock.advance(clock.pending()[0]);
+    assert.equal(sockets.length, 3);
+    assert.equal(last().url, URL, "a pass is good for one reconnect");
+  });
+
+  test("a welcome without a pass leaves none, and another server's URL drops it", () => {
+    const { client, clock, last } = setup();
+    client.connect(URL);
+    last().open();
+    last().receive(welcome("1700000000.abcdefghijkl.0123456789abcdefghijkl"));
+    client.connect("ws://127.0.0.1:9000/ws");
+    assert.equal(last().url, "ws://127.0.0.1:9000/ws");
+    last().open();
+    last().receive(welcome(undefined));
+    last().serverClose(CloseCode.RESTARTING, "server restarting");
+    clock.advance(clock.pending()[0]);
+    assert.equal(last().url, "ws://127.0.0.1:9000/ws");
+  });
+});
