@@ -24,6 +24,25 @@ no compression (clients ask for none, so every server sends plain frames). For e
 
 The client runs in this process; on a small machine it competes with the server for CPU, which
 raises the latencies of both targets alike.
+
+``--workers 1,2`` runs the Redis target through the project's CLI instead, ``petstore serve
+--workers N`` (uvicorn's supervisor and N worker processes; several workers need the Redis
+broker), once per count, to check the scaling target: with 2 workers, the server CPU per
+delivered event within 1.1x of one worker's. On 2 cores with the clients on the same machine,
+capacity itself cannot be shown to double; an unchanged cost per event shows it would with
+cores. The server's CPU is then the sum over the supervisor and its workers (its children in
+/proc, read when the measurement starts and when it ends). The kernel spreads the subscribers
+over the workers as they accept; each event is delivered once per subscriber, by whichever
+worker holds that subscriber, and every worker also pays for hearing each event from Redis
+once. So total CPU over delivered events is the figure per worker as well as per server (it is
+already normalised per event: each worker's own CPU over the events it delivered, weighted by
+its share of them, plus the supervisor's little), and its ratio to the 1-worker run is what the
+target bounds. How the subscribers were spread is read from /proc too (each worker's established
+connections on the server's port); each worker's own figure is shown beside it, higher for the
+worker that holds fewer subscribers, since its share of the per-event Redis and POST work is
+spread over fewer deliveries. Idle RSS is summed over the processes likewise.
+
+    .venv/bin/python bench/fanout.py --brokers redis --workers 1,2
 """
 
 from __future__ import annotations
@@ -32,6 +51,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
+import os
 import statistics
 import sys
 import tempfile
@@ -44,10 +65,12 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.support import cpu_seconds, pace, rss_bytes
+from bench.support import REPO, cpu_seconds, pace, rss_bytes
 from tests.services import DEFAULT_APP_COMMAND, RedisServer, UvicornServer
 
 SAMPLE = 25  # websockets clients that parse every frame to measure latency; the others only count events
+PETSTORE = Path(sys.executable).with_name("petstore")  # the project's CLI, as the venv installs it
+TARGET_RATIO = 1.1  # the issue's bound on CPU per delivered event, N workers against one
 
 BASELINE = textwrap.dedent(
     """
@@ -82,12 +105,17 @@ class Result:
     cpu_us_per_event: float
     sys_share: float
     rss_kb_per_idle: float
+    workers: int | None = None  # run by `petstore serve --workers N`; None: one process, as uvicorn runs it
+    spread: tuple[int, ...] = ()  # subscribers held by each worker
+    worker_cpu_us: tuple[float, ...] = ()  # each worker's CPU over the events it delivered
 
 
 class Target:
     name = ""
     ws_url = ""
+    port = 0
     pid = 0
+    workers: int | None = None
 
     async def subscribe(self, ws: ClientConnection) -> None:
         raise NotImplementedError
@@ -100,9 +128,13 @@ class Target:
 
 
 class Petstore(Target):
-    def __init__(self, workdir: Path, redis_url: str | None, ws: str = "petstore") -> None:
+    def __init__(self, workdir: Path, redis_url: str | None, ws: str = "petstore", workers: int | None = None) -> None:
         broker = "redis" if redis_url else "in-process"
         self.name = f"petstore ({broker})" if ws == "petstore" else f"petstore ({broker}, ws={ws})"
+        if workers is not None:
+            assert redis_url and ws == "petstore", "`petstore serve` runs petstore's protocol; its workers share Redis"
+            self.name = f"petstore (redis, serve --workers {workers})"
+            self.workers = workers
         database = f"sqlite+aiosqlite:///{workdir}/{'redis' if redis_url else 'memory'}.db"
         env = {
             "PETSTORE_DATABASE_URL": database,
@@ -118,8 +150,13 @@ class Petstore(Target):
         command = [*DEFAULT_APP_COMMAND, "--no-access-log", "--log-level", "warning"]
         if ws != "petstore":  # the default command runs petstore's own protocol (as `petstore serve` does)
             command += ["--ws", ws]
-        self.server = UvicornServer(env=env, command=command, cwd=Path(__file__).resolve().parent.parent).start()
+        if workers is not None:
+            command = [str(PETSTORE), "serve", "--host", "{host}", "--port", "{port}", "--workers", str(workers)]
+            command += ["--log-level", "warning"]
+            env["PYTHONPATH"] = str(REPO)  # for tests.fakes: the CLI's script puts only its own directory on the path
+        self.server = UvicornServer(env=env, command=command, cwd=REPO).start()
         self.ws_url = self.server.ws_url + "/ws"
+        self.port = self.server.port
         assert self.server.pid is not None
         self.pid = self.server.pid
 
@@ -172,6 +209,7 @@ class Baseline(Target):
         self.server._healthy = self._accepts  # type: ignore[method-assign]
         self.server.start()
         self.ws_url = self.server.ws_url
+        self.port = self.server.port
         assert self.server.pid is not None
         self.pid = self.server.pid
         self.publisher: ClientConnection | None = None
@@ -212,6 +250,52 @@ class Baseline(Target):
 
     def stop(self) -> None:
         self.server.close()
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started that are running now (uvicorn's workers, for its supervisor)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def workers_of(pid: int) -> list[int]:
+    """uvicorn's workers under its supervisor ``pid``: its children but multiprocessing's resource tracker."""
+    return [
+        child
+        for child in children(pid)
+        if b"multiprocessing.resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def cpu_by_process(pid: int) -> dict[int, tuple[float, float]]:
+    """User and system CPU so far of ``pid`` and of each of its children (a resource tracker's too, next to nothing)."""
+    return {process: cpu_seconds(process) for process in [pid, *children(pid)]}
+
+
+def connections(pid: int, port: int) -> int:
+    """Established TCP connections to ``port`` that process ``pid`` holds: the clients it serves.
+
+    /proc/net/tcp lists both ends of a loopback connection; the server's end is the one whose
+    local port is the server's, and its socket inode is among the process's open files. The file
+    is not read atomically: while other connections come and go, a line can appear twice (hence
+    the set) or be missed (the caller compares the sum with the subscribers).
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            link = os.readlink(fd)
+            if link.startswith("socket:["):
+                inodes.add(link[len("socket:[") : -1])
+    held = set()
+    for table_ in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table_}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01" and fields[9] in inodes:
+                held.add(fields[9])  # 01: ESTABLISHED
+    return len(held)
 
 
 def event_times(frame: str | bytes) -> list[float]:
@@ -345,11 +429,21 @@ async def measure(target: Target, subscribers: int, events: int, rate: float, id
     receivers = [asyncio.create_task(receive(ws, events, True, latencies, done)) for ws in sampled]
     for client in counting:
         client.target = client.events + events
-    cpu_before = cpu_seconds(target.pid)
+    cpu_before = cpu_by_process(target.pid)
+    workers = workers_of(target.pid) if target.workers and target.workers > 1 else [target.pid]
+    spread = tuple(connections(worker, target.port) for worker in workers)
     started = time.monotonic()
     await target.produce(events, rate)
     await asyncio.wait_for(asyncio.gather(*receivers, *(c.done.wait() for c in counting)), 300)
-    user, system = (after - before for after, before in zip(cpu_seconds(target.pid), cpu_before, strict=True))
+    cpu_after = cpu_by_process(target.pid)
+    if gone := cpu_before.keys() - cpu_after.keys():
+        raise RuntimeError(f"{target.name}: processes {sorted(gone)} exited while measured; their CPU is unknown")
+    # A worker started meanwhile (a replacement) counts from zero.
+    used = {
+        process: tuple(a - b for a, b in zip(after, cpu_before.get(process, (0.0, 0.0)), strict=True))
+        for process, after in cpu_after.items()
+    }
+    user, system = (sum(times) for times in zip(*used.values(), strict=True))
     cpu = user + system
     elapsed = max([*done, *(c.finished for c in counting)]) - started
     for ws in sampled:
@@ -358,12 +452,16 @@ async def measure(target: Target, subscribers: int, events: int, rate: float, id
         client.close()
     delivered = subscribers * events
     latencies.sort()
+    if target.workers is not None:
+        if sum(spread) != subscribers:  # the spread is only as good as its count; say so rather than hide it
+            print(f"  {target.name}: {sum(spread)} connections found for {subscribers} subscribers", file=sys.stderr)
+        print(f"  subscribers per worker: {' / '.join(map(str, spread))}", file=sys.stderr)
 
     await asyncio.sleep(1.0)
-    rss_before = rss_bytes(target.pid)
+    rss_before = sum(rss_bytes(process) for process in cpu_after)
     idle_clients = await open_counting(target.ws_url, idle, subscribe)
     await asyncio.sleep(1.0)
-    rss_per_idle = (rss_bytes(target.pid) - rss_before) / idle
+    rss_per_idle = (sum(rss_bytes(process) for process in cpu_after) - rss_before) / idle
     for client in idle_clients:
         client.close()
     return Result(
@@ -374,6 +472,12 @@ async def measure(target: Target, subscribers: int, events: int, rate: float, id
         cpu_us_per_event=cpu / delivered * 1e6,
         sys_share=system / cpu if cpu else 0.0,
         rss_kb_per_idle=rss_per_idle / 1024,
+        workers=target.workers,
+        spread=spread,
+        worker_cpu_us=tuple(
+            sum(used[worker]) / (held * events) * 1e6 if held else float("nan")
+            for worker, held in zip(workers, spread, strict=True)
+        ),
     )
 
 
@@ -400,7 +504,40 @@ def table(runs: dict[str, list[Result]], args: argparse.Namespace) -> str:
             f"{r.cpu_us_per_event:.2f} ({low:.2f} to {high:.2f}) | {r.sys_share:.0%} | "
             f"{r.cpu_us_per_event / baseline.cpu_us_per_event:.2f} | {r.rss_kb_per_idle:.1f} |"
         )
+    scaled = [median_runs(results)[0] for results in runs.values() if results[0].workers is not None]
+    if scaled:
+        lines += ["", workers_table(scaled)]
     return "\n".join(lines)
+
+
+def workers_table(results: list[Result]) -> str:
+    """`petstore serve --workers N` beside one worker: CPU per delivered event, which the target bounds."""
+    one = next((r for r in results if r.workers == 1), None)
+    lines = [
+        f"`petstore serve --workers N`, Redis broker; target: CPU per delivered event within {TARGET_RATIO}x of "
+        "one worker's",
+        "",
+        "| workers | server CPU µs / delivered event (supervisor + workers) | per worker | x 1 worker "
+        "| subscribers per worker | each worker's CPU µs / event it delivered |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        own = " / ".join("-" if math.isnan(us) else f"{us:.2f}" for us in r.worker_cpu_us)  # "-": no subscribers
+        ratio = f"{r.cpu_us_per_event / one.cpu_us_per_event:.2f}" if one else "-"
+        if one and r.workers != 1:
+            ratio += " (within)" if r.cpu_us_per_event <= TARGET_RATIO * one.cpu_us_per_event else " (over)"
+        lines.append(
+            f"| {r.workers} | {r.cpu_us_per_event:.2f} | {r.cpu_us_per_event:.2f} | {ratio} | "
+            f"{' / '.join(map(str, r.spread))} | {own} |"
+        )
+    return "\n".join(lines)
+
+
+def worker_counts(text: str) -> list[int]:
+    counts = [int(part) for part in text.split(",") if part.strip().isdigit()]
+    if len(counts) != len(text.split(",")) or not all(counts):
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of positive worker counts: {text}")
+    return counts
 
 
 def main() -> None:
@@ -417,18 +554,30 @@ def main() -> None:
         "(petstore: petstore.server.uvicorn_ws, what `petstore serve` runs; the others: plain ASGI sends)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each server (CPU figures vary run to run)")
+    parser.add_argument(
+        "--workers",
+        type=worker_counts,
+        help="run the Redis target as `petstore serve --workers N` instead, once per count, e.g. 1,2 "
+        "(default: 1 process, run by uvicorn itself as before); the ratio to 1 worker's CPU per event is printed",
+    )
     args = parser.parse_args()
+    if args.workers and "redis" not in args.brokers.split(","):
+        parser.error("--workers runs the Redis target (several workers need the Redis broker): add redis to --brokers")
 
     runs: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="petstore-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
-        targets: list[tuple[str, str | None, str]] = [("baseline", None, "")]
+        targets: list[tuple[str, str | None, str, int | None]] = [("baseline", None, "", None)]
         for broker in args.brokers.split(","):
             redis_url = stack.enter_context(RedisServer()).url if broker == "redis" else None
-            targets.extend(("petstore", redis_url, ws) for ws in args.ws.split(","))
+            for ws in args.ws.split(","):
+                if redis_url and ws == "petstore" and args.workers:  # what `petstore serve` runs
+                    targets.extend(("petstore", redis_url, ws, workers) for workers in args.workers)
+                else:
+                    targets.append(("petstore", redis_url, ws, None))
         for round_ in range(1, args.repeat + 1):
-            for kind, redis_url, ws in targets:
-                target: Target = Baseline(workdir) if kind == "baseline" else Petstore(workdir, redis_url, ws)
+            for kind, redis_url, ws, workers in targets:
+                target: Target = Baseline(workdir) if kind == "baseline" else Petstore(workdir, redis_url, ws, workers)
                 try:
                     print(f"run {round_}/{args.repeat}: {target.name} ...", file=sys.stderr)
                     result = asyncio.run(measure(target, args.subscribers, args.events, args.rate, args.idle))
