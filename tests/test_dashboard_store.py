@@ -318,6 +318,11 @@ def test_shown_rows_stay_live_through_their_own_rooms(
     fresh = staff_api.json("POST", "/pet", json={"name": "Luna Nova", "photoUrls": [], "status": "available"})
     expect(page.get_by_test_id("pet-row").first).to_have_attribute("data-pet-id", str(fresh["id"]), timeout=DEADLINE_MS)
     expect(row(page, other["id"])).to_have_count(0)
+
+    # One changed into the search appears too, in its place: below the newer Luna Nova.
+    staff_api.json("POST", f"/pet/{other['id']}", params={"name": "Luna Late"})
+    expect(row(page, other["id"])).to_contain_text("Luna Late", timeout=DEADLINE_MS)
+    assert shown_ids(page)[:2] == [fresh["id"], other["id"]]
     assert console.errors == []
 
 

@@ -2,8 +2,8 @@
 //
 // Live rows without subscribing to every pet: the page joins the `pet:{id}` room of each row
 // it shows (and leaves it when the row goes), and the `pets` room, which says when a pet is
-// created (shown when it matches the filter and falls in this page) or deleted (its row is
-// marked). Joining and leaving cost WebSocket messages, which the server limits per connection
+// created or changed (shown when it matches the filter and falls in this page) or deleted (its
+// row is marked). Joining and leaving cost WebSocket messages, which the server limits per connection
 // (PETSTORE_RATELIMIT_WS_MESSAGES, 50 per 10 s by default), so they go through a RoomBudget:
 // a fast reader paging through never gets the connection closed for chattiness. Until a row's
 // room is joined, the `pets` room's `pet.updated` keeps it current.
@@ -173,8 +173,11 @@ export class PetSearch {
     }
     const pet = message.data;
     if (message.event === "pet.deleted") this.#deleted(pet.id);
-    else if (message.event === "pet.created") this.#created(pet, message.ts);
+    else if (message.event === "pet.created") this.#arrived(pet, message.ts, { counted: true });
     else if (this.#rows.has(pet.id)) this.#update(pet, message.ts);
+    // A pet changed into the search (renamed to match, put back on sale): shown as a new one
+    // would be. Not counted: it may have matched before, on another page.
+    else this.#arrived(pet, message.ts, { counted: false });
   }
 
   #wire() {
@@ -275,8 +278,9 @@ export class PetSearch {
     if (!same) flash(fresh);
   }
 
-  #created(pet, ts) {
-    if (this.#rows.has(pet.id) || !this.#loaded || !matches(pet, this.#filter) || !this.#inPage(pet)) return;
+  /** A pet not shown that matches now (created, or changed into the search): placed in its row's order. */
+  #arrived(pet, ts, { counted }) {
+    if (!pet || this.#rows.has(pet.id) || !this.#loaded || !matches(pet, this.#filter) || !this.#inPage(pet)) return;
     const sort = SORT_KEYS[this.#filter.sort] ?? SORT_KEYS["-id"];
     const key = sort.key(pet);
     const row = this.#row(pet, ts);
@@ -287,7 +291,7 @@ export class PetSearch {
     this.#body.insertBefore(row, after ?? null);
     row.dataset.fresh = "true";
     flash(row);
-    if (this.#total) this.#total.n += 1;
+    if (counted && this.#total) this.#total.n += 1;
     this.#show();
   }
 
