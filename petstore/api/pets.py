@@ -114,21 +114,48 @@ async def _category(session: AsyncSession, body: CategoryBody | None) -> Categor
 
 async def _tags(session: AsyncSession, bodies: list[TagBody]) -> list[Tag]:
     tags: dict[int | str, Tag] = {}
+    # Tags named without ids, the usual body, are looked up in one query, not one each: the
+    # first of each name by id, as the query per tag found it. A body with an id may rename a
+    # tag that a later one names, so with any id the tags are taken one by one, in order.
+    known = await _by_name(session, bodies) if all(body.id is None for body in bodies) else {}
     for body in bodies:
-        tag = await _named(session, Tag, body, "tag")
+        tag = known.get(body.name) if body.name is not None else None
+        if tag is None:
+            tag = await _named(session, Tag, body, "tag")
         if tag is not None:
             assert tag.id is not None or tag.name is not None
             tags[tag.id if tag.id is not None else f"name:{tag.name}"] = tag
     return list(tags.values())
 
 
+async def _by_name(session: AsyncSession, bodies: list[TagBody]) -> dict[str, Tag]:
+    names = {body.name for body in bodies if body.name is not None}
+    if not names:
+        return {}
+    query = select(Tag).where(col(Tag.name).in_(names)).order_by(col(Tag.id))
+    found = (await session.execute(query)).scalars().all()
+    first: dict[str, Tag] = {}
+    for tag in found:
+        assert tag.name is not None
+        first.setdefault(tag.name, tag)
+    return first
+
+
 async def apply_body(session: AsyncSession, pet: Pet, body: PetBody) -> None:
+    """Set ``pet`` from ``body``, its category and tags looked up (or made) first.
+
+    First, so that the pet's own changes go in with one statement at the end: a category or tag
+    made here is flushed at once (for its id), and so would be whatever of the pet had changed
+    already, then written again. A new pet is added to the session after this, for the same
+    reason (:func:`create_pet`)."""
+    category = await _category(session, body.category)
+    tags = await _tags(session, body.tags)
     pet.name = body.name
     pet.photo_urls = list(body.photo_urls)
     if body.status is not None:
         pet.status = body.status.value
-    pet.category = await _category(session, body.category)
-    pet.tags = await _tags(session, body.tags)
+    pet.category = category
+    pet.tags = tags
 
 
 async def commit(state: AppState, session: AsyncSession) -> None:
@@ -155,8 +182,8 @@ async def create_pet(session: AsyncSession, body: PetBody, *, inventory: bool = 
     if body.id is not None and await session.get(Pet, body.id) is not None:
         raise Conflict(f"pet {body.id} already exists")
     pet = Pet(id=body.id, name=body.name, tags=[])  # apply_body sets the rest; no status sent: the default
-    session.add(pet)
     await apply_body(session, pet, body)
+    session.add(pet)
     await session.flush()
     if body.id is not None:
         await sync_id_sequence(session, "pet")

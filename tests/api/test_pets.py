@@ -614,6 +614,31 @@ def test_listing_pets_takes_the_same_number_of_queries_for_5_or_50_pets(api: Api
     assert by_tags_large.count == by_tags.count <= 4
 
 
+def test_a_write_looks_up_its_named_tags_in_one_query_and_writes_the_pet_once(api: ApiHarness) -> None:
+    """Two named tags are one lookup, not two, and the pet is inserted with its category (no
+    INSERT then UPDATE because a lookup flushed it early). The relay's own statements, which may
+    run meanwhile, are left out."""
+    api.new_pet("first", category={"name": "Dogs"}, tags=[{"name": "a"}, {"name": "b"}])
+    body = {"name": "Rex", "category": {"name": "Dogs"}, "photoUrls": [], "tags": [{"name": "b"}, {"name": "a"}]}
+    with api.count_statements() as counter:
+        added = api.client.post(f"{API}/pet", json=body, headers=api.staff.headers)
+    assert added.status_code == 200, added.text
+    ours = [s.split("(")[0].split(" WHERE")[0].strip() for s in counter.statements if "outbox" not in s]
+    ours = [s for s in ours if not s.startswith("SELECT pet.status")]  # the relay's inventory count
+    assert [s.split()[0:4] for s in ours] == [
+        ["SELECT", "category.id,", "category.name", "FROM"],
+        ["SELECT", "tag.id,", "tag.name", "FROM"],
+        ["INSERT", "INTO", "pet"],
+        ["INSERT", "INTO", "pet_tag"],
+    ], counter.statements
+    assert [t["name"] for t in added.json()["tags"]] == ["a", "b"]
+    renamed = {**added.json(), "name": "Rex II", "category": {"name": "Cats"}}
+    with api.count_statements() as updating:
+        assert api.client.put(f"{API}/pet", json=renamed, headers=api.staff.headers).status_code == 200
+    updates = [s for s in updating.statements if s.startswith("UPDATE pet ")]
+    assert len(updates) == 1, updating.statements  # name and category in one UPDATE
+
+
 def test_inventory_counts_every_status(api: ApiHarness) -> None:
     assert api.inventory() == {"available": 0, "pending": 0, "sold": 0}
     for status in ["available", "available", "sold"]:
