@@ -120,7 +120,8 @@ class ConsoleWatch:
         self.errors: list[str] = []
         self.excused: list[str] = []
         self.outage = False
-        self._refused = re.compile(rf"WebSocket connection to 'ws://{re.escape(HOST)}:{port}/ws' failed")
+        # A reconnect's URL carries its resume pass (/ws?resume=...).
+        self._refused = re.compile(rf"WebSocket connection to 'ws://{re.escape(HOST)}:{port}/ws(\?[^']*)?' failed")
         page.on("console", self._console)
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.on("websocket", self._websocket)
