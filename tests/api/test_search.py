@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,45 @@ def test_status_takes_one_value_a_comma_list_or_repeated_parameters(
 def test_category_is_a_category_name(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
     assert names(search(api, category="Cats")) == ["Bella", "max_1"]
     assert search(api, category="Fish")["items"] == []
+    assert search(api, category="Fish")["total"] == 0
     assert search(api, category="cats")["items"] == []  # a name, not a search
+
+
+def test_a_category_name_two_categories_share_finds_the_pets_of_both(
+    api: ApiHarness, zoo: dict[str, dict[str, Any]]
+) -> None:
+    """Names are not unique: a category made by id may take a name another has."""
+    twin = api.new_pet("Twin", category={"id": 9090, "name": "Cats"})
+    page = search(api, category="Cats")
+    assert names(page) == ["Bella", "max_1", "Twin"] and page["total"] == 3
+    assert twin["category"]["id"] != zoo["Bella"]["category"]["id"]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_on_sqlite_a_category_page_and_its_count_read_the_category_index(api: ApiHarness) -> None:
+    """Through ``category_id IN (SELECT ...)`` SQLite scanned the table by id, testing every pet:
+    with the category's id, the index gives its pets in id order (docs/benchmarks.md)."""
+    for n in range(30):
+        api.new_pet(f"p{n}", category={"name": "Dogs" if n % 3 else "Cats"})
+    with api.count_statements() as counted:
+        assert len(search(api, category="Cats", limit=3)["items"]) == 3
+    plans = []
+
+    async def explain() -> None:
+        async with api.state.engine.connect() as conn:
+            for statement in counted.statements:
+                if "FROM pet" in statement and "category_id" in statement:
+                    params = [10] * statement.count("?")
+                    rows = await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, tuple(params))
+                    plans.append(" | ".join(str(row[3]) for row in rows))
+
+    api.run(explain)
+    assert len(plans) == 2, counted.statements  # the page and the count
+    _page, count = plans
+    for plan in plans:  # the index, reached by the category's id: no list of ids built first, no scan
+        assert "ix_pet_category_id (category_id=?)" in plan and "LIST SUBQUERY" not in plan, plan
+        assert not re.search(r"\bSCAN pet\b", plan), plan
+    assert "TEMP B-TREE" not in count, count  # in id order as it comes: nothing to sort
 
 
 def test_tag_matches_pets_with_any_of_the_tags_in_either_form(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> None:
