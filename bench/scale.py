@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Protocol
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.support import PETS, pace, prepare, rss_bytes, server_env
+from bench.support import PETS, new_loop, pace, prepare, rss_bytes, server_env
 from tests.services import DEFAULT_APP_COMMAND, RedisServer, UvicornServer
 from tests.services.cluster import RedisClusterSet, keyslot, shard_channels
 
@@ -654,14 +654,6 @@ def plot(results: list[Result], path: Path, args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------ main
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 @contextlib.contextmanager

@@ -79,7 +79,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.support import REPO, cpu_seconds, prepare, server_env, token_for
+from bench.support import REPO, cpu_seconds, new_loop, prepare, server_env, token_for
 from petstore.rates import Rate, parse_rates
 from plugins.ratelimit.config import RateLimitSettings
 from plugins.ratelimit.resume import KEY_NAME as RESUME_KEY
@@ -578,14 +578,6 @@ def plot(storms: list[Storm], path: Path, args: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------ main
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def run(work: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -89,3 +89,12 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 def rss_bytes(pid: int) -> int:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop when it is installed (what the clients of a benchmark should cost least on), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()

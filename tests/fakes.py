@@ -165,6 +165,16 @@ def make_app(database_url: str, *, plugins: Sequence[str] = ("tests.fakes",), **
     return create_app(Settings(database_url=database_url, plugins=tuple(plugins), env="test", **settings))
 
 
+class Clock:
+    """A clock a test moves by hand (``clock.now += 5``), for what takes its clock as a callable."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class StatementCounter:
     """Counts the SQL statements an engine sends, to show that a query count does not grow with the data.
 

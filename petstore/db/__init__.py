@@ -30,8 +30,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         url = make_url(settings.database_url)
 
         async def connect() -> sqlite.Connection:
-            args, kwargs = engine.sync_engine.dialect.create_connect_args(url)
-            return sqlite.connect(args, {"timeout": 30, **kwargs})  # the URL may set ?timeout=seconds
+            return sqlite.connect_url(engine.sync_engine.dialect, url)
 
         # SQLite runs on the loop's thread (petstore.db.sqlite). No rollback when a connection goes
         # back to the pool: sessions and connections end their own transactions (commit, or

@@ -73,8 +73,7 @@ class Reader:
 
     def _open(self) -> sqlite.Connection:
         if self._connection is None or self._connection.sqlite_connection is None:
-            args, kwargs = self._engine.sync_engine.dialect.create_connect_args(self._engine.url)
-            connection = sqlite.connect(args, {"timeout": 30, **kwargs})
+            connection = sqlite.connect_url(self._engine.sync_engine.dialect, self._engine.url)  # as the engine's
             raw = connection.sqlite_connection
             assert raw is not None
             raw.execute("PRAGMA query_only=ON")  # a read path that tried to write would fail, loudly

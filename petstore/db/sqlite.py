@@ -188,6 +188,13 @@ USES = (
 )
 
 
+def connect_url(dialect: Any, url: Any) -> Connection:
+    """A connection to the database of a ``sqlite+aiosqlite`` URL, as the engine opens its own
+    (``?timeout=seconds`` in the URL sets the busy timeout; 30 s without)."""
+    args, kwargs = dialect.create_connect_args(url)
+    return connect(args, {"timeout": 30, **kwargs})
+
+
 def connect(args: Sequence[Any], kwargs: dict[str, Any]) -> Connection:
     """A connection from the arguments the dialect would give ``aiosqlite.connect``.
 

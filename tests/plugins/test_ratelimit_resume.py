@@ -12,10 +12,12 @@ from starlette.testclient import WebSocketDenialResponse
 from plugins.ratelimit import RateLimitPlugin
 from plugins.ratelimit import resume as resume_module
 from plugins.ratelimit.resume import RESUME_AFTER, RESUME_WITHIN, RedactResume, ResumePasses
-from tests.fakes import assert_error
+from tests.fakes import Clock, assert_error
 from tests.plugins.harness import running_app
 
 HERE, ELSEWHERE = "198.51.100.1", "203.0.113.9"
+#: Passes carry Unix time: a clock that reads like one.
+EPOCH_NOW = 1_800_000_000.0
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -27,16 +29,8 @@ def store(request: pytest.FixtureRequest) -> str | None:
     return url
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_pass_holds_once_for_its_address_within_its_window() -> None:
-    clock = Clock()
+    clock = Clock(EPOCH_NOW)
     passes = ResumePasses(clock=clock)
     issued = passes.issue(HERE)
     assert not await passes.spend(issued, HERE), "not before the connection stayed RESUME_AFTER"
@@ -54,14 +48,14 @@ async def test_a_pass_holds_once_for_its_address_within_its_window() -> None:
     ["", "garbage", "1800000000.abcdefghijkl.0123456789abcdefghijkl", "1.2.3", "9" * 40],
 )
 async def test_what_this_deployment_did_not_sign_does_not_hold(forged: str) -> None:
-    clock = Clock()
+    clock = Clock(EPOCH_NOW)
     passes = ResumePasses(clock=clock)
     clock.now += RESUME_AFTER
     assert not await passes.spend(forged, HERE)
 
 
 async def test_a_pass_altered_in_any_part_does_not_hold() -> None:
-    clock = Clock()
+    clock = Clock(EPOCH_NOW)
     passes = ResumePasses(clock=clock)
     issued = passes.issue(HERE)
     clock.now += RESUME_AFTER
@@ -77,7 +71,7 @@ async def test_a_pass_altered_in_any_part_does_not_hold() -> None:
 
 @pytest.mark.redis
 async def test_through_redis_every_instance_takes_every_pass_once(redis_url: str) -> None:
-    clock = Clock()
+    clock = Clock(EPOCH_NOW)
     clients = [redis.asyncio.Redis.from_url(redis_url) for _ in range(2)]
     try:
         a, b = (ResumePasses(client, clock=clock) for client in clients)

@@ -22,19 +22,12 @@ from petstore.api.users import create_user_row
 from petstore.models import Role, UserBody
 from plugins.auth.backend import redact
 from plugins.auth.tickets import StreamTickets
+from tests.fakes import Clock
 from tests.plugins.harness import PASSWORD, assert_error, auth_secret, bearer, create_tables
 from tests.realtime.support import DEADLINE, AppServer, serve, settings_for
 
 API = "/api/v3"
 CLAIMS = {"sub": "alice", "uid": 1, "exp": 2_000_000_000}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # ------------------------------------------------------------------------------ the ticket store
