@@ -474,3 +474,36 @@ async def test_a_subscriber_waiting_while_its_room_moves_to_another_link_follows
     await asyncio.wait_for(waiting, 10)
     await publish(broker, "moving", 1)
     await until(lambda: recorder.offsets("moving") == [1], "the event of the moved room")
+
+
+async def test_two_gap_fills_of_one_room_in_flight_at_once_deliver_each_event_once(redis_broker: Any) -> None:
+    """A room whose slot moves is filled by its new link while its old link's fill may still be
+    reading: whichever read answers second must not hand over again what the first delivered."""
+    broker, recorder = redis_broker
+    await broker.watch("pets")
+    await publish(broker, "pets", 1)
+    await until(lambda: len(recorder.delivered) == 1, "the first event")
+    # Three events published while the room is not listened to: a gap for both fills to find.
+    broker._watched.pop("pets")
+    for n in range(2, 5):
+        await publish(broker, "pets", n)
+    broker._watched["pets"] = 1
+    real_read = broker._read_room
+    both_read = asyncio.Event()
+    reads = 0
+
+    async def read_side_by_side(*args: Any) -> Any:
+        nonlocal reads
+        answer = await real_read(*args)
+        reads += 1
+        if reads == 2:
+            both_read.set()
+        await both_read.wait()  # each fill holds its answer until the other has read too
+        return answer
+
+    broker._read_room = read_side_by_side
+    try:
+        await asyncio.wait_for(asyncio.gather(broker._fill("pets"), broker._fill("pets")), 10)
+    finally:
+        del broker._read_room
+    assert recorder.offsets("pets") == [1, 2, 3, 4]

@@ -563,10 +563,15 @@ class RedisBroker:
             cursor = Since(epoch, 0)
             self._cursors[room] = cursor
         for frame in frames:
+            # The cursor as it stands now, not as it stood before the read: another fill of the
+            # room (its old link's and its new one's, when a slot moves) may have delivered some
+            # of these frames while this one awaited, and a frame must not go out twice.
+            cursor = self._cursors.get(room)
+            if cursor is None:
+                return  # unwatched meanwhile
             message = Message.parse(frame)
             if message.epoch == cursor.epoch and message.offset > cursor.offset:
                 self._hand_over(message)
-                cursor = self._cursors[room]
 
     @staticmethod
     def _diverged(cursor: Since, offset: int, frames: list[bytes], last: str | None) -> bool:
