@@ -279,6 +279,20 @@ class Subscriber:
     recovered: list[bool] = field(default_factory=list)
     failed_connects: int = 0
     first: dict[str, Any] | None = None
+    #: Per received event, which of this subscriber's connections brought it (1 = the first), and
+    #: per connection what its subscription answered: what a failure needs to say where a
+    #: duplicate or a gap came from (a replay, a live event, a second publication).
+    via: list[int] = field(default_factory=list)
+    answers: list[dict[str, Any]] = field(default_factory=list)
+
+    def account(self) -> str:
+        events = [
+            (e["offset"], e["epoch"][:8], e["data"]["name"], c) for e, c in zip(self.received, self.via, strict=True)
+        ]
+        answers = [(a["offset"], a["epoch"][:8], a["recovered"]) for a in self.answers]
+        return (
+            f"subscriptions (offset, epoch, recovered): {answers}\nevents (offset, epoch, name, connection): {events}"
+        )
 
     @property
     def since(self) -> dict[str, Any] | None:
@@ -293,12 +307,15 @@ class Subscriber:
                 async with ws_client(self.url) as client:
                     since = self.since
                     subscribed = await subscribe(client, since)
+                    self.answers.append(subscribed)
                     if since is None:
                         self.first = subscribed
                     else:
                         self.recovered.append(subscribed["recovered"])
                     while True:
-                        self.received.append(await client.expect("event", within=3600))
+                        event = await client.expect("event", within=3600)
+                        self.received.append(event)
+                        self.via.append(len(self.answers))
             except ConnectionClosed as exc:
                 self.closes.append(exc.rcvd.code if exc.rcvd is not None else None)
             except (OSError, InvalidHandshake, TimeoutError):
@@ -360,7 +377,8 @@ async def test_a_rolling_restart_behind_haproxy_loses_and_doubles_nothing(instan
             await asyncio.gather(*running, return_exceptions=True)
 
     for subscriber in subscribers:
-        assert [e["data"]["name"] for e in subscriber.received] == names
+        got = [e["data"]["name"] for e in subscriber.received]
+        assert got == names, f"{len(got)} events for {len(names)} changes\n{subscriber.account()}\n{logs(*servers)}"
         assert_contiguous(subscriber.received, start["offset"] + 1)
         # Each was on one of the three instances when it stopped, so each was dropped, with 1012.
         assert subscriber.closes and set(subscriber.closes) == {1012}, subscriber.closes
