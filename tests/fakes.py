@@ -213,6 +213,24 @@ class ApiHarness:
         assert self.client.portal is not None, "the client must be started"
         return self.client.portal.call(fn, *args)
 
+    def relayed(self, within: float = 10.0) -> None:
+        """Wait until the outbox relay has published every event written so far (and committed
+        its marks): until then it may commit at any moment in the background."""
+
+        async def unpublished() -> int:
+            async with self.state.engine.connect() as conn:
+                rows = await conn.exec_driver_sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                return int(rows.scalar_one())
+
+        async def wait() -> None:
+            async with asyncio.timeout(within):
+                while True:
+                    if not await unpublished():
+                        return
+                    await asyncio.sleep(0.01)  # a poll of the outbox, not a synchronisation
+
+        self.run(wait)
+
     def user(self, username: str, role: Role = Role.customer, password: str = DEFAULT_PASSWORD) -> Account:
         return self.run(add_user, self.state.sessions, username, role, password)
 

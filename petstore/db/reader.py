@@ -15,17 +15,30 @@ database is waited for as the engine's connections wait (``Connection.retrying``
 
 Elsewhere (PostgreSQL, or an in-memory SQLite database, which another connection would not
 see) the same query runs through the engine.
+
+:meth:`Reader.kept` keeps answers that are dear to compute and change only when the data does
+(the search's count of matches) while the database stands still. On a SQLite file that is known
+for a few microseconds: ``PRAGMA data_version`` on the reader's own connection, which never
+writes, changes whenever any other connection, of this process or another, commits. PostgreSQL
+has no such cheap and commit-ordered mark (sequences are taken in transaction order, not
+commit order), so there every answer is computed again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable, Mapping
+from typing import Any, TypeVar
 
 from sqlalchemy import URL, Select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from petstore.db import sqlite
+
+T = TypeVar("T")
+
+#: How many answers :meth:`Reader.kept` keeps at most (the least recently used go first).
+KEPT = 256
 
 
 def in_memory(url: URL) -> bool:
@@ -42,6 +55,11 @@ class Reader:
         self._connection: sqlite.Connection | None = None
         #: query -> (its SQL, the names of its parameters in order, their defaults)
         self._compiled: dict[Select[Any], tuple[str, tuple[str, ...], Mapping[str, Any]]] = {}
+        #: What :meth:`kept` keeps, and the database's version it holds for.
+        self._kept: OrderedDict[Hashable, Any] = OrderedDict()
+        self._kept_at: tuple[int, int] | None = None
+        #: Counts the reader's connections: a version belongs to the connection that read it.
+        self._opened = 0
 
     async def column(self, query: Select[Any], parameters: Mapping[str, Any]) -> list[Any]:
         """The first column of ``query``'s rows.
@@ -63,6 +81,39 @@ class Reader:
         rows: list[Any] = await inline.retrying(lambda: [row[0] for row in raw.execute(sql, values)])
         return rows
 
+    async def kept(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
+        """``await compute()``, or what it gave for ``key`` before if nothing has been committed to
+        the database since (see the module docstring); computed every time where that cannot be
+        known cheaply. ``compute`` reads through the engine, after the version is read: what it
+        gives is never older than the version it is kept for."""
+        version = await self._version()
+        if version is None:
+            return await compute()
+        if version != self._kept_at:
+            self._kept.clear()
+            self._kept_at = version
+        elif key in self._kept:
+            self._kept.move_to_end(key)
+            value: T = self._kept[key]
+            return value
+        value = await compute()
+        if self._kept_at == version:  # else a commit landed meanwhile: keep nothing for it
+            self._kept[key] = value
+            if len(self._kept) > KEPT:
+                self._kept.popitem(last=False)
+        return value
+
+    async def _version(self) -> tuple[int, int] | None:
+        """This reader's connection and its ``PRAGMA data_version``: changed by every commit of
+        another connection (None where there is no reader connection)."""
+        if not self._inline:
+            return None
+        inline = self._open()
+        raw = inline.sqlite_connection
+        assert raw is not None
+        version: int = await inline.retrying(lambda: raw.execute("PRAGMA data_version").fetchone()[0])
+        return self._opened, version
+
     def _compile(self, query: Select[Any]) -> tuple[str, tuple[str, ...], Mapping[str, Any]] | None:
         compiled = query.compile(dialect=self._engine.dialect)
         if any(bind.expanding for bind in compiled.binds.values()):
@@ -78,6 +129,7 @@ class Reader:
             assert raw is not None
             raw.execute("PRAGMA query_only=ON")  # a read path that tried to write would fail, loudly
             self._connection = connection
+            self._opened += 1
         return self._connection
 
     def close(self) -> None:
