@@ -219,7 +219,13 @@ class Pet(SQLModel, table=True):
     # but not on PostgreSQL). PostgreSQL also has a trigram index on name, out of these models
     # since it needs the pg_trgm extension (petstore.migrations.DATABASE_SPECIFIC_INDEXES);
     # SQLite has an FTS5 table of names instead (petstore.db.fulltext).
-    __table_args__ = (Index("ix_pet_name_id", "name", "id"), Index("ix_pet_status_id", "status", "id"), NEVER_REUSE_IDS)
+    __table_args__ = (
+        # In code point order on PostgreSQL whatever the database's collation, as SQLite's BINARY
+        # has names (migration 0005; ``ops`` is where SQLAlchemy lets a column's collation in).
+        Index("ix_pet_name_id", "name", "id", postgresql_ops={"name": 'COLLATE "C"'}),
+        Index("ix_pet_status_id", "status", "id"),
+        NEVER_REUSE_IDS,
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True, autoincrement=True))
     name: str = Field(sa_column=Column(String(255), nullable=False))

@@ -22,7 +22,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, collate, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from starlette.requests import Request
@@ -45,6 +45,14 @@ MAX_CURSOR = 2048
 NAME = {"type": "string", "maxLength": 255, "pattern": "^[^\\x00]*$"}
 
 
+def ordered_name(dialect: str) -> ColumnElement[str]:
+    """The pet's name as the search orders it: by code point on every database (SQLite's BINARY
+    collation; ``COLLATE "C"`` on PostgreSQL, whose database collation may be a language's), so
+    that a client can place a row where the server would (migration 0005)."""
+    name: ColumnElement[str] = answers.PET.c.name
+    return collate(name, "C") if dialect == "postgresql" else name
+
+
 @dataclass(frozen=True)
 class Sort:
     """One ``sort`` value: by name (then id) or by id alone, either way up."""
@@ -52,14 +60,14 @@ class Sort:
     by_name: bool
     descending: bool
 
-    def order(self) -> list[Any]:
-        columns = [col(Pet.name), col(Pet.id)] if self.by_name else [col(Pet.id)]
+    def order(self, dialect: str) -> list[Any]:
+        columns = [ordered_name(dialect), col(Pet.id)] if self.by_name else [col(Pet.id)]
         return [c.desc() for c in columns] if self.descending else columns
 
-    def after(self, key: tuple[Any, ...]) -> ColumnElement[bool]:
+    def after(self, dialect: str, key: tuple[Any, ...]) -> ColumnElement[bool]:
         """The pets strictly after ``key`` (the last one shown) in this order."""
         if self.by_name:
-            row, last = tuple_(col(Pet.name), col(Pet.id)), tuple_(*key)
+            row, last = tuple_(ordered_name(dialect), col(Pet.id)), tuple_(*key)
             return row < last if self.descending else row > last
         last_id: int = key[0]
         return col(Pet.id) < last_id if self.descending else col(Pet.id) > last_id
@@ -222,8 +230,8 @@ class Matching:
             else:
                 query = query.where(col(Pet.id).in_(links))
         if key is not None:
-            query = query.where(sort.after(key))
-        return query.order_by(*sort.order()).limit(limit + 1)
+            query = query.where(sort.after(dialect, key))
+        return query.order_by(*sort.order(dialect)).limit(limit + 1)
 
     def walk(self) -> Select[Any]:
         """The matches' ids in id order (for :func:`_total`), from the tag's links where there is one."""

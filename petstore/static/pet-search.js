@@ -96,10 +96,28 @@ const SORT_KEYS = {
   "-name": { key: (pet) => [pet.name ?? "", pet.id], descending: true },
 };
 
-function compareKeys(a, b) {
+/**
+ * Strings by code point, as the server orders names on every database (SQLite's BINARY,
+ * PostgreSQL's COLLATE "C"): JavaScript's `<` compares UTF-16 units, which puts an astral
+ * character (an emoji) before U+E000..U+FFFF; localeCompare follows a language instead.
+ */
+export function compareCodePoints(a, b) {
+  const left = a[Symbol.iterator]();
+  const right = b[Symbol.iterator]();
+  for (;;) {
+    const x = left.next();
+    const y = right.next();
+    if (x.done || y.done) return x.done === y.done ? 0 : x.done ? -1 : 1;
+    const difference = x.value.codePointAt(0) - y.value.codePointAt(0);
+    if (difference !== 0) return difference < 0 ? -1 : 1;
+  }
+}
+
+/** Sort keys ([name, id] or [id]) in the server's order. */
+export function compareKeys(a, b) {
   for (let i = 0; i < a.length; i += 1) {
-    if (a[i] < b[i]) return -1;
-    if (a[i] > b[i]) return 1;
+    const order = typeof a[i] === "string" ? compareCodePoints(a[i], b[i]) : Math.sign(a[i] - b[i]);
+    if (order !== 0) return order;
   }
   return 0;
 }

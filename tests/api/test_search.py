@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from starlette.testclient import TestClient
 
 from petstore.api.search import EXACT_UP_TO
 from petstore.models import MAX_ID
-from tests.fakes import ApiHarness, assert_error, create_schema, make_app
+from tests.fakes import ApiHarness, assert_error, create_schema, make_app, running_api
+from tests.services import PostgresServer
 
 API = "/api/v3"
 SEARCH = f"{API}/pet/search"
@@ -316,6 +318,52 @@ def test_every_sort_order(api: ApiHarness, zoo: dict[str, dict[str, Any]]) -> No
     by_name = names(search(api, sort="name"))
     assert by_name[0] == "100% Good" and set(by_name) == set(zoo)
     assert names(search(api, sort="-name")) == by_name[::-1]
+
+
+#: Names whose orders differ: by code point (SQLite's BINARY, PostgreSQL's "C"), by a language's
+#: collation (case and accents second), and by UTF-16 unit (an astral character against U+FFEE).
+NAMES_IN_ORDERS = ["apple", "Zebra", "éclair", "Éclair", "b", "_x", "\U0001f600 smile", "\uffee half", "Apple"]
+
+
+def test_names_are_in_code_point_order(api: ApiHarness) -> None:
+    """Whatever the database: a client (the dashboard) places a live row where the server would."""
+    for name in NAMES_IN_ORDERS:
+        api.new_pet(name)
+    assert names(search(api, sort="name")) == sorted(NAMES_IN_ORDERS)
+    assert walk_names(api, sort="-name", limit=2) == sorted(NAMES_IN_ORDERS, reverse=True)
+
+
+@pytest.mark.postgres
+def test_on_postgresql_names_are_in_code_point_order_whatever_the_database_collation(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A database made with a language's collation (ICU en-US: apple before Zebra) orders the
+    search as SQLite does, through the index (``COLLATE "C"``, migration 0005)."""
+    if not postgres_server.running:
+        postgres_server.start()
+    database = f"icu_{uuid.uuid4().hex[:12]}"
+    postgres_server.psql(
+        f"CREATE DATABASE \"{database}\" LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C' TEMPLATE template0"
+    )
+    try:
+        in_english = postgres_server.psql(
+            "SELECT string_agg(n, ' ' ORDER BY n) FROM (VALUES ('Zebra'), ('apple')) v(n)", database
+        )
+        assert in_english == "apple Zebra"  # the database's own order is not the search's
+        url = postgres_server.async_url(database)
+        with running_api(url, tmp_path / "media") as api:
+            for name in NAMES_IN_ORDERS:
+                api.new_pet(name)
+            with api.count_statements() as counted:
+                assert names(search(api, sort="name")) == sorted(NAMES_IN_ORDERS)
+            assert walk_names(api, sort="-name", limit=2) == sorted(NAMES_IN_ORDERS, reverse=True)
+        (page,) = [statement for statement in counted.statements if "ORDER BY" in statement and "json" in statement]
+        explain = page.replace("$1", "101")  # the page's one parameter, its LIMIT
+        # Nine pets: the planner would sort them rather than read an index, unless told not to sort.
+        plan = postgres_server.psql(f"SET enable_sort = off; EXPLAIN {explain}", database)
+        assert "ix_pet_name_id" in plan and "Sort" not in plan.split("SubPlan")[0], plan
+    finally:
+        postgres_server.drop_database(database)
 
 
 def test_pets_of_one_name_are_ordered_by_id_within_it(api: ApiHarness) -> None:

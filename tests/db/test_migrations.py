@@ -24,7 +24,7 @@ from petstore.migrations import alembic_config, include_object, migrate, migrate
 from plugins.auth.schema import MIGRATIONS as AUTH_MIGRATIONS
 from tests.services import PostgresServer
 
-HEAD = "0004"
+HEAD = "0005"
 FTS = "pet_name_fts"
 TABLES = {"category", "tag", "pet", "pet_tag", "users", "purchase_order", "outbox", "alembic_version"}
 
@@ -368,3 +368,14 @@ def test_migrating_without_a_plugin_whose_branch_the_database_holds_is_one_clear
     err = capsys.readouterr().err
     assert err.startswith("petstore: error: cannot migrate:") and "auth_0001" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.postgres
+def test_0005_orders_names_by_code_point_on_postgresql_and_its_downgrade_restores_the_collation(pg_url: str) -> None:
+    migrate(pg_url)
+    definition = "SELECT pg_get_indexdef('ix_pet_name_id'::regclass)"
+    assert 'name COLLATE "C", id' in _run_sql(pg_url, definition)[0][0]
+    command.downgrade(alembic_config(pg_url), "0004")
+    assert "COLLATE" not in _run_sql(pg_url, definition)[0][0]
+    command.upgrade(alembic_config(pg_url), "head")
+    _assert_matches_models(pg_url)

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { BUDGET, BUDGET_WINDOW_MS, RoomBudget, matches } from "../../petstore/static/pet-search.js";
+import { BUDGET, BUDGET_WINDOW_MS, RoomBudget, compareKeys, matches } from "../../petstore/static/pet-search.js";
 import { FakeClock } from "./fakes.mjs";
 
 const REX = { id: 7, name: "Rex the Brave", status: "sold", category: { name: "Dogs" }, tags: [{ name: "old" }] };
@@ -22,6 +22,26 @@ describe("matches", () => {
     assert.ok(!matches(REX, { tag: "young" }));
     assert.ok(!matches(REX, { category: "Cats" }));
     assert.ok(!matches({ id: 8, name: "Nameless" }, { category: "Dogs" }));
+  });
+});
+
+describe("compareKeys", () => {
+  test("names go in code point order, as the server's search has them on both databases", () => {
+    // The order of tests/api/test_search.py's NAMES_IN_ORDERS there: not a language's (apple,
+    // Apple, b, ...), nor UTF-16's (the emoji before U+FFEE).
+    const names = ["apple", "Zebra", "éclair", "Éclair", "b", "_x", "\u{1F600} smile", "\uFFEE half", "Apple"];
+    const sorted = names.map((name, id) => [name, id]).sort(compareKeys);
+    assert.deepEqual(
+      sorted.map(([name]) => name),
+      ["Apple", "Zebra", "_x", "apple", "b", "Éclair", "éclair", "\uFFEE half", "\u{1F600} smile"],
+    );
+  });
+
+  test("one name: by id, as a number", () => {
+    assert.equal(compareKeys(["twin", 9], ["twin", 10]), -1);
+    assert.equal(compareKeys([10], [9]), 1);
+    assert.equal(compareKeys(["twin", 3], ["twin", 3]), 0);
+    assert.equal(compareKeys(["twi", 99], ["twin", 1]), -1); // a prefix first
   });
 });
 
