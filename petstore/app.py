@@ -206,7 +206,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await _bounded(plugin.shutdown(state), f"plugin {plugin.name!r} shutdown", state)
             if state.redis is not None:
                 await _bounded(redis_client.close(state.redis), "closing the Redis pool", state)
-            state.reader.close()
+            await _bounded(state.reader.aclose(), "closing the reader's connections", state)
             await _bounded(engine.dispose(), "closing the database pool", state)
 
     outermost, ordinary = plugins.middleware()

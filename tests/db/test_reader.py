@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import bindparam, event, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from petstore import db
 from petstore.config import Settings
 from petstore.db import answers
 from petstore.db.reader import Reader
+from petstore.errors import database_unavailable
 from petstore.models import Pet
+from tests.services import PostgresServer
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -52,7 +57,7 @@ async def test_on_a_sqlite_file_a_read_runs_on_its_own_connection_not_the_engine
         [answer] = await reader.column(BY_ID, {"pet_id": rex})
         assert await reader.column(NAMES, {"status": "available"}) == ["Rex"]
     finally:
-        reader.close()
+        await reader.aclose()
     assert answer.startswith(f'{{"id":{rex},"name":"Rex"')
     assert through_engine == []
 
@@ -69,7 +74,7 @@ async def test_every_commit_of_the_engine_is_in_the_next_read(engine: AsyncEngin
         await add_pets(engine, "Fido")
         assert await reader.column(NAMES, {"status": "available"}) == ["Rex 4", "Fido"]
     finally:
-        reader.close()
+        await reader.aclose()
 
 
 async def test_a_commit_by_another_process_on_the_file_is_in_the_next_read(engine: AsyncEngine, tmp_path: Path) -> None:
@@ -82,7 +87,7 @@ async def test_a_commit_by_another_process_on_the_file_is_in_the_next_read(engin
         other.close()
         assert await reader.column(NAMES, {"status": "sold"}) == ["Elsewhere"]
     finally:
-        reader.close()
+        await reader.aclose()
 
 
 async def test_the_readers_connection_cannot_write(engine: AsyncEngine) -> None:
@@ -94,7 +99,7 @@ async def test_the_readers_connection_cannot_write(engine: AsyncEngine) -> None:
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             raw.execute("DELETE FROM pet")
     finally:
-        reader.close()
+        await reader.aclose()
 
 
 async def test_an_in_list_parameter_goes_through_the_engine(engine: AsyncEngine) -> None:
@@ -105,7 +110,7 @@ async def test_an_in_list_parameter_goes_through_the_engine(engine: AsyncEngine)
     try:
         assert await reader.column(listed, {"names": ["Fido", "Nobody"]}) == ["Fido"]
     finally:
-        reader.close()
+        await reader.aclose()
     assert len(through_engine) == 1
 
 
@@ -119,7 +124,7 @@ async def test_an_in_memory_database_is_read_through_the_engine() -> None:
         through_engine = counting(engine)
         assert await reader.column(NAMES, {"status": "available"}) == ["Rex"]
         assert len(through_engine) == 1
-        reader.close()
+        await reader.aclose()
     finally:
         await engine.dispose()
 
@@ -128,6 +133,57 @@ async def test_closed_it_opens_again_on_the_next_read(engine: AsyncEngine) -> No
     await add_pets(engine, "Rex")
     reader = Reader(engine)
     assert await reader.column(NAMES, {"status": "available"}) == ["Rex"]
-    reader.close()
+    await reader.aclose()
     assert await reader.column(NAMES, {"status": "available"}) == ["Rex"]
-    reader.close()
+    await reader.aclose()
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture
+async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(Settings(database_url=pg_url, plugins=()))
+    await db.create_all(engine)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_a_read_runs_on_the_readers_own_pool_and_sees_every_commit(pg_engine: AsyncEngine) -> None:
+    [rex] = await add_pets(pg_engine, "Rex")
+    reader = Reader(pg_engine)
+    through_engine = counting(pg_engine)
+    try:
+        [answer] = await reader.column(answers.pet_by_id("postgresql"), {"pet_id": rex})
+        assert json.loads(answer) == {"id": rex, "name": "Rex", "photoUrls": [], "tags": [], "status": "available"}
+        assert await reader.column(answers.pet_by_id("postgresql"), {"pet_id": rex + 1}) == []
+        assert through_engine == []
+        for n in range(3):  # autocommit: no snapshot outlives a read
+            async with pg_engine.begin() as connection:
+                await connection.execute(update(Pet).where(Pet.id == rex).values(name=f"Rex {n}"))  # type: ignore[arg-type]
+            assert await reader.column(NAMES, {"status": "available"}) == [f"Rex {n}"]
+    finally:
+        await reader.aclose()
+
+
+@pytest.mark.postgres
+async def test_on_postgresql_an_outage_is_the_engines_error_and_the_reader_recovers_after_it() -> None:
+    """A read while PostgreSQL is down raises what the engine would (OperationalError: a 503);
+    once it is back, the pool's connections lost in the restart are replaced, not handed out."""
+    with PostgresServer() as server:
+        engine = db.create_engine(Settings(database_url=server.async_url("postgres"), plugins=()))
+        reader = Reader(engine)
+        try:
+            await db.create_all(engine)
+            await add_pets(engine, "Rex")
+            assert await reader.column(NAMES, {"status": "available"}) == ["Rex"]
+            await asyncio.to_thread(server.stop)
+            with pytest.raises(OperationalError) as refused:
+                await reader.column(NAMES, {"status": "available"})
+            assert database_unavailable(refused.value)
+            await asyncio.to_thread(server.start)
+            assert await reader.column(NAMES, {"status": "available"}) == ["Rex"]
+        finally:
+            await reader.aclose()
+            await engine.dispose()
