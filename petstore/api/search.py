@@ -215,23 +215,35 @@ class Matching:
         for the cursor, one more than ``limit`` (whether there is a next page, without a query of
         its own); ``dense``: the tag is held by enough pets that testing each pet in name order
         finds a page sooner than gathering them all (see :func:`_dense`)."""
-        query = answers.pets_query(dialect, col(Pet.name), col(Pet.id)).where(*self.conditions)
         if self.tag_id is not None and not sort.by_name:
             # In the links' order: the same pets in the same order as by pet id, from the index.
+            query = answers.pets_query(dialect, col(Pet.name), col(Pet.id)).where(*self.conditions)
             linked = TAGGED.c.pet_id
             query = query.join(TAGGED, linked == col(Pet.id)).where(TAGGED.c.tag_id == self.tag_id)
             if key is not None:
                 query = query.where(linked < key[0] if sort.descending else linked > key[0])
             return query.order_by(linked.desc() if sort.descending else linked).limit(limit + 1)
+        if not sort.by_name:
+            query = answers.pets_query(dialect, col(Pet.name), col(Pet.id)).where(*self.conditions)
+            if key is not None:
+                query = query.where(sort.after(dialect, key))
+            return query.order_by(*sort.order(dialect)).limit(limit + 1)
+        # By name, the page's ids first, then their JSON: a sort keeps whole rows, and SQLite
+        # builds a row's columns before sorting it, so a sort of every match of ``q`` built every
+        # match's JSON (2,024 of them for q=rex at 100,000 pets: 4.8 against 3.2 ms a page, most
+        # of what is left the trigram match and the sort of the 2,024 names).
+        ids = select(col(Pet.id)).where(*self.conditions).correlate(None)
         if self.tag_id is not None:
             links = select(TAGGED.c.pet_id).where(TAGGED.c.tag_id == self.tag_id)
             if dense:
-                query = query.where(links.where(TAGGED.c.pet_id == col(Pet.id)).exists())
+                ids = ids.where(links.where(TAGGED.c.pet_id == col(Pet.id)).exists())
             else:
-                query = query.where(col(Pet.id).in_(links))
+                ids = ids.where(col(Pet.id).in_(links))
         if key is not None:
-            query = query.where(sort.after(dialect, key))
-        return query.order_by(*sort.order(dialect)).limit(limit + 1)
+            ids = ids.where(sort.after(dialect, key))
+        ids = ids.order_by(*sort.order(dialect)).limit(limit + 1)
+        query = answers.pets_query(dialect, col(Pet.name), col(Pet.id)).where(col(Pet.id).in_(ids))
+        return query.order_by(*sort.order(dialect))
 
     def walk(self) -> Select[Any]:
         """The matches' ids in id order (for :func:`_total`), from the tag's links where there is one."""
