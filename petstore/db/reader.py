@@ -26,8 +26,11 @@ An in-memory SQLite database, which another connection would not see, is read th
 (the search's count of matches) while the database stands still. On a SQLite file that is known
 for a few microseconds: ``PRAGMA data_version`` on the reader's own connection, which never
 writes, changes whenever any other connection, of this process or another, commits. PostgreSQL
-has no such cheap and commit-ordered mark (sequences are taken in transaction order, not
-commit order), so there every answer is computed again.
+has no such cheap mark that follows visibility: sequences are taken in transaction order, not
+commit order, and a transaction becomes visible a moment *after* its commit record moves the
+WAL position (``pg_current_wal_insert_lsn()``), so a count read in that moment would be kept
+without the commit it missed (and a snapshot's ``xmin``/``xmax`` cannot show that moment). So
+there every answer is computed again.
 """
 
 from __future__ import annotations

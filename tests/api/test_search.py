@@ -274,6 +274,24 @@ def test_the_total_is_kept_while_nothing_is_committed_and_never_older_than_the_d
     assert search(api, tag="kept", status="sold")["total"] == 1
 
 
+@pytest.mark.parametrize("db_url", ["postgres"], indirect=True)
+def test_on_postgresql_a_q_few_names_hold_is_gathered_before_it_is_sorted_by_name(api: ApiHarness) -> None:
+    """Names holding a part of a name sort together: the planner, expecting them spread over the
+    name index, walked it from the start. A q few names hold (by the count) is gathered first."""
+    for n in range(40):
+        api.new_pet(f"pet {n:02}")
+    rexes = [api.new_pet(name)["id"] for name in ("Rex", "T-Rexy")]
+    with api.count_statements() as rare:
+        assert ids(search(api, q="rex", sort="name")) == rexes
+        assert walk(api, q="rex", sort="-name", limit=1) == rexes[::-1]
+    with api.count_statements() as common:
+        assert walk_names(api, q="pet", sort="name", limit=1) == [f"pet {n:02}" for n in range(40)]
+    pages = [statement for statement in rare.statements if "json" in statement]
+    assert pages and all("OFFSET" in statement for statement in pages), pages
+    pages = [statement for statement in common.statements if "json" in statement]
+    assert pages and not any("OFFSET" in statement for statement in pages), pages
+
+
 def test_a_tag_page_by_name_finds_the_pets_of_a_rare_and_a_common_tag_alike(api: ApiHarness) -> None:
     """By name, a tag few pets hold is gathered first and a tag many hold tested pet by pet (the
     quicker for each, see search._dense): either way the same pets in the same order."""
