@@ -22,7 +22,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, collate, func, select, text, tuple_
+from sqlalchemy import ColumnElement, Select, collate, func, literal_column, null, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from starlette.requests import Request
@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from petstore.api.caching import conditional
 from petstore.api.inputs import LISTED_NAME, MAX_LIMIT, check_names, query_integer, query_list
-from petstore.db import answers, fulltext
+from petstore.db import answers, fulltext, pet_version
 from petstore.errors import BadRequest
 from petstore.models import INT64_MAX, Category, Pet, PetStatus, PetTagLink, Tag
 from petstore.operations import Param, operation, ref
@@ -309,8 +309,10 @@ def _sort(request: Request) -> str:
 # --- counting ---------------------------------------------------------------------------------
 
 
-async def _total(session: AsyncSession, matching: Matching) -> tuple[int, bool]:
-    """How many pets match, and whether that is exact.
+async def _total(session: AsyncSession, matching: Matching, versioned: bool) -> tuple[tuple[int, bool], int | None]:
+    """How many pets match and whether that is exact; with ``versioned``, also the version of
+    pets the count's own snapshot saw (:data:`petstore.db.pet_version.SEEN`, for
+    :meth:`Reader.kept <petstore.db.reader.Reader.kept>`), else None.
 
     The count walks the matches in id order and stops after ``EXACT_UP_TO + 1``: exact up to
     that, and a bounded cost on every page however many match. Past it, the matches are assumed
@@ -321,17 +323,18 @@ async def _total(session: AsyncSession, matching: Matching) -> tuple[int, bool]:
     the number of pets (:func:`_pets_at_most`: a client may choose an id far past the others).
     """
     walked = matching.walk().limit(EXACT_UP_TO + 1).subquery()
-    counted, first_id, last_id = (
-        await session.execute(select(func.count(), func.min(walked.c.id), func.max(walked.c.id)))
+    seen = literal_column(pet_version.SEEN) if versioned else null()
+    counted, first_id, last_id, version = (
+        await session.execute(select(func.count(), func.min(walked.c.id), func.max(walked.c.id), seen))
     ).one()
     if counted <= EXACT_UP_TO:
-        return counted, True
+        return (counted, True), version
     high = (await session.execute(select(func.max(col(Pet.id))))).scalar_one()
     estimate = counted * (high - first_id + 1) // (last_id - first_id + 1)
     ceiling = await _pets_at_most(session)
     if ceiling is not None:
         estimate = min(estimate, ceiling)
-    return max(estimate, counted), False
+    return (max(estimate, counted), False), version
 
 
 async def _pets_at_most(session: AsyncSession) -> int | None:
@@ -432,7 +435,9 @@ async def search_pets(request: Request) -> Response:
         name_index = bool(connection.info.get(fulltext.INFO_KEY))
         matching = await wanted.matching(session, name_index)
         # The count walks up to 10,001 matches (a millisecond at 100,000 pets): kept until the next commit.
-        total, exact = await state.reader.kept(("search total", matching.key), lambda: _total(session, matching))
+        total, exact = await state.reader.kept(
+            ("search total", matching.key), lambda versioned: _total(session, matching, versioned)
+        )
         dense = sort.by_name and await _dense(session, matching, total, limit)
         query = matching.page(connection.dialect.name, sort, key, limit, dense)
         pets = list((await session.execute(query)).all())

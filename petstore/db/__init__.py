@@ -20,7 +20,7 @@ from sqlalchemy.orm import Mapper
 from sqlmodel import SQLModel
 
 from petstore.config import Settings
-from petstore.db import fulltext, sqlite
+from petstore.db import fulltext, pet_version, sqlite
 from petstore.db.reader import in_memory
 from petstore.models import MAX_ID, Category, Order, Pet, Tag, User
 
@@ -76,6 +76,7 @@ async def create_all(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         await conn.run_sync(SQLModel.metadata.create_all)
         await conn.run_sync(fulltext.create)  # what revision 0004 adds beside the models on SQLite
+        await conn.run_sync(pet_version.create)  # and revision 0006 on PostgreSQL
 
 
 #: Client-chosen ids at or above this do not move the id sequences, so generated ids stay below

@@ -23,19 +23,23 @@ other read does.
 An in-memory SQLite database, which another connection would not see, is read through the engine.
 
 :meth:`Reader.kept` keeps answers that are dear to compute and change only when the data does
-(the search's count of matches) while the database stands still. On a SQLite file that is known
-for a few microseconds: ``PRAGMA data_version`` on the reader's own connection, which never
-writes, changes whenever any other connection, of this process or another, commits. PostgreSQL
-has no such cheap mark that follows visibility: sequences are taken in transaction order, not
-commit order, and a transaction becomes visible a moment *after* its commit record moves the
-WAL position (``pg_current_wal_insert_lsn()``), so a count read in that moment would be kept
-without the commit it missed (and a snapshot's ``xmin``/``xmax`` cannot show that moment). So
-there every answer is computed again.
+(the search's count of matches) while they still hold, which the database's *version*,
+read first, tells for a few microseconds:
+
+- On a SQLite file, ``PRAGMA data_version`` on the reader's own connection, which never writes:
+  it changes whenever any other connection, of this process or another, commits.
+- On PostgreSQL, :mod:`petstore.db.pet_version`: a count of the committed transactions that
+  changed pets, in the order they became visible. (The WAL position would not do: a transaction
+  becomes visible a moment *after* its commit record moves it.) An answer is kept only if the
+  statement that computed it saw that same count in its own snapshot.
+- Elsewhere (an in-memory SQLite database, a PostgreSQL database before revision 0006) nothing
+  is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, TypeVar
@@ -44,9 +48,12 @@ from sqlalchemy import URL, Select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from petstore.db import sqlite
+from petstore.db import pet_version, sqlite
+from petstore.errors import database_unavailable
 
 T = TypeVar("T")
+
+logger = logging.getLogger("petstore.db.reader")
 
 #: How many answers :meth:`Reader.kept` keeps at most (the least recently used go first).
 KEPT = 256
@@ -67,6 +74,7 @@ class Reader:
         self._engine = engine
         self._inline = engine.dialect.name == "sqlite" and not in_memory(engine.url)
         self._postgres = engine.dialect.name == "postgresql"
+        self._versioned: bool | None = None  # on PostgreSQL: whether the database has pet_version
         self._connection: sqlite.Connection | None = None
         self._pool: asyncio.Future[Any] | None = None  # an asyncpg.Pool, made on the first read
         #: query -> (its SQL, the names of its parameters in order, their defaults)
@@ -100,14 +108,15 @@ class Reader:
         rows: list[Any] = await inline.retrying(lambda: [row[0] for row in raw.execute(sql, values)])
         return rows
 
-    async def kept(self, key: Hashable, compute: Callable[[], Awaitable[T]]) -> T:
-        """``await compute()``, or what it gave for ``key`` before if nothing has been committed to
-        the database since (see the module docstring); computed every time where that cannot be
-        known cheaply. ``compute`` reads through the engine, after the version is read: what it
-        gives is never older than the version it is kept for."""
+    async def kept(self, key: Hashable, compute: Callable[[bool], Awaitable[tuple[T, Any]]]) -> T:
+        """What ``await compute(versioned)`` gives for ``key``, kept while the database's version
+        stays (see the module docstring). ``compute`` reads through the engine, after the version
+        is read, so what it gives is never older than the version; with ``versioned`` (on
+        PostgreSQL) its statement also reads :data:`petstore.db.pet_version.SEEN` and gives it
+        back beside the answer, which is kept only if that is the version read first."""
         version = await self._version()
         if version is None:
-            return await compute()
+            return (await compute(False))[0]
         if version != self._kept_at:
             self._kept.clear()
             self._kept_at = version
@@ -115,7 +124,9 @@ class Reader:
             self._kept.move_to_end(key)
             value: T = self._kept[key]
             return value
-        value = await compute()
+        value, seen = await compute(self._postgres)
+        if self._postgres and (0, seen) != version:
+            return value  # a change committed between the two reads: keep nothing for it
         if self._kept_at == version:  # else a commit landed meanwhile: keep nothing for it
             self._kept[key] = value
             if len(self._kept) > KEPT:
@@ -123,8 +134,22 @@ class Reader:
         return value
 
     async def _version(self) -> tuple[int, int] | None:
-        """This reader's connection and its ``PRAGMA data_version``: changed by every commit of
-        another connection (None where there is no reader connection)."""
+        """SQLite: this reader's connection and its ``PRAGMA data_version``, changed by every
+        commit of another connection; PostgreSQL: ``pet_version``'s count; None where there is
+        neither (an in-memory database, a PostgreSQL database before revision 0006)."""
+        if self._postgres:
+            if self._versioned is False:
+                return None
+            try:
+                (count,) = await self._fetch(pet_version.READ, ())
+            except sa_exc.DBAPIError as exc:
+                if database_unavailable(exc):
+                    raise
+                self._versioned = False  # no such table: the schema is before revision 0006
+                logger.warning("no pet_version table (migrate to revision 0006): the search counts every page")
+                return None
+            self._versioned = True
+            return 0, int(count)
         if not self._inline:
             return None
         inline = self._open()

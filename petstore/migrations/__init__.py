@@ -36,6 +36,8 @@ DATABASE_SPECIFIC_INDEXES = frozenset({"ix_pet_name_trgm"})
 #: The same for tables: SQLite's FTS5 table of pet names and the shadow tables FTS5 keeps beside
 #: it (``pet_name_fts_data``, ``_idx``, ``_docsize``, ``_config``): :mod:`petstore.db.fulltext`.
 DATABASE_SPECIFIC_TABLE_PREFIX = "pet_name_fts"
+#: And PostgreSQL's count of committed changes to pets (revision 0006, :mod:`petstore.db.pet_version`).
+DATABASE_SPECIFIC_TABLES = frozenset({"pet_version"})
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
@@ -45,7 +47,9 @@ def include_object(obj: object, name: str | None, type_: str, reflected: bool, c
         return True
     if type_ == "index":
         return name not in DATABASE_SPECIFIC_INDEXES
-    return not (type_ == "table" and name.startswith(DATABASE_SPECIFIC_TABLE_PREFIX))
+    if type_ == "table":
+        return not name.startswith(DATABASE_SPECIFIC_TABLE_PREFIX) and name not in DATABASE_SPECIFIC_TABLES
+    return True
 
 
 def alembic_config(database_url: str, plugins: Sequence[PluginMigrations] = ()) -> Config:

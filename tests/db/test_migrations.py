@@ -24,9 +24,14 @@ from petstore.migrations import alembic_config, include_object, migrate, migrate
 from plugins.auth.schema import MIGRATIONS as AUTH_MIGRATIONS
 from tests.services import PostgresServer
 
-HEAD = "0005"
+HEAD = "0006"
 FTS = "pet_name_fts"
 TABLES = {"category", "tag", "pet", "pet_tag", "users", "purchase_order", "outbox", "alembic_version"}
+
+
+def core_tables(url: str) -> set[str]:
+    """The core's tables, with PostgreSQL's count of changes to pets (revision 0006, petstore.db.pet_version)."""
+    return TABLES | ({"pet_version"} if url.startswith("postgresql") else set())
 
 
 def _inspect(url: str) -> dict[str, Any]:
@@ -58,7 +63,8 @@ def _inspect(url: str) -> dict[str, Any]:
 def _assert_matches_models(url: str) -> None:
     schema = _inspect(url)
     assert schema["diff"] == []
-    assert schema["tables"] == TABLES
+    # PostgreSQL's count of changes to pets (revision 0006, petstore.db.pet_version) is its own.
+    assert schema["tables"] == core_tables(url)
     if url.startswith("sqlite"):  # SQLite's trigram table of names, and the shadow tables of FTS5
         assert schema["fts_tables"] == {FTS, f"{FTS}_data", f"{FTS}_idx", f"{FTS}_docsize", f"{FTS}_config"}
     else:
@@ -339,7 +345,7 @@ def test_petstore_migrate_creates_the_plugin_tables_and_they_match_its_models(cl
     assert main(["migrate"]) == 0  # again: nothing to do
     schema = _with_plugins(cli_env)
     assert schema["diff"] == []
-    assert schema["tables"] == TABLES | AUTH_TABLES
+    assert schema["tables"] == core_tables(cli_env) | AUTH_TABLES
     assert {"ix_auth_revocation_created_at", "ix_auth_revocation_expires_at"} <= schema["indexes"]
     assert schema["heads"] == _all_heads() and "auth_0001" in schema["heads"]
 
@@ -349,13 +355,13 @@ def test_a_plugin_branch_downgrades_alone_and_with_the_core(cli_env: str) -> Non
     config = alembic_config(cli_env, [AUTH_MIGRATIONS])
     command.downgrade(config, "auth@base")
     schema = _with_plugins(cli_env)
-    assert schema["tables"] == TABLES  # the core's tables untouched
+    assert schema["tables"] == core_tables(cli_env)  # the core's tables untouched
     assert "auth_0001" not in schema["heads"]
     assert main(["migrate"]) == 0
     command.downgrade(config, "base")
     assert _with_plugins(cli_env)["tables"] == {"alembic_version"}
     assert main(["migrate"]) == 0
-    assert _with_plugins(cli_env)["tables"] == TABLES | AUTH_TABLES
+    assert _with_plugins(cli_env)["tables"] == core_tables(cli_env) | AUTH_TABLES
 
 
 def test_migrating_without_a_plugin_whose_branch_the_database_holds_is_one_clear_line(
@@ -379,3 +385,31 @@ def test_0005_orders_names_by_code_point_on_postgresql_and_its_downgrade_restore
     assert "COLLATE" not in _run_sql(pg_url, definition)[0][0]
     command.upgrade(alembic_config(pg_url), "head")
     _assert_matches_models(pg_url)
+
+
+@pytest.mark.postgres
+def test_0006_counts_each_committed_change_to_pets_once_whatever_it_touched(pg_url: str) -> None:
+    """pet_version: one per transaction that changed pet or pet_tag, at its commit; none for a
+    rollback or for other tables; and its downgrade leaves no trace."""
+    migrate(pg_url)
+    version = "SELECT n FROM pet_version"
+    assert _run_sql(pg_url, version) == [(0,)]
+    _run_sql(pg_url, "INSERT INTO tag (id, name) VALUES (1, 'calm')")  # not a pet: no change counted
+    _run_sql(
+        pg_url,  # one transaction of many rows, in two tables: one change
+        "WITH p AS (INSERT INTO pet (name, status, photo_urls) SELECT 'p' || n, 'sold', '[]' "
+        "FROM generate_series(1, 50) n RETURNING id) INSERT INTO pet_tag (pet_id, tag_id) SELECT id, 1 FROM p",
+    )
+    assert _run_sql(pg_url, version) == [(1,)]
+    _run_sql(pg_url, "UPDATE pet SET status = 'available' WHERE name = 'p1'")
+    _run_sql(pg_url, "DELETE FROM pet_tag WHERE pet_id = (SELECT min(id) FROM pet)")
+    assert _run_sql(pg_url, version) == [(3,)]
+    with pytest.raises(Exception, match="rolled back"):
+        _run_sql(pg_url, "DO $$ BEGIN DELETE FROM pet; RAISE EXCEPTION 'rolled back'; END $$")
+    _run_sql(pg_url, "TRUNCATE pet_tag")
+    assert _run_sql(pg_url, version) == [(4,)]
+    command.downgrade(alembic_config(pg_url), "0005")
+    assert _run_sql(pg_url, "SELECT to_regclass('pet_version'), to_regproc('petstore_pet_version_bump')") == [
+        (None, None)
+    ]
+    _run_sql(pg_url, "UPDATE pet SET status = 'pending'")  # no trigger left to fail
