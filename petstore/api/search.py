@@ -223,7 +223,11 @@ class Matching:
             linked = TAGGED.c.pet_id
             query = query.join(TAGGED, linked == col(Pet.id)).where(TAGGED.c.tag_id == self.tag_id)
             if key is not None:
-                query = query.where(linked < key[0] if sort.descending else linked > key[0])
+                # On the pet's id too: the planners carry the join's equality but not a range across
+                # it, and PostgreSQL's merge join read the pets from the first for a page half way
+                # (tag=calm at 100,000 pets: 50,000 pets, 18 ms).
+                after = [linked, col(Pet.id)]
+                query = query.where(*(c < key[0] if sort.descending else c > key[0] for c in after))
             return query.order_by(linked.desc() if sort.descending else linked).limit(limit + 1)
         if not sort.by_name:
             query = answers.pets_query(dialect, col(Pet.name), col(Pet.id)).where(*self.conditions)
