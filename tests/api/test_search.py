@@ -42,28 +42,25 @@ def ids(page: dict[str, Any]) -> list[int]:
     return [pet["id"] for pet in page["items"]]
 
 
-def walk(api: ApiHarness, **params: Any) -> list[int]:
-    """Every page in turn, by its ``next``; the ids shown."""
-    seen: list[int] = []
+def pages(api: ApiHarness, **params: Any) -> Iterator[dict[str, Any]]:
+    """Every page in turn, by its ``next``."""
     cursor = None
     while True:
         page = search(api, **params, **({"cursor": cursor} if cursor else {}))
-        seen.extend(ids(page))
+        yield page
         cursor = page["next"]
         if cursor is None:
-            return seen
+            return
+
+
+def walk(api: ApiHarness, **params: Any) -> list[int]:
+    """The ids every page shows, in turn."""
+    return [pet_id for page in pages(api, **params) for pet_id in ids(page)]
 
 
 def walk_names(api: ApiHarness, **params: Any) -> list[str]:
-    """Every page in turn, by its ``next``; the names shown."""
-    seen: list[str] = []
-    cursor = None
-    while True:
-        page = search(api, **params, **({"cursor": cursor} if cursor else {}))
-        seen.extend(names(page))
-        cursor = page["next"]
-        if cursor is None:
-            return seen
+    """The names every page shows, in turn."""
+    return [name for page in pages(api, **params) for name in names(page)]
 
 
 def bulk_pets(api: ApiHarness, rows: list[dict[str, Any]]) -> None:
