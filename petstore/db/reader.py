@@ -57,6 +57,9 @@ logger = logging.getLogger("petstore.db.reader")
 
 #: How many answers :meth:`Reader.kept` keeps at most (the least recently used go first).
 KEPT = 256
+#: And how large they may be together, in the ``size`` :meth:`Reader.kept` is told (rows: the
+#: search's pets in name order are about 150 bytes a row, so some 15 MB at most).
+KEPT_SIZE = 100_000
 #: The reader's own PostgreSQL connections, beside the engine's pool (10 + 20 overflow): a read
 #: holds one for one statement, so a few serve every request in flight.
 PG_POOL_SIZE = 4
@@ -80,7 +83,8 @@ class Reader:
         #: query -> (its SQL, the names of its parameters in order, their defaults)
         self._compiled: dict[Select[Any], tuple[str, tuple[str, ...], Mapping[str, Any]]] = {}
         #: What :meth:`kept` keeps, and the database's version it holds for.
-        self._kept: OrderedDict[Hashable, Any] = OrderedDict()
+        self._kept: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()  # key -> (answer, its size)
+        self._kept_size = 0
         self._kept_at: tuple[int, int] | None = None
         #: Counts the reader's connections: a version belongs to the connection that read it.
         self._opened = 0
@@ -108,29 +112,39 @@ class Reader:
         rows: list[Any] = await inline.retrying(lambda: [row[0] for row in raw.execute(sql, values)])
         return rows
 
-    async def kept(self, key: Hashable, compute: Callable[[bool], Awaitable[tuple[T, Any]]]) -> T:
+    async def kept(
+        self, key: Hashable, compute: Callable[[bool], Awaitable[tuple[T, Any]]], size: Callable[[T], int] | None = None
+    ) -> T:
         """What ``await compute(versioned)`` gives for ``key``, kept while the database's version
         stays (see the module docstring). ``compute`` reads through the engine, after the version
         is read, so what it gives is never older than the version; with ``versioned`` (on
         PostgreSQL) its statement also reads :data:`petstore.db.pet_version.SEEN` and gives it
-        back beside the answer, which is kept only if that is the version read first."""
+        back beside the answer, which is kept only if that is the version read first.
+
+        ``size``: how much of :data:`KEPT_SIZE` an answer takes (1 without it); the least recently
+        used answers make room, and one larger than the whole is not kept."""
         version = await self._version()
         if version is None:
             return (await compute(False))[0]
         if version != self._kept_at:
             self._kept.clear()
+            self._kept_size = 0
             self._kept_at = version
         elif key in self._kept:
             self._kept.move_to_end(key)
-            value: T = self._kept[key]
+            value: T = self._kept[key][0]
             return value
         value, seen = await compute(self._postgres)
         if self._postgres and (0, seen) != version:
             return value  # a change committed between the two reads: keep nothing for it
-        if self._kept_at == version:  # else a commit landed meanwhile: keep nothing for it
-            self._kept[key] = value
-            if len(self._kept) > KEPT:
-                self._kept.popitem(last=False)
+        weight = 1 if size is None else size(value)
+        if self._kept_at == version and weight <= KEPT_SIZE:  # else a commit landed meanwhile: keep nothing
+            if key in self._kept:  # computed twice at once
+                self._kept_size -= self._kept.pop(key)[1]
+            self._kept[key] = (value, weight)
+            self._kept_size += weight
+            while len(self._kept) > KEPT or self._kept_size > KEPT_SIZE:
+                self._kept_size -= self._kept.popitem(last=False)[1][1]
         return value
 
     async def _version(self) -> tuple[int, int] | None:

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
+from petstore.api import search as search_module
 from petstore.api.search import EXACT_UP_TO
 from petstore.models import MAX_ID
 from tests.fakes import ApiHarness, assert_error, create_schema, make_app, running_api
@@ -279,15 +280,86 @@ def test_on_postgresql_a_q_few_names_hold_is_gathered_before_it_is_sorted_by_nam
     for n in range(40):
         api.new_pet(f"pet {n:02}")
     rexes = [api.new_pet(name)["id"] for name in ("Rex", "T-Rexy")]
-    with api.count_statements() as rare:
+    with api.count_statements() as rare:  # one page: the query's (more pages read the kept order)
         assert ids(search(api, q="rex", sort="name")) == rexes
-        assert walk(api, q="rex", sort="-name", limit=1) == rexes[::-1]
+        assert ids(search(api, q="rex", sort="-name")) == rexes[::-1]
     with api.count_statements() as common:
         assert walk_names(api, q="pet", sort="name", limit=1) == [f"pet {n:02}" for n in range(40)]
     pages = [statement for statement in rare.statements if "json" in statement]
     assert pages and all("OFFSET" in statement for statement in pages), pages
     pages = [statement for statement in common.statements if "json" in statement]
     assert pages and not any("OFFSET" in statement for statement in pages), pages
+
+
+def _order_reads(statements: list[str]) -> list[str]:
+    """The statements that read the matches' keys for their kept order (search._in_order)."""
+    return [statement for statement in statements if statement.startswith("SELECT pet.name, pet.id")]
+
+
+def test_the_matches_of_q_are_kept_in_order_while_nothing_is_committed_and_never_older_than_the_database(
+    api: ApiHarness, db_url: str
+) -> None:
+    """Matches gathered before they are ordered (q; by name, a rare tag) were gathered and sorted
+    again for every page: their order is kept as the count is, a page found in it and read by id.
+    Any commit, of this server's or another program's, is in the very next page."""
+    rexes = {f"rex {n}": api.new_pet(f"rex {n}", tags=[{"name": "dogs"}])["id"] for n in (4, 1, 3, 0, 2)}
+    api.new_pet("fido", id=10_000)  # many pets for few matches: gathered first on PostgreSQL too (search._dense)
+    api.relayed()
+    ordered = sorted(rexes)
+    with api.count_statements() as walked:
+        assert walk_names(api, q="rex", sort="name", limit=2) == ordered
+        assert walk_names(api, q="rex", sort="-name", limit=2) == ordered[::-1]
+        assert walk_names(api, q="rex", sort="name", limit=2, tag="dogs") == ordered  # other matches: their own
+        by_id = sorted(rexes.values())
+        assert walk(api, q="rex", limit=2) == by_id and walk(api, q="rex", sort="-id", limit=3) == by_id[::-1]
+    assert len(_order_reads(walked.statements)) == 3, walked.statements  # by name, by name with the tag, by id
+    pages = [statement for statement in walked.statements if "json" in statement]
+    assert len(pages) == 14 and not any("OFFSET" in statement for statement in pages), pages
+
+    # Renamed through the API: in the next page, before the relay has published it.
+    renamed = {"id": rexes["rex 3"], "name": "rex 9", "photoUrls": []}
+    updated = api.client.put(f"{API}/pet", json=renamed, headers=api.staff.headers)
+    assert updated.status_code == 200, updated.text
+    ordered = ["rex 0", "rex 1", "rex 2", "rex 4", "rex 9"]
+    assert walk_names(api, q="rex", sort="name", limit=2) == ordered
+
+    async def elsewhere() -> None:
+        engine = create_async_engine(db_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(f"UPDATE pet SET name = 'a rex' WHERE id = {rexes['rex 2']}")
+        finally:
+            await engine.dispose()
+
+    api.run(elsewhere)
+    assert walk_names(api, q="rex", sort="name", limit=2) == ["a rex", "rex 0", "rex 1", "rex 4", "rex 9"]
+    assert walk_names(api, q="rex", sort="-name", limit=4) == ["rex 9", "rex 4", "rex 1", "rex 0", "a rex"]
+
+
+def test_a_page_is_never_taken_from_a_kept_order_the_database_no_longer_holds(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit between the version's read and the page's: the pets read by id are not those the
+    order said (renamed, deleted), and the page is the query's, as the database holds it."""
+    for name in ("rex b", "rex d", "rex a", "rex c"):
+        api.new_pet(name)
+    api.new_pet("fido", id=10_000)
+    truth = walk_names(api, q="rex", sort="name", limit=2)
+    stale = search(api, q="rex", sort="name", limit=1)["items"][0]
+    assert api.client.delete(f"{API}/pet/{stale['id']}", headers=api.staff.headers).status_code == 200
+    late = [("rex a", stale["id"]), *((pet["name"], pet["id"]) for pet in search(api, q="rex", sort="name")["items"])]
+
+    asked = []
+
+    async def an_order_from_before(*args: Any) -> list[tuple[Any, ...]]:
+        asked.append(args)
+        return late if args[-1].by_name else sorted((pet_id,) for _, pet_id in late)
+
+    monkeypatch.setattr(search_module, "_in_order", an_order_from_before)
+    assert walk_names(api, q="rex", sort="name", limit=2) == truth[1:]
+    assert walk_names(api, q="rex", sort="-name", limit=2) == truth[1:][::-1]
+    assert walk(api, q="rex", limit=1) == sorted(pet_id for _, pet_id in late[1:])
+    assert len(asked) == 7  # every page of the walks was offered the stale order
 
 
 def test_a_tag_page_by_name_finds_the_pets_of_a_rare_and_a_common_tag_alike(api: ApiHarness) -> None:
@@ -394,20 +466,24 @@ def test_pets_of_one_name_are_ordered_by_id_within_it(api: ApiHarness) -> None:
 # ------------------------------------------------------------------------------------ pages
 
 
-@pytest.mark.parametrize("tagged", [False, True], ids=["every pet", "one tag"])
+@pytest.mark.parametrize("matched", ["every pet", "one tag", "q"])
 @pytest.mark.parametrize("sort", ["id", "-id", "name", "-name"])
 def test_paging_forward_shows_each_pet_once_while_pets_are_created_and_deleted(
-    api: ApiHarness, sort: str, tagged: bool
+    api: ApiHarness, sort: str, matched: str
 ) -> None:
     """Keyset pages: a pet that exists throughout is shown exactly once, a deleted one is not shown
     after it is gone, and nothing is shown twice, whatever is created or deleted between pages.
-    With one tag the pages are read along the tag's links (by id) or test each pet for it (by name)."""
+    With one tag the pages are read along the tag's links (by id) or test each pet for it (by name);
+    by name, q's pages come from its matches kept in order (each commit between pages: anew)."""
+    tagged = matched == "one tag"
     tags = {"tags": [{"name": "walked"}]} if tagged else {}
-    filters = {"tag": "walked"} if tagged else {}
+    filters = {"tag": "walked"} if tagged else {"q": "pet-"} if matched == "q" else {}
     pets = {api.new_pet(f"pet-{letter}", **tags)["id"]: f"pet-{letter}" for letter in "mbxdkqaszfhu"}
     if tagged:
         api.new_pet("pet-c", tags=[{"name": "other"}])  # in every order among them, never shown
         api.new_pet("pet-n")
+    if matched == "q":
+        api.new_pet("pets", id=10_000)  # never shown; many pets for few matches (search._dense)
     kept = set(pets)
     deleted: set[int] = set()
     seen: list[int] = []

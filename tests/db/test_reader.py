@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from petstore import db
 from petstore.config import Settings
 from petstore.db import answers
+from petstore.db import reader as reader_module
 from petstore.db.reader import Reader
 from petstore.errors import database_unavailable
 from petstore.models import Pet
@@ -187,3 +188,37 @@ async def test_on_postgresql_an_outage_is_the_engines_error_and_the_reader_recov
         finally:
             await reader.aclose()
             await engine.dispose()
+
+
+async def test_kept_answers_are_bounded_by_their_size_and_a_commit_forgets_them(engine: AsyncEngine) -> None:
+    """``kept``: an answer is computed once while nothing commits; the least recently used make
+    room within KEPT_SIZE, one larger than the whole is never kept, and a commit forgets them all."""
+    computed: list[str] = []
+
+    def compute(key: str, size: int) -> Callable[[bool], Awaitable[tuple[list[int], None]]]:
+        async def answer(versioned: bool) -> tuple[list[int], None]:
+            computed.append(key)
+            return [0] * size, None
+
+        return answer
+
+    reader = Reader(engine)
+    try:
+        half = reader_module.KEPT_SIZE // 2
+        for key in ("a", "b", "a"):
+            assert len(await reader.kept(key, compute(key, half), size=len)) == half
+        assert computed == ["a", "b"]
+        await reader.kept("c", compute("c", half), size=len)  # room made by b, used least lately
+        await reader.kept("a", compute("a", half), size=len)
+        await reader.kept("b", compute("b", half), size=len)
+        assert computed == ["a", "b", "c", "b"]
+        for _ in range(2):
+            await reader.kept("huge", compute("huge", reader_module.KEPT_SIZE + 1), size=len)
+        assert computed.count("huge") == 2
+        await reader.kept("b", compute("b", half), size=len)  # the huge one made no room
+        assert computed.count("b") == 2
+        await add_pets(engine, "Rex")
+        await reader.kept("b", compute("b", half), size=len)
+        assert computed.count("b") == 3
+    finally:
+        await reader.aclose()
