@@ -23,7 +23,7 @@ Hooks
     Extra routes, mounted beside the core's (e.g. ``/api/v3/auth/token``, ``/metrics``).
 ``startup(app)`` / ``shutdown(app)``
     Work at start and stop of the app. ``app`` is the running app's :class:`App`: its settings,
-    database, plugins, Redis client, and a way to end live sessions (the core passes its
+    database (and its reader of hot rows), plugins, Redis client, and a way to end live sessions (the core passes its
     :class:`~petstore.state.AppState`, which has more; a plugin should use only what :class:`App`
     names).
 ``openapi(document)``
@@ -130,6 +130,7 @@ if TYPE_CHECKING:
 
     from petstore.access import Principal
     from petstore.config import Settings
+    from petstore.db.reader import Reader
 
 ENTRY_POINT_GROUP = "petstore.plugins"
 
@@ -170,6 +171,8 @@ class App(Protocol):
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    #: Read-only queries around the engine's pool, never staler than the database (:mod:`petstore.db.reader`).
+    reader: Reader
     plugins: Plugins
     #: The process's one Redis client (:mod:`petstore.redis_client`), None without Redis.
     redis: Redis | RedisCluster | None

@@ -95,13 +95,17 @@ class Reader:
         Inline, parameters go to ``sqlite3`` as they are: ints and strings (no SQLAlchemy type
         processes them on this path). A query with an ``expanding`` (IN list) parameter, which
         only SQLAlchemy's execution can expand, goes through the engine."""
+        return [row[0] for row in await self.rows(query, parameters)]
+
+    async def rows(self, query: Select[Any], parameters: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """``query``'s rows, as tuples, its columns' values as the driver gives them (see :meth:`column`)."""
         own = self._inline or self._postgres
         compiled = self._compiled.get(query) if own else None
         if compiled is None and own:
             compiled = self._compile(query)
         if compiled is None:
             async with self._engine.connect() as through_engine:
-                return list((await through_engine.execute(query, parameters)).scalars())
+                return [tuple(row) for row in await through_engine.execute(query, parameters)]
         sql, names, defaults = compiled
         values = tuple(parameters[name] if name in parameters else defaults[name] for name in names)
         if self._postgres:
@@ -109,7 +113,7 @@ class Reader:
         inline = self._open()
         raw = inline.sqlite_connection
         assert raw is not None
-        rows: list[Any] = await inline.retrying(lambda: [row[0] for row in raw.execute(sql, values)])
+        rows: list[tuple[Any, ...]] = await inline.retrying(lambda: raw.execute(sql, values).fetchall())
         return rows
 
     async def kept(
@@ -155,7 +159,7 @@ class Reader:
             if self._versioned is False:
                 return None
             try:
-                (count,) = await self._fetch(pet_version.READ, ())
+                ((count,),) = await self._fetch(pet_version.READ, ())
             except sa_exc.DBAPIError as exc:
                 if database_unavailable(exc):
                     raise
@@ -172,7 +176,7 @@ class Reader:
         version: int = await inline.retrying(lambda: raw.execute("PRAGMA data_version").fetchone()[0])
         return self._opened, version
 
-    async def _fetch(self, sql: str, values: tuple[Any, ...]) -> list[Any]:
+    async def _fetch(self, sql: str, values: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         """Run ``sql`` on the reader's PostgreSQL pool, once more on a fresh connection if the one
         it took had been lost (a restart of the server: the engine pings for that)."""
         import asyncpg
@@ -181,7 +185,7 @@ class Reader:
             try:
                 pool = await self._postgres_pool()
                 async with pool.acquire() as connection:
-                    return [row[0] for row in await connection.fetch(sql, *values)]
+                    return [tuple(row) for row in await connection.fetch(sql, *values)]
             except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
                 if attempt == 2 or isinstance(exc, ConnectionRefusedError):
                     raise sa_exc.OperationalError(sql, values, exc) from exc

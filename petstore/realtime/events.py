@@ -45,17 +45,22 @@ def record(session: AsyncSession, event: str, room_names: list[str], data: dict[
     session.info.setdefault(_PENDING, []).append(row)
 
 
+_OUTBOX: Table = OutboxEvent.__table__  # type: ignore[attr-defined]
+
+
 @orm_event.listens_for(Session, "before_commit")
 def _write_outbox(session: Session) -> None:
     """One multi-row INSERT in the committing transaction, with no ids to read back: the ORM
-    would insert each row on its own to return its id (SQLite cannot batch that)."""
+    would insert each row on its own to return its id (SQLite cannot batch that). On the
+    session's connection, as Core: the ORM's bulk insert maps each row first (a fifteenth of a
+    ``POST /pet``'s CPU, profiled)."""
     rows = session.info.pop(_PENDING, None)
     if rows:
         context = session.info.get(_TRACE_CONTEXT)
         if context is not None and (kept := context()) is not None:
             for row in rows:
                 row["trace_context"] = kept
-        session.execute(insert(OutboxEvent), rows)
+        session.connection().execute(insert(_OUTBOX), rows)
 
 
 @orm_event.listens_for(Session, "after_rollback")

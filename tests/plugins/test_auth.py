@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from openapi_spec_validator import validate
+from sqlalchemy.exc import OperationalError
 from starlette.testclient import WebSocketDenialResponse
 
 from petstore import db
@@ -335,6 +337,39 @@ def test_a_password_change_ends_every_session(app: App) -> None:
 def test_role_comes_from_the_database_not_the_token(app: App) -> None:
     claims = good_claims(app, "alice", role="admin")
     assert app.whoami(sign(app, claims)).json() == {"user": "alice", "role": "customer"}
+
+
+def test_each_request_sees_the_users_row_as_committed_and_an_unreadable_one_is_a_503(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user is read by the app's reader, around the session: a role changed, a user deleted,
+    are in the very next request; a database that cannot answer is a 503 without a trace."""
+    token = app.login("alice")["access_token"]
+    for role in ("staff", "admin", "customer"):
+        app.run(_set_role, app, "alice", role)
+        assert app.whoami(token).json() == {"user": "alice", "role": role}
+
+    async def unreadable(*args: Any) -> Any:
+        raise OperationalError("SELECT", {}, ConnectionRefusedError("the database is down"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(app.state.reader, "rows", unreadable)
+        down = app.whoami(token)
+    assert down.status_code == 503, down.text
+    assert "Traceback" not in down.text and "the database is down" not in down.text
+    app.run(_delete_user, app, "alice")
+    assert app.whoami(token).status_code == 401
+
+
+async def _set_role(app: App, username: str, role: str) -> None:
+    async with app.state.engine.begin() as conn:
+        changed = sa.text("UPDATE users SET role = :role WHERE username = :name")
+        await conn.execute(changed, {"role": role, "name": username})
+
+
+async def _delete_user(app: App, username: str) -> None:
+    async with app.state.engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM users WHERE username = :name"), {"name": username})
 
 
 # ------------------------------------------------------------------------------ HS/RS confusion, RS256/ES256, rotation
