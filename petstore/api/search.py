@@ -429,10 +429,13 @@ def _next_link(request: Request, cursor: str) -> str:
 
 
 async def _dense(session: AsyncSession, matching: Matching, total: int, limit: int) -> bool:
-    """Whether a page in name order is found sooner by testing each pet in name order (about
-    ``limit * pets / matches`` tests) than by gathering every match first (``matches``).
+    """Whether a page is found sooner by testing each pet in the page's order (about ``limit *
+    pets / matches`` tests) than by gathering every match first (``matches``, which the kept order
+    of :func:`_in_order` also costs after each change to the pets).
 
-    Made here where a planner cannot make it: SQLite gathers a tag's pets either way (PostgreSQL
+    In id order only PostgreSQL's ``q`` is weighed: its planner walks the ids testing each name
+    where that is quicker, and SQLite gathers the trigram table's matches either way. In name
+    order it is made here where a planner cannot make it: SQLite gathers a tag's pets either way (PostgreSQL
     weighs a tag's semi-join by its own statistics), and PostgreSQL, for ``q``, expects the matches
     spread evenly over the name order, which they are not (see :meth:`Matching.page`). The
     highest id stands for the number of pets (an index's last entry, where a count would read
@@ -508,7 +511,7 @@ async def search_pets(request: Request) -> Response:
         total, exact = await state.reader.kept(
             ("search total", matching.key), lambda versioned: _total(session, matching, versioned)
         )
-        dense = sort.by_name and await _dense(session, matching, total, limit)
+        dense = (sort.by_name or matching.q) and await _dense(session, matching, total, limit)
         dialect = connection.dialect.name
         pets: list[Any] | None = None
         if _kept_order(sort, matching, total, exact, limit, dense):

@@ -289,6 +289,14 @@ def test_on_postgresql_a_q_few_names_hold_is_gathered_before_it_is_sorted_by_nam
     assert pages and all("OFFSET" in statement for statement in pages), pages
     pages = [statement for statement in common.statements if "json" in statement]
     assert pages and not any("OFFSET" in statement for statement in pages), pages
+    # In id order too, a q most names hold is found testing each pet, not gathered and kept.
+    pet_ids = ids(search(api, q="pet", limit=100))
+    with api.count_statements() as by_id:
+        assert walk(api, q="pet", limit=5) == pet_ids
+    assert not _order_reads(by_id.statements), by_id.statements
+    with api.count_statements() as rare_by_id:
+        assert walk(api, q="rex", limit=1) == rexes
+    assert _order_reads(rare_by_id.statements), rare_by_id.statements
 
 
 def _order_reads(statements: list[str]) -> list[str]:
