@@ -23,9 +23,9 @@ Hooks
     Extra routes, mounted beside the core's (e.g. ``/api/v3/auth/token``, ``/metrics``).
 ``startup(app)`` / ``shutdown(app)``
     Work at start and stop of the app. ``app`` is the running app's :class:`App`: its settings,
-    database (and its reader of hot rows), plugins, Redis client, and a way to end live sessions (the core passes its
-    :class:`~petstore.state.AppState`, which has more; a plugin should use only what :class:`App`
-    names).
+    database (and its reader of hot rows), plugins, Redis client, and a way to end live sessions
+    (the core passes its :class:`~petstore.state.AppState`, which has more; a plugin should use
+    only what :class:`App` names).
 ``openapi(document)``
     Edit the served OpenAPI document in place (add paths, schemes). Each core operation carries
     ``x-petstore-permission``: the scope it requires (:mod:`petstore.access`), or null for anyone;

@@ -435,11 +435,11 @@ async def _dense(session: AsyncSession, matching: Matching, total: int, limit: i
 
     In id order only PostgreSQL's ``q`` is weighed: its planner walks the ids testing each name
     where that is quicker, and SQLite gathers the trigram table's matches either way. In name
-    order it is made here where a planner cannot make it: SQLite gathers a tag's pets either way (PostgreSQL
-    weighs a tag's semi-join by its own statistics), and PostgreSQL, for ``q``, expects the matches
-    spread evenly over the name order, which they are not (see :meth:`Matching.page`). The
-    highest id stands for the number of pets (an index's last entry, where a count would read
-    them all)."""
+    order it is made here where a planner cannot make it: SQLite gathers a tag's pets either way
+    (PostgreSQL weighs a tag's semi-join by its own statistics), and PostgreSQL, for ``q``,
+    expects the matches spread evenly over the name order, which they are not (see
+    :meth:`Matching.page`). The highest id stands for the number of pets (an index's last entry,
+    where a count would read them all)."""
     postgres = session.get_bind().dialect.name == "postgresql"
     if not (matching.q if postgres else matching.tag_id is not None):
         return False
