@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -57,18 +56,22 @@ class Connection:
 
     The transport that serves it attaches its writer once, with :meth:`attach`, and lets go of it
     with :meth:`detach`; everything else it changes goes through a method too (:meth:`sign_in`,
-    :meth:`next_batch` and :meth:`sent`, :meth:`close`).
+    :meth:`next_batch` or :meth:`take_batch` and :meth:`sent`, :meth:`close`).
+
+    A sender either waits in :meth:`next_batch` all the connection long (SSE), or is started by
+    the ``on_queued`` it attaches whenever something is queued and ends once it has taken
+    everything, with :meth:`take_batch` (the WebSocket's): an idle connection then holds no task.
     """
 
     __slots__ = (
-        "_closing",
         "_items",
         "_observe",
         "_on_close",
+        "_on_queued",
         "_principal",
-        "_ready",
         "_sending",
         "_set_aside",
+        "_wake",
         "_write_now",
         "aside",
         "close_after_sending",
@@ -94,29 +97,40 @@ class Connection:
         #: Close with this code once what is queued now has gone out (see ``close_when_sent``).
         self.close_after_sending: int | None = None
         self._on_close: Callable[[], None] | None = None
+        self._on_queued: Callable[[], None] | None = None
         self._write_now: WriteNow | None = None
         #: The sender holds a batch it has not finished sending (events must wait behind it).
         self._sending = False
-        self._items: deque[Outgoing] = deque()
-        self._ready = asyncio.Event()
-        self._closing = asyncio.Event()
+        self._items: list[Outgoing] = []  # not a deque, whose first block (~0.7 KB) it would always hold
+        #: What the sender awaits while nothing is queued (set only then): a future, not an
+        #: ``asyncio.Event``, whose deque of waiters would cost every idle connection ~0.8 KB.
+        self._wake: asyncio.Future[None] | None = None
         self._observe = observe
         #: Events for the direct path, written when the hub flushes (see the module docstring).
         self.aside: list[Message] = []
         self._set_aside = set_aside
 
-    def attach(self, *, write_now: WriteNow | None = None, on_close: Callable[[], None] | None = None) -> None:
+    def attach(
+        self,
+        *,
+        write_now: WriteNow | None = None,
+        on_close: Callable[[], None] | None = None,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
         """The transport serving this connection, once it runs: ``write_now`` writes events at once
         when it can (the direct path, see the module docstring; None: every event goes through the
         queue), ``on_close`` is called once when the connection must close, so that the transport
-        can interrupt its tasks."""
+        can interrupt its tasks, and ``on_queued`` whenever something is queued (or the connection
+        is to close once its queue is sent) while no sender waits in :meth:`next_batch`."""
         self._write_now = write_now
         self._on_close = on_close
+        self._on_queued = on_queued
 
     def detach(self) -> None:
         """The transport is done with this connection: nothing is written or interrupted through it any more."""
         self._write_now = None
         self._on_close = None
+        self._on_queued = None
 
     @property
     def principal(self) -> Principal | None:
@@ -152,7 +166,7 @@ class Connection:
             self.overflow()
             return
         items.append(item)
-        self._ready.set()
+        self._wake_sender()
 
     def requeue(self) -> None:
         """Move the events set aside to the queue, for the sender task (bounded like the rest)."""
@@ -162,7 +176,15 @@ class Connection:
                 self.overflow()
                 return
             self._items.append(message)
-        self._ready.set()
+        self._wake_sender()
+
+    def _wake_sender(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            if not wake.done():
+                wake.set_result(None)
+        elif self._on_queued is not None:
+            self._on_queued()
 
     def overflow(self) -> None:
         """The client does not keep up: close it with 1013 rather than wait for it."""
@@ -180,8 +202,8 @@ class Connection:
             # cycle (its transport's tasks) until a full garbage collection.
             self._items.clear()
             self.aside = []
-            self._closing.set()
-            self._ready.set()
+            if self._wake is not None and not self._wake.done():
+                self._wake.set_result(None)  # a waiting sender returns empty; a started one is interrupted
             if self._on_close is not None:
                 self._on_close()
 
@@ -189,12 +211,7 @@ class Connection:
         """Close with ``code`` after what is already queued (say, the error explaining why) is sent."""
         if self.close_code is None and self.close_after_sending is None:
             self.close_after_sending = code
-            self._ready.set()
-
-    async def wait_closing(self) -> int:
-        await self._closing.wait()
-        assert self.close_code is not None
-        return self.close_code
+            self._wake_sender()
 
     async def next_batch(self, most: int, max_chars: int = 256 * 1024) -> list[Outgoing]:
         """Wait for queued items and take up to ``most`` of them, about ``max_chars`` of text at most
@@ -202,29 +219,37 @@ class Connection:
 
         The sender holds the batch until it calls :meth:`sent`: meanwhile new events queue behind
         it instead of taking the direct path, so the order holds."""
+        while not self._items and self.close_code is None and self.close_after_sending is None:
+            self._wake = asyncio.get_running_loop().create_future()
+            try:
+                await self._wake
+            finally:
+                self._wake = None
+        return self.take_batch(most, max_chars)
+
+    def take_batch(self, most: int, max_chars: int = 256 * 1024) -> list[Outgoing]:
+        """:meth:`next_batch` without the wait: empty when nothing is queued (closing, at once, if it
+        was to close once its queue was sent)."""
         items = self._items
-        while not items:
-            if self.close_code is not None:
-                return []
-            if self.close_after_sending is not None:
-                self.close(self.close_after_sending)
-                return []
-            self._ready.clear()
-            await self._ready.wait()
         if self.close_code is not None:
             return []
-        batch = [items.popleft()]
-        size = _size(batch[0])
-        while items and len(batch) < most:
-            size += _size(items[0])
+        if not items:
+            if self.close_after_sending is not None:
+                self.close(self.close_after_sending)
+            return []
+        size, count, end = _size(items[0]), 1, min(len(items), most)
+        while count < end:
+            size += _size(items[count])
             if size > max_chars:
                 break
-            batch.append(items.popleft())
+            count += 1
+        batch = items[:count]
+        del items[:count]  # emptied, a list frees its array: an idle connection's queue holds none
         self._sending = True
         return batch
 
     def sent(self) -> None:
-        """The batch from :meth:`next_batch` is written (or given up on)."""
+        """The batch from :meth:`next_batch` or :meth:`take_batch` is written (or given up on)."""
         self._sending = False
 
 

@@ -34,6 +34,8 @@ is missing (:mod:`petstore.internals`), rather than running without the fast pat
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -68,12 +70,16 @@ USES = (
             "writable",
             "conn",
             "transport",
-            # what __init__, handle_connect and the drain read
+            # what __init__, handle_connect, send and the drain read or replace
             "app_state",
             "config",
             "scope",
+            "queue",
+            "request",
+            "response",
             # overridden or called
             "handle_connect",
+            "send",
             "connection_lost",
             "shutdown",
             "stop_keepalive",
@@ -113,6 +119,78 @@ def frame(message: Framed) -> bytes:
         return data
 
 
+class _Inbox:
+    """What uvicorn's protocol uses of its ``asyncio.Queue`` of ASGI receive events (``put_nowait``,
+    ``get``, ``empty``; unbounded, one reader), without the three deques a Queue allocates up front:
+    about 2.3 KB of every idle connection. uvicorn pauses reading while a message waits, so it
+    holds a message or two."""
+
+    __slots__ = ("_getter", "_items")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+        self._getter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None  # an idle connection holds no deque (its block is ~0.7 KB)
+        return item
+
+
+class _Flag:
+    """``asyncio.Event`` as uvicorn's protocol uses it for ``writable`` (``set``, ``clear``, ``wait``,
+    ``is_set``), its waiters made only while one waits: an Event's deque is ~0.8 KB a connection."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = True
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        while not self._set:
+            waiter = asyncio.get_running_loop().create_future()
+            if self._waiters is None:
+                self._waiters = []
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if self._waiters is not None and waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol that offers :meth:`write` as an ASGI extension."""
 
@@ -120,6 +198,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # What lives as long as the socket, made lighter (see _Inbox and _Flag).
+        self.queue = _Inbox()  # type: ignore[assignment]
+        self.writable = _Flag()  # type: ignore[assignment]
         state = self.app_state.get("petstore")
         if isinstance(state, AppState):
             # The app's own limit, enforced by websockets as it reads: on the inflated size of a
@@ -155,6 +236,13 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         scope: Any = getattr(self, "scope", None)  # None: the upgrade was refused before the app ran
         if scope is not None:
             scope["extensions"][WRITE_EXTENSION] = {"write": self.write}
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The handshake's parsed request and response (their headers: ~2.5 KB) are not read
+            # again once the upgrade is answered; the scope keeps what the app reads.
+            self.request = self.response = None  # type: ignore[assignment]
 
     def write(self, messages: Sequence[Framed]) -> bool:
         """Send text messages now, in one write, if nothing stands in the way (module docstring)."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
 from collections import Counter
 from typing import Any
 
 from petstore.realtime.broker import Message, encode_frame, frame_tail
 from petstore.realtime.hub import Hub
+from tests.realtime.support import until
 
 
 class Observed:
@@ -63,7 +65,7 @@ async def test_a_full_queue_closes_that_connection_with_1013_and_the_others_keep
         hub.go_live(hub.join(conn, "pets"), "e1", 0)
     for offset in range(1, 11):
         hub.deliver(message("pets", offset))
-    assert slow.close_code == 1013 and await slow.wait_closing() == 1013
+    assert slow.close_code == 1013
     assert await slow.next_batch(10) == []
     assert observed.counts["ws.slow_consumer"] == 1
     assert [m.offset for m in await fast.next_batch(100)] == list(range(1, 11))  # type: ignore[union-attr]
@@ -109,18 +111,40 @@ async def test_batches_are_bounded_in_count_and_size() -> None:
 async def test_close_all_asks_every_connection_to_close_and_waits_until_they_are_gone() -> None:
     hub = Hub(Observed())
     conns = [hub.connection(str(n), 10) for n in range(3)]
+    loop = asyncio.get_running_loop()
     for conn in conns:
         hub.join(conn, "pets")
-
-    async def transport(conn: Any) -> None:
-        await conn.wait_closing()
-        hub.drop(conn)
-
-    tasks = [asyncio.create_task(transport(conn)) for conn in conns]
+        # A transport told to close goes away a loop turn later, as a session does.
+        conn.attach(on_close=functools.partial(loop.call_soon, hub.drop, conn))
     await asyncio.wait_for(hub.close_all(1012, 5.0), 5.0)
     assert [conn.close_code for conn in conns] == [1012, 1012, 1012]
     assert not hub.connections and hub.subscribers("pets") == 0
-    await asyncio.gather(*tasks)
+
+
+async def test_a_sender_started_on_demand_is_told_of_each_queueing_and_takes_without_waiting() -> None:
+    """The WebSocket's sender runs only while something is queued (an idle socket holds no task):
+    ``on_queued`` says when to start one, ``take_batch`` never waits, and a sender waiting in
+    ``next_batch`` (SSE's) is woken instead of a new one being asked for."""
+    hub = Hub(Observed())
+    conn = hub.connection("a", 100)
+    starts: list[int] = []
+    conn.attach(on_queued=lambda: starts.append(len(starts)))
+    assert conn.take_batch(10) == [] and starts == []
+    conn.put_nowait("one")
+    conn.put_nowait("two")
+    assert starts == [0, 1]  # started once, then asked again: a running sender ignores it
+    assert conn.take_batch(10) == ["one", "two"]
+    conn.sent()
+    assert conn.take_batch(10) == []
+    waiting = asyncio.create_task(conn.next_batch(10))
+    await until(lambda: conn._wake is not None, "the sender to wait")
+    conn.put_nowait("three")
+    assert await asyncio.wait_for(waiting, 5.0) == ["three"] and starts == [0, 1]
+    conn.sent()
+    conn.close_when_sent(1008)
+    assert starts == [0, 1, 2] and conn.take_batch(10) == [] and conn.close_code == 1008
+    conn.put_nowait("too late")
+    assert starts == [0, 1, 2]  # closing: nothing is queued, no sender asked for
 
 
 async def test_close_all_gives_up_after_its_bound() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -68,6 +69,29 @@ async def test_welcome_names_the_connection_the_user_and_the_heartbeat(app: AppS
     assert isinstance(welcome["connection"], str) and welcome["connection"]
     async with connect(app.ws_url + "/ws", additional_headers={"X-Test-User": STAFF}) as ws:
         assert json.loads(await ws.recv())["user"] == "stan"
+
+
+def senders() -> list[asyncio.Task[Any]]:
+    """The sessions' sender tasks running in this loop (the in-process server's)."""
+    return [task for task in asyncio.all_tasks() if task.get_coro().__qualname__ == "Session.send_loop"]  # type: ignore[union-attr]
+
+
+async def test_an_idle_connection_holds_no_sender_task_and_one_runs_while_there_is_something_to_send(
+    app: AppServer,
+) -> None:
+    """What an idle socket costs (RSS per connection, docs/benchmarks.md): the sender runs while
+    something is queued and ends once it is out, so idle sockets hold their reader only; every
+    answer and event after a quiet spell still arrives, in order."""
+    async with ws_client(app.ws_url) as a, ws_client(app.ws_url) as b:
+        for client in (a, b):
+            await client.request({"type": "subscribe", "room": "inventory", "id": 1}, "subscribed")
+        await until(lambda: not senders(), "the senders to end once the answers are out")
+        assert (await a.request({"type": "ping", "id": 2}, "pong"))["id"] == 2
+        await add_pet(app.url)
+        for client in (a, b):
+            assert (await client.expect("event"))["data"] == {"available": 1, "pending": 0, "sold": 0}
+        await until(lambda: not senders(), "the senders to end again")
+        assert (await b.request({"type": "ping", "id": 3}, "pong"))["id"] == 3
 
 
 async def test_subscribe_inventory_gives_counts_then_every_change_as_an_event(app: AppServer) -> None:

@@ -112,13 +112,19 @@ class Probe:
 
 @contextlib.asynccontextmanager
 async def server(app: Probe, ws: str) -> AsyncIterator[int]:
+    async with uvicorn_server(app, ws) as instance:
+        yield instance.config.port
+
+
+@contextlib.asynccontextmanager
+async def uvicorn_server(app: Any, ws: str) -> AsyncIterator[uvicorn.Server]:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws=ws, lifespan="off")  # type: ignore[arg-type]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws=ws, lifespan="off")
     instance = uvicorn.Server(config)
     task = asyncio.create_task(instance.serve())
     await until(lambda: instance.started or task.done(), "uvicorn to start")
     try:
-        yield port
+        yield instance
     finally:
         instance.should_exit = True
         await asyncio.wait_for(task, DEADLINE)
@@ -136,6 +142,23 @@ async def test_write_sends_a_text_message_once_open_and_refuses_before_and_after
         await until(lambda: "after close" in app.answers, "the app to close")
     assert app.offered is True
     assert app.answers == {"before accept": False, "open": True, "several": True, "after close": False}
+
+
+async def test_an_open_connection_keeps_neither_its_handshake_nor_an_idle_queue() -> None:
+    """What an idle socket costs (RSS per connection, docs/benchmarks.md): once the upgrade is
+    answered the protocol lets go of websockets' parsed request and response (their headers), and
+    its receive queue and writable flag hold nothing while nothing waits; both still work."""
+    app = Probe()
+    async with uvicorn_server(app, PROTOCOL) as instance, connect(f"ws://127.0.0.1:{instance.config.port}/") as ws:
+        assert await ws.recv() == "through ASGI"
+        assert [await ws.recv() for _ in range(4)] == ["direct é", "one", "two", "three"]
+        (protocol,) = instance.server_state.connections
+        assert protocol.request is None and protocol.response is None  # type: ignore[attr-defined]
+        assert protocol.writable.is_set() and protocol.writable._waiters is None  # type: ignore[attr-defined]
+        assert protocol.queue.empty() and protocol.queue._getter is not None  # type: ignore[attr-defined]  (the app awaits it)
+        await ws.send("done")  # the queue hands it to the waiting app, which closes
+        await until(lambda: "after close" in app.answers, "the app to close")
+    assert app.answers["after close"] is False
 
 
 async def test_plain_uvicorn_offers_no_extension_and_the_app_uses_asgi() -> None:
