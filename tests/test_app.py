@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sqlite3
 from pathlib import Path
@@ -194,3 +195,20 @@ def test_a_database_that_cannot_answer_is_a_503_that_changes_nothing(
     holder.close()
     assert not [r for r in caplog.records if r.exc_info], "no traceback for an outage"
     assert any("database unavailable on POST /api/v3/pet" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("before", "after"), [(700, 10_000), (50_000, 50_000)])
+def test_a_started_app_raises_the_collectors_young_threshold_and_never_lowers_one(
+    tmp_path: Path, before: int, after: int
+) -> None:
+    """A reconnect storm spent a third of the server's CPU in full collections at Python's default
+    700 (docs/benchmarks.md): the app, once started, collects its young generation every 10,000
+    allocations, leaving a higher threshold someone chose as it is, and the other two alone."""
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(before, 11, 12)
+        with TestClient(create_app(make_settings(tmp_path, "gc"))) as client:
+            assert client.get("/healthz").status_code == 200
+            assert gc.get_threshold() == (after, 11, 12)
+    finally:
+        gc.set_threshold(*saved)
