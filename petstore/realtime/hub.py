@@ -2,8 +2,8 @@
 
 Fan-out is encode-once: the broker hands over a :class:`~petstore.realtime.broker.Message` whose frame
 was encoded by the publisher, and the hub puts that same object on every subscriber's bounded
-queue with :meth:`Connection.put_nowait`. Nothing here awaits a client: one sender task per
-connection (in the transport) drains its queue, and a connection whose queue is full is closed
+queue with :meth:`Connection.put_nowait`. Nothing here awaits a client: a sender task of the
+transport's drains a connection's queue, and a connection whose queue is full is closed
 with 1013 instead of slowing the others down.
 
 The direct path: a transport that can write synchronously (the ``write_now`` it gives
