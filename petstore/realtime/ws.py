@@ -3,9 +3,9 @@
 One connection runs in the endpoint's own task, which reads client messages (one at a time, in
 order), and, while its bounded queue holds something, a sender task that drains it (several
 queued messages leave as one JSON array frame) and ends once it is empty. The authentication
-deadline and token expiry are timers, not tasks: an idle connection costs little memory. Whoever decides the connection must end calls
-``conn.close(code)``, which interrupts both; the endpoint then sends the close frame, with a
-bound on how long that may take.
+deadline and token expiry are timers, not tasks: an idle connection costs little memory.
+Whoever decides the connection must end calls ``conn.close(code)``, which interrupts both; the
+endpoint then sends the close frame, with a bound on how long that may take.
 
 Choices where the SPEC is silent (also in the README):
 
