@@ -222,14 +222,12 @@ class ApiHarness:
                 rows = await conn.exec_driver_sql("SELECT count(*) FROM outbox WHERE published_at IS NULL")
                 return int(rows.scalar_one())
 
-        async def wait() -> None:
-            async with asyncio.timeout(within):
-                while True:
-                    if not await unpublished():
-                        return
-                    await asyncio.sleep(0.01)  # a poll of the outbox, not a synchronisation
+        from tests.realtime.support import until  # not at the top: support imports this module
 
-        self.run(wait)
+        async def published() -> bool:
+            return not await unpublished()
+
+        self.run(until, published, "the relay to publish every event written so far", within)
 
     def user(self, username: str, role: Role = Role.customer, password: str = DEFAULT_PASSWORD) -> Account:
         return self.run(add_user, self.state.sessions, username, role, password)

@@ -42,7 +42,7 @@ from petstore.config import Settings
 from petstore.models import Role, UserBody
 from plugins.auth import schema as auth_schema
 from tests.fakes import create_schema
-from tests.realtime.support import DEADLINE, Client, staff_headers, ws_client
+from tests.realtime.support import DEADLINE, Client, staff_headers, until, ws_client
 from tests.realtime.test_realtime_cluster import assert_contiguous
 from tests.services import UvicornServer, wait_until
 from tests.services.cluster import ClusterNode, RedisClusterSet, keyslot, shard_channels, shard_numsub
@@ -316,14 +316,8 @@ async def probe(server: UvicornServer) -> dict[str, dict[str, float]]:
 
 
 async def poll(check: Callable[[], Awaitable[bool] | bool], what: str, within: float = DEADLINE) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        answer = check()
-        if await answer if isinstance(answer, Awaitable) else answer:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within:.1f}s waiting for {what}")
-        await asyncio.sleep(POLL_EVERY)  # the pace of the polling, bounded by the deadline
+    """``until`` at this suite's pace: one try every POLL_EVERY s."""
+    await until(check, what, within, every=POLL_EVERY)
 
 
 async def settled(servers: Sequence[UvicornServer], published: Mapping[str, int], within: float = 30.0) -> None:

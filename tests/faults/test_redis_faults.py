@@ -295,13 +295,8 @@ async def observed(server: UvicornServer, key: str) -> float:
 
 
 async def poll(check: Callable[[], Awaitable[bool]], what: str, within: float) -> None:
-    """``until`` for conditions read over HTTP: one try every POLL_EVERY s, so that a wait of
-    several seconds does not flood a server (on a machine the other tests share) with requests."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within:.1f}s waiting for {what}")
-        await asyncio.sleep(POLL_EVERY)  # the pace of the polling, bounded by the deadline above
+    """``until`` for conditions read over HTTP: one try every POLL_EVERY s."""
+    await until(check, what, within, every=POLL_EVERY)
 
 
 def remaining(since: float, seconds: float) -> float:

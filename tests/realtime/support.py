@@ -169,13 +169,15 @@ def settings_for(database_url: str, **fields: Any) -> Settings:
     return Settings(database_url=database_url, plugins=plugins, env="test", **fields)
 
 
-async def until(predicate: Any, what: str, within: float = DEADLINE) -> None:
-    """Poll a condition (a function, or a coroutine function) with a deadline; never a fixed sleep."""
+async def until(predicate: Any, what: str, within: float = DEADLINE, every: float = 0.01) -> None:
+    """Poll a condition (a function, or a coroutine function) with a deadline; never a fixed sleep.
+    ``every``: the pause between tries (longer for a condition read over HTTP, so that a wait of
+    seconds does not flood a server the other tests share)."""
     deadline = time.monotonic() + within
     while not (await answer if inspect.isawaitable(answer := predicate()) else answer):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+            raise TimeoutError(f"timed out after {within:.1f}s waiting for {what}")
+        await asyncio.sleep(every)  # the pace of the polling, bounded by the deadline
 
 
 # ------------------------------------------------------------------------------- a test client
