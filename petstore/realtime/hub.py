@@ -179,12 +179,18 @@ class Connection:
         self._wake_sender()
 
     def _wake_sender(self) -> None:
-        wake = self._wake
-        if wake is not None:
-            if not wake.done():
-                wake.set_result(None)
-        elif self._on_queued is not None:
+        """Something was queued: wake the sender waiting in :meth:`next_batch`, or ask for one."""
+        if not self._wake_waiting() and self._on_queued is not None:
             self._on_queued()
+
+    def _wake_waiting(self) -> bool:
+        """Wake the sender waiting in :meth:`next_batch`, if one waits (True)."""
+        wake = self._wake
+        if wake is None:
+            return False
+        if not wake.done():
+            wake.set_result(None)
+        return True
 
     def overflow(self) -> None:
         """The client does not keep up: close it with 1013 rather than wait for it."""
@@ -202,8 +208,7 @@ class Connection:
             # cycle (its transport's tasks) until a full garbage collection.
             self._items.clear()
             self.aside = []
-            if self._wake is not None and not self._wake.done():
-                self._wake.set_result(None)  # a waiting sender returns empty; a started one is interrupted
+            self._wake_waiting()  # a waiting sender returns empty; a started one is interrupted below
             if self._on_close is not None:
                 self._on_close()
 
